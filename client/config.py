@@ -1,0 +1,95 @@
+"""The client's settings, parsed once at the app boundary from the Flower context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from flwr.app import Context
+
+from client.errors import ClientConfigError
+from shared_models.federation import FederatedData
+
+DP_MODES = ("ghost", "hooks", "ew", "functorch")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """DP-SGD settings. ``noise_multiplier`` 0 means: calibrate it so the whole run spends ``target_epsilon``."""
+
+    enabled: bool = True
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 3.0
+    target_delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    grad_sample_mode: str = "ghost"
+    planned_rounds: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if self.grad_sample_mode not in DP_MODES:
+            raise ClientConfigError(f"dp-mode {self.grad_sample_mode!r} is not one of {', '.join(DP_MODES)}")
+        if self.target_epsilon <= 0:
+            raise ClientConfigError(f"target-epsilon must be > 0, got {self.target_epsilon}")
+        if not 0 < self.target_delta < 1:
+            raise ClientConfigError(f"target-delta must be in (0, 1), got {self.target_delta}")
+        if self.max_grad_norm <= 0:
+            raise ClientConfigError(f"max-grad-norm must be > 0, got {self.max_grad_norm}")
+        if self.noise_multiplier < 0:
+            raise ClientConfigError(f"noise-multiplier must be >= 0 (0 = calibrate), got {self.noise_multiplier}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    model: str
+    data: FederatedData
+    partition_id: int
+    num_partitions: int
+    node_data_path: str
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    privacy: PrivacyConfig
+    device: torch.device
+
+    @classmethod
+    def from_context(cls, context: Context) -> ClientConfig:
+        run, node = context.run_config, context.node_config
+        local_epochs, batch_size = int(run.get("local-epochs", 1)), int(run.get("batch-size", 32))
+        if local_epochs < 1 or batch_size < 1:
+            raise ClientConfigError("local-epochs and batch-size must be at least 1")
+        return cls(
+            model=str(run.get("model", "digits-cnn")),
+            data=FederatedData.from_run_config(run),
+            partition_id=int(node.get("partition-id", 0)),
+            num_partitions=int(node.get("num-partitions", 1)),
+            node_data_path=str(node.get("data-path", "")),
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            learning_rate=float(run.get("learning-rate", 0.05)),
+            momentum=float(run.get("momentum", 0.0)),
+            privacy=PrivacyConfig(
+                enabled=bool(run.get("dp", True)),
+                noise_multiplier=float(run.get("noise-multiplier", 0.0)),
+                target_epsilon=float(run.get("target-epsilon", 3.0)),
+                target_delta=float(run.get("target-delta", 1e-5)),
+                max_grad_norm=float(run.get("max-grad-norm", 1.0)),
+                grad_sample_mode=str(run.get("dp-mode", "ghost")),
+                planned_rounds=int(run.get("num-server-rounds", 1)),
+            ),
+            device=choose_device(str(node.get("device", run.get("device", "auto")))),
+        )
+
+
+def choose_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when this node has it, else the CPU; ``cpu``/``cuda``/``cuda:N`` force a choice."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ClientConfigError(f"device {name!r} was asked for but this node has no CUDA GPU; use auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ClientConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from e

@@ -1,0 +1,17 @@
+"""Errors raised by the ClientApp."""
+
+from __future__ import annotations
+
+from shared_models.errors import FedgeError
+
+
+class ClientError(FedgeError):
+    """Base of the errors raised by ``client``."""
+
+
+class ClientConfigError(ClientError):
+    """A run or node setting the client cannot use."""
+
+
+class PrivacyBudgetExhaustedError(ClientError):
+    """The next round of training would spend more than the client's privacy budget (target epsilon)."""

@@ -1,0 +1,185 @@
+"""The round loop: Flower's strategy decides whom to ask and how to aggregate; this loop moves the messages.
+
+It plays the part of ``Strategy.start`` (same calls: ``configure_train`` / ``aggregate_train`` /
+``configure_evaluate`` / ``aggregate_evaluate``) with three differences that Flower's loop cannot give us:
+
+- replies are pulled as they arrive, checked, entered in the privacy ledger, and, for strategies whose
+  aggregation is a weighted mean, folded into a running sum at once, so the server holds one model's worth of
+  arrays instead of one per client (at 1,000 clients that is most of the server's memory);
+- a refusal (privacy budget spent) or a failed reply is logged and skipped, and the round goes on with the rest;
+- a callback after every round (central evaluation, checkpoint, metrics, progress) and a first round other than 1
+  (resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from server.ledger import PrivacyLedger
+
+log = logging.getLogger("fedge.server")
+WEIGHT_KEY = "num-examples"
+
+
+class StreamingMean:
+    """A weighted mean of ArrayRecords and MetricRecords, accumulated one reply at a time."""
+
+    def __init__(self) -> None:
+        self.total_weight = 0.0
+        self.count = 0
+        self._arrays: dict[str, np.ndarray] = {}
+        self._metrics: dict[str, float] = {}
+
+    def add(self, arrays: ArrayRecord, metrics: MetricRecord) -> None:
+        weight = float(metrics[WEIGHT_KEY])
+        for key, array in arrays.items():
+            value = array.numpy()
+            if key in self._arrays:
+                self._arrays[key] += value.astype(np.float64) * weight
+            else:
+                self._arrays[key] = value.astype(np.float64) * weight
+        for key, value in metrics.items():
+            if key != WEIGHT_KEY and isinstance(value, int | float):
+                self._metrics[key] = self._metrics.get(key, 0.0) + float(value) * weight
+        self.total_weight += weight
+        self.count += 1
+
+    def as_reply_content(self, dtypes: dict[str, np.dtype]) -> RecordDict:
+        """The mean as one reply's content: a mean-based strategy aggregating it alone returns it unchanged."""
+        w = self.total_weight
+        arrays = ArrayRecord(
+            {k: Array(np.asarray(v / w).astype(dtypes.get(k, np.float32))) for k, v in self._arrays.items()}
+        )
+        metrics = MetricRecord({k: v / w for k, v in self._metrics.items()})
+        metrics[WEIGHT_KEY] = w
+        return RecordDict({"arrays": arrays, "metrics": metrics})
+
+
+@dataclass
+class RoundOutcome:
+    server_round: int
+    arrays: ArrayRecord
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    evaluate_metrics: dict[str, float] = field(default_factory=dict)
+    replied: int = 0
+    refused: int = 0
+    failed: int = 0
+    sampled: int = 0
+    seconds: float = 0.0
+
+
+def _client_id(msg: Message) -> str:
+    for record_name in ("client", "refusal"):
+        record = msg.content.config_records.get(record_name)
+        if record is not None and "partition-id" in record:
+            return str(record["partition-id"])
+    return str(msg.metadata.src_node_id)
+
+
+class RoundLoop:
+    """Drive ``strategy`` over ``grid`` for rounds ``first_round..num_rounds``."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Strategy,
+        grid: Grid,
+        ledger: PrivacyLedger,
+        stream: bool,
+        round_timeout: float | None = None,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.strategy = strategy
+        self.grid = grid
+        self.ledger = ledger
+        self.stream = stream
+        self.round_timeout = round_timeout
+        self.poll_interval = poll_interval
+
+    def _collect(self, messages: Iterable[Message]) -> tuple[list[Message], int]:
+        """Push, then pull replies as they come until all are in or the round times out."""
+        pending = set(self.grid.push_messages(messages))
+        sent = len(pending)
+        deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
+        while pending and (deadline is None or time.monotonic() < deadline):
+            got = list(self.grid.pull_messages(pending))
+            for reply in got:
+                pending.discard(reply.metadata.reply_to_message_id)
+                yield reply
+            if not got:
+                time.sleep(self.poll_interval)
+        if pending:
+            log.warning("%d of %d nodes did not reply before the round timeout; going on without them", len(pending), sent)
+        return
+
+    def train_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RoundOutcome:
+        start = time.monotonic()
+        outcome = RoundOutcome(server_round, arrays)
+        messages = list(self.strategy.configure_train(server_round, arrays, config, self.grid))
+        outcome.sampled = len(messages)
+        dtypes = {k: a.numpy().dtype for k, a in arrays.items()} if self.stream else {}
+        mean = StreamingMean() if self.stream else None
+        held: list[Message] = []
+        for reply in self._collect(messages):
+            if reply.has_error():
+                outcome.failed += 1
+                log.warning("node %s failed this round: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            content = reply.content
+            metrics = next(iter(content.metric_records.values()), MetricRecord())
+            client_id = _client_id(reply)
+            if "refusal" in content.config_records:
+                outcome.refused += 1
+                reason = str(content["refusal"]["reason"])
+                self.ledger.record_refusal(client_id, server_round, metrics.get("epsilon"), reason)
+                log.info("client %s refused round %d: %s", client_id, server_round, reason)
+                continue
+            if len(content.array_records) != 1 or WEIGHT_KEY not in metrics:
+                outcome.failed += 1
+                log.warning("client %s sent a reply without arrays or %s; skipped", client_id, WEIGHT_KEY)
+                continue
+            self.ledger.record_training(client_id, server_round, metrics.get("epsilon"))
+            outcome.replied += 1
+            if mean is not None:
+                mean.add(next(iter(content.array_records.values())), metrics)
+            else:
+                held.append(reply)
+        if mean is not None and mean.count:
+            held = [Message(content=mean.as_reply_content(dtypes), dst_node_id=0, message_type="train")]
+        if held:
+            new_arrays, train_metrics = self.strategy.aggregate_train(server_round, held)
+            if new_arrays is not None:
+                outcome.arrays = new_arrays
+            outcome.train_metrics = dict(train_metrics or {})
+        else:
+            log.warning("round %d: no client trained; the global model is unchanged", server_round)
+        del held
+        eval_messages = list(self.strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), self.grid))
+        if eval_messages:
+            replies = list(self._collect(eval_messages))
+            outcome.evaluate_metrics = dict(self.strategy.aggregate_evaluate(server_round, replies) or {})
+        outcome.seconds = time.monotonic() - start
+        return outcome
+
+    def run(
+        self,
+        arrays: ArrayRecord,
+        *,
+        num_rounds: int,
+        first_round: int = 1,
+        train_config: Callable[[int], ConfigRecord] = lambda r: ConfigRecord(),
+        after_round: Callable[[RoundOutcome], None] = lambda outcome: None,
+    ) -> ArrayRecord:
+        for server_round in range(first_round, num_rounds + 1):
+            outcome = self.train_round(server_round, arrays, train_config(server_round))
+            arrays = outcome.arrays
+            after_round(outcome)
+        return arrays

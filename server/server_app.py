@@ -1,0 +1,135 @@
+"""The Flower ServerApp: build the strategy, run the rounds, evaluate centrally, keep the run record."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from server.config import ServerConfig
+from server.ledger import PrivacyLedger
+from server.rounds import RoundLoop, RoundOutcome
+from server.run_record import RunRecord
+from server.strategies import MEAN_BASED, build_strategy
+from shared_models.models import build_model, count_parameters
+from shared_models.training import evaluate
+
+log = logging.getLogger("fedge.server")
+app = ServerApp()
+
+
+def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
+    """Run a whole federated training and return its summary (also written to the run directory)."""
+    random.seed(config.seed)  # Flower's strategies sample nodes with `random`
+    torch.manual_seed(config.seed)
+    test_set = config.data.server_test_set()
+    model = build_model(config.model, input_shape=test_set.input_shape, num_classes=test_set.num_classes)
+    strategy = build_strategy(config.strategy, config.raw)
+    ledger = PrivacyLedger(config.target_epsilon, config.target_delta, enabled=config.dp)
+    record = RunRecord(
+        config.run_dir,
+        config=config.raw,
+        model_info={
+            "model": config.model,
+            "input-shape": list(test_set.input_shape),
+            "num-classes": test_set.num_classes,
+            "parameters": count_parameters(model),
+            "dataset": config.data.dataset,
+            "data-path": config.data.data_path,
+            "test-fraction": config.data.test_fraction,
+            "seed": config.data.seed,
+        },
+    )
+    loop = RoundLoop(
+        strategy=strategy,
+        grid=grid,
+        ledger=ledger,
+        stream=config.stream_aggregation and config.strategy in MEAN_BASED,
+        round_timeout=config.round_timeout,
+    )
+
+    def central_eval(arrays: ArrayRecord) -> tuple[float, float]:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(model, test_set)
+        return result.loss, result.accuracy
+
+    initial = ArrayRecord(model.state_dict())
+    loss0, acc0 = central_eval(initial)
+    record.add_round({"round": 0, "central-loss": loss0, "central-accuracy": acc0}, ledger)
+    record.save_checkpoint(0, model.state_dict())
+    console = Console(stderr=True)
+    console.print(
+        f"[bold]fedge[/] run {config.run_dir.name}: {config.strategy} x {config.num_rounds} rounds, model "
+        f"{config.model}, data {config.data.dataset} ({config.data.partitioner}), DP "
+        f"{'on, target ε=' + format(config.target_epsilon, 'g') if config.dp else 'off'}; initial accuracy {acc0:.3f}"
+    )
+    progress = Progress(
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not config.progress,
+    )
+    task = progress.add_task("rounds", total=config.num_rounds, status=f"acc {acc0:.3f}")
+
+    def after_round(outcome: RoundOutcome) -> None:
+        loss, acc = central_eval(outcome.arrays)
+        record.save_checkpoint(outcome.server_round, outcome.arrays.to_torch_state_dict())
+        entry = {
+            "round": outcome.server_round,
+            "central-loss": loss,
+            "central-accuracy": acc,
+            "train-loss": outcome.train_metrics.get("train-loss"),
+            "clients-sampled": outcome.sampled,
+            "clients-trained": outcome.replied,
+            "clients-refused": outcome.refused,
+            "clients-failed": outcome.failed,
+            "epsilon-max": ledger.max_epsilon if config.dp else None,
+            "epsilon-mean": ledger.mean_epsilon if config.dp else None,
+            "seconds": outcome.seconds,
+            **{f"federated-{k}": v for k, v in outcome.evaluate_metrics.items()},
+        }
+        record.add_round(entry, ledger)
+        eps = f"  ε max {ledger.max_epsilon:.2f}" if config.dp else ""
+        refused = f"  {outcome.refused} refused" if outcome.refused else ""
+        failed = f"  {outcome.failed} failed" if outcome.failed else ""
+        status = f"acc {acc:.3f}{eps}  {outcome.replied}/{outcome.sampled} trained{refused}{failed}"
+        progress.update(task, advance=1, status=status)
+        progress.console.print(f"round {outcome.server_round:>3}/{config.num_rounds}: {status}  ({outcome.seconds:.1f}s)")
+
+    with progress:
+        final = loop.run(
+            initial,
+            num_rounds=config.num_rounds,
+            train_config=lambda r: ConfigRecord({"server-round": r}),
+            after_round=after_round,
+        )
+    record.save_checkpoint(config.num_rounds, final.to_torch_state_dict(), final=True)
+    plots = record.plot(ledger)
+    summary = {
+        "run-dir": str(config.run_dir),
+        "rounds": config.num_rounds,
+        "final-accuracy": record.rounds[-1]["central-accuracy"],
+        "initial-accuracy": acc0,
+        "max-epsilon": ledger.max_epsilon if config.dp else None,
+        "plots": [str(p) for p in plots],
+    }
+    console.print(
+        f"done: accuracy {acc0:.3f} -> {summary['final-accuracy']:.3f}"
+        + (f", max ε {ledger.max_epsilon:.3f} (budget {config.target_epsilon:g})" if config.dp else "")
+        + f"; run record in {config.run_dir}"
+    )
+    return summary
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_server(grid, ServerConfig.from_context(context))

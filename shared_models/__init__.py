@@ -1,0 +1,22 @@
+"""Models, data sets, partitioners and train/test loops shared by the client, the server and the edge tools.
+
+Imports only torch and numpy (and scikit-learn for its bundled data sets): never Flower or Opacus.
+"""
+
+from shared_models.errors import (
+    DatasetError,
+    FedgeError,
+    PartitionError,
+    SharedModelsError,
+    UnknownModelError,
+    WeightsMismatchError,
+)
+
+__all__ = [
+    "DatasetError",
+    "FedgeError",
+    "PartitionError",
+    "SharedModelsError",
+    "UnknownModelError",
+    "WeightsMismatchError",
+]

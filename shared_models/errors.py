@@ -1,0 +1,31 @@
+"""The one exception base of fedge and the family of errors raised by ``shared_models``.
+
+Every error fedge raises on purpose derives from :class:`FedgeError`, so the command line can show its
+message (what happened, why, and the fix) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FedgeError(Exception):
+    """Base of every error fedge raises on purpose."""
+
+
+class SharedModelsError(FedgeError):
+    """Base of the errors raised by ``shared_models``."""
+
+
+class UnknownModelError(SharedModelsError):
+    """A model name that is not in the registry."""
+
+
+class WeightsMismatchError(SharedModelsError):
+    """Arrays that do not fit a model (missing, extra or differently shaped tensors)."""
+
+
+class DatasetError(SharedModelsError):
+    """A data set that cannot be loaded: unknown name, missing file, malformed contents."""
+
+
+class PartitionError(SharedModelsError):
+    """A partitioning request that cannot be met (bad alpha, more partitions than samples, ...)."""

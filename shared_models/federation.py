@@ -1,0 +1,89 @@
+"""Who holds which data in a federation: the server's held-out split and each client's share.
+
+Every process recomputes the same split from the same :class:`FederatedData` description and seed, so no
+index list travels over the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared_models.data import ArrayDataset, load_dataset, train_test_split
+from shared_models.errors import DatasetError, PartitionError
+from shared_models.partition import partition_indices
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederatedData:
+    """A data set, how it is split between the server's test set and the clients, and how clients share it."""
+
+    dataset: str
+    data_path: str = ""
+    label_column: str = "label"
+    partitioner: str = "iid"
+    alpha: float = 0.5
+    shards_per_partition: int = 2
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.partitioner == "dirichlet" and not self.alpha > 0:
+            raise PartitionError(f"Dirichlet alpha must be > 0, got {self.alpha}; smaller alpha means stronger skew")
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> FederatedData:
+        """Read the data keys of a Flower run config (``dataset``, ``data-path``, ``partitioner``, ...)."""
+        return cls(
+            dataset=str(config.get("dataset", "digits")),
+            data_path=str(config.get("data-path", "")),
+            label_column=str(config.get("label-column", "label")),
+            partitioner=str(config.get("partitioner", "iid")),
+            alpha=float(config.get("alpha", 0.5)),
+            shards_per_partition=int(config.get("shards-per-client", 2)),
+            test_fraction=float(config.get("test-fraction", 0.2)),
+            seed=int(config.get("seed", 0)),
+        )
+
+    def _load(self, data_path: str | None = None) -> ArrayDataset:
+        return load_dataset(self.dataset, data_path=data_path or self.data_path, label_column=self.label_column)
+
+    def split(self) -> tuple[ArrayDataset, ArrayDataset]:
+        """(train pool, server test set) of a pooled data set."""
+        return train_test_split(self._load(), test_fraction=self.test_fraction, seed=self.seed)
+
+    def server_test_set(self) -> ArrayDataset:
+        """The server's held-out split; with the ``natural`` partitioner, the whole file at ``data_path``."""
+        if self.partitioner == "natural":
+            if not self.data_path:
+                raise DatasetError(
+                    "with the 'natural' partitioner the server evaluates on its own held-out file: set data-path "
+                    "in the run config to it"
+                )
+            return self._load()
+        return self.split()[1]
+
+    def client_train_set(self, partition_id: int, num_partitions: int, *, node_data_path: str = "") -> ArrayDataset:
+        """This client's training data.
+
+        With the ``natural`` partitioner the client's data is its own file (``node_data_path``), used whole.
+        """
+        if self.partitioner == "natural":
+            if not node_data_path:
+                raise DatasetError(
+                    "the 'natural' partitioner needs each node's own data file: set data-path in the node config"
+                )
+            return self._load(node_data_path)
+        if not 0 <= partition_id < num_partitions:
+            raise PartitionError(f"partition id {partition_id} is outside 0..{num_partitions - 1}")
+        pool, _ = self.split()
+        parts = partition_indices(
+            pool.y,
+            num_partitions,
+            method=self.partitioner,
+            alpha=self.alpha,
+            shards_per_partition=self.shards_per_partition,
+            seed=self.seed,
+        )
+        return pool.subset(parts[partition_id])

@@ -1,0 +1,170 @@
+"""The model registry: every model fedge trains, by name.
+
+All models are Opacus-compatible: no BatchNorm (per-sample gradients need layers whose output for one sample
+does not depend on the others), GroupNorm where a normalisation layer helps.
+
+>>> model = build_model("digits-cnn", input_shape=(1, 8, 8), num_classes=10)
+>>> sum(p.numel() for p in model.parameters()) > 0
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared_models.errors import UnknownModelError, WeightsMismatchError
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for scikit-learn's 8x8 digits: two 3x3 convolutions with GroupNorm, about 2,400 parameters.
+
+    Kept small on purpose: DP-SGD's noise grows with the square root of the parameter count, and a few hundred
+    samples per client leave no room for a large model at ε = 3.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.GroupNorm(2, width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.GroupNorm(4, 2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 2 * 2, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class MnistCNN(nn.Module):
+    """The classic MNIST CNN: Conv32(5x5) - pool - Conv64(5x5) - pool - FC512 - FC10, 1.66M parameters."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32, hidden: int = 512) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(2 * width * 7 * 7, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class TabularMLP(nn.Module):
+    """An MLP for tabular data (a hospital's table): two hidden layers."""
+
+    def __init__(self, num_features: int, num_classes: int = 2, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(num_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one registered model, and the input it expects (``None`` where any size fits)."""
+
+    name: str
+    description: str
+    build: Callable[[tuple[int, ...], int], nn.Module]
+    input_shape: tuple[int, ...] | None
+
+
+def _build_tabular(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 1:
+        raise UnknownModelError(
+            f"tabular-mlp takes flat feature vectors, got input shape {input_shape}; "
+            "use a CNN (digits-cnn, mnist-cnn) for images"
+        )
+    return TabularMLP(input_shape[0], num_classes)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("digits-cnn", "small CNN for 8x8 digits (GroupNorm)", lambda s, c: DigitsCNN(c), (1, 8, 8)),
+        ModelSpec("mnist-cnn", "Conv32-Conv64-FC512 CNN for 28x28 MNIST", lambda s, c: MnistCNN(c), (1, 28, 28)),
+        ModelSpec("tabular-mlp", "MLP for tabular features (CSV, breast cancer)", _build_tabular, None),
+    )
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look a model up by name; an unknown name raises :class:`UnknownModelError` listing the choices."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
+        ) from None
+
+
+def build_model(name: str, *, input_shape: Sequence[int], num_classes: int, seed: int | None = None) -> nn.Module:
+    """Build a registered model for inputs of ``input_shape`` (without the batch dimension)."""
+    spec = get_model_spec(name)
+    shape = tuple(int(d) for d in input_shape)
+    if spec.input_shape is not None and shape != spec.input_shape:
+        raise UnknownModelError(
+            f"model {name!r} expects inputs of shape {spec.input_shape}, but the data has shape {shape}; "
+            f"pick a model that fits the data set ({', '.join(sorted(MODELS))})"
+        )
+    if seed is not None:
+        torch.manual_seed(seed)
+    return spec.build(shape, num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as named NumPy arrays (copies, on the CPU)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def set_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Load named arrays into ``model``; any missing, extra or misshapen tensor raises :class:`WeightsMismatchError`."""
+    state = model.state_dict()
+    missing = sorted(set(state) - set(weights))
+    extra = sorted(set(weights) - set(state))
+    if missing or extra:
+        raise WeightsMismatchError(
+            f"arrays do not match the model: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+            "were they saved from a different model?"
+        )
+    new_state = {}
+    for key, value in state.items():
+        array = np.asarray(weights[key])
+        if tuple(array.shape) != tuple(value.shape):
+            raise WeightsMismatchError(
+                f"array {key!r} has shape {tuple(array.shape)} but the model expects {tuple(value.shape)}; "
+                "were they saved from a different model or a different input size?"
+            )
+        new_state[key] = torch.as_tensor(array, dtype=value.dtype)
+    model.load_state_dict(new_state)

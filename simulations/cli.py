@@ -1,0 +1,136 @@
+"""The ``fedge`` command: a thin layer over the packages; the logic lives in them.
+
+Every error fedge raises on purpose (:class:`FedgeError`) is shown as one clear message, exit code 2, with no
+traceback; ``--verbose`` shows Flower's own logs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from shared_models.errors import FedgeError  # noqa: E402
+
+app = typer.Typer(
+    name="fedge",
+    help=(
+        "fedge: federated learning that ends on edge devices. Train a shared PyTorch model across many clients "
+        "with Flower, with differential privacy (Opacus) on every client."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+@app.command()
+def simulate(
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="Experiment name (see `fedge experiments`) or path to a TOML file.")
+    ] = "digits-dp",
+    num_clients: Annotated[
+        int | None, typer.Option("--num-clients", "-n", help="Number of simulated clients (SuperNodes).")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", "-r", help="Number of federated rounds.")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="Flower strategy: fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum."),
+    ] = None,
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Differential privacy on every client.")] = None,
+    target_epsilon: Annotated[
+        float | None, typer.Option(help="Each client's privacy budget ε for the whole run (δ from target-delta).")
+    ] = None,
+    data_path: Annotated[str | None, typer.Option(help="Data directory (MNIST IDX files) or CSV file.")] = None,
+    runs_dir: Annotated[str | None, typer.Option(help="Where run records go (default: runs/).")] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Join an existing Ray cluster (e.g. 'auto' or 'HOST:6379') instead of starting one."),
+    ] = None,
+    client_cpus: Annotated[float | None, typer.Option(help="CPU cores reserved per simulated client.")] = None,
+    client_gpus: Annotated[float | None, typer.Option(help="GPU share per simulated client (e.g. 0.25).")] = None,
+    setting: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Any run setting, KEY=VALUE (repeatable).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run an experiment on Flower's simulation engine and write its run record under runs/<run-id>/."""
+    from simulations.experiment import apply_overrides, load_experiment
+    from simulations.simulate import run_experiment
+
+    experiment = load_experiment(config)
+    overrides = list(setting or [])
+    for key, value in (
+        ("num-server-rounds", rounds),
+        ("strategy", strategy),
+        ("dp", dp),
+        ("target-epsilon", target_epsilon),
+        ("data-path", data_path),
+        ("runs-dir", runs_dir),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    apply_overrides(experiment, overrides)
+    if num_clients is not None:
+        experiment.num_supernodes = num_clients
+    if ray_address is not None:
+        experiment.ray_address = ray_address
+    if client_cpus is not None:
+        experiment.client_num_cpus = client_cpus
+    if client_gpus is not None:
+        experiment.client_num_gpus = client_gpus
+    summary = run_experiment(experiment, verbose=verbose)
+    table = Table(title=f"run {os.path.basename(summary['run-dir'])}")
+    for column in ("round", "accuracy", "loss", "trained", "refused", "max ε"):
+        table.add_column(column, justify="right")
+    for r in summary["rounds"]:
+        eps = r.get("epsilon-max")
+        table.add_row(
+            str(r["round"]),
+            f"{r['central-accuracy']:.3f}",
+            f"{r['central-loss']:.3f}",
+            str(r.get("clients-trained", "")),
+            str(r.get("clients-refused", "")),
+            "" if eps is None else f"{eps:.3f}",
+        )
+    Console().print(table)
+    Console().print(f"run record: {summary['run-dir']}")
+
+
+@app.command()
+def experiments() -> None:
+    """List the named experiments in simulations/configs/."""
+    from simulations.experiment import available_experiments, load_experiment
+
+    table = Table(title="experiments (fedge simulate --config NAME)")
+    table.add_column("name")
+    table.add_column("clients", justify="right")
+    table.add_column("description")
+    for name in available_experiments():
+        exp = load_experiment(name)
+        table.add_row(name, str(exp.num_supernodes), exp.description)
+    Console().print(table)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning fedge's own errors into one clear line."""
+    try:
+        app()
+    except FedgeError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
