@@ -1,0 +1,107 @@
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from client.client_app import train_locally
+from client.config import ClientConfig, PrivacyConfig
+from client.errors import ClientConfigError
+from client.privacy import load_accountant, save_accountant
+from shared_models.federation import FederatedData
+from shared_models.models import build_model
+
+
+def _config(privacy: PrivacyConfig, **kw) -> ClientConfig:
+    base = dict(
+        model="digits-cnn",
+        data=FederatedData(dataset="digits"),
+        partition_id=0,
+        num_partitions=4,
+        node_data_path="",
+        local_epochs=1,
+        batch_size=64,
+        learning_rate=0.5,
+        momentum=0.0,
+        privacy=privacy,
+        device=torch.device("cpu"),
+    )
+    base.update(kw)
+    return ClientConfig(**base)
+
+
+def _arrays():
+    return ArrayRecord(build_model("digits-cnn", input_shape=(1, 8, 8), num_classes=10, seed=0).state_dict())
+
+
+def test_accountant_survives_a_round_trip_through_the_node_state():
+    state = RecordDict()
+    acc = load_accountant(state)
+    acc.history = [(1.1, 0.25, 12), (0.9, 0.5, 3)]
+    save_accountant(state, acc)
+    again = load_accountant(state)
+    assert again.history == acc.history
+    assert again.get_epsilon(1e-5) == pytest.approx(acc.get_epsilon(1e-5))
+
+
+def test_epsilon_accumulates_across_rounds_and_stays_within_budget():
+    cfg = _config(PrivacyConfig(target_epsilon=3.0, planned_rounds=3))
+    state = RecordDict()
+    eps = []
+    for r in (1, 2, 3):
+        out = train_locally(cfg, _arrays(), ConfigRecord({"server-round": r}), state)
+        assert out["metrics"]["refused"] == 0
+        eps.append(out["metrics"]["epsilon"])
+    assert eps[0] < eps[1] < eps[2] <= 3.0
+    assert eps[2] > 2.5, "noise calibrated for 3 rounds should spend most of the budget in 3 rounds"
+
+
+def test_a_client_refuses_the_round_that_would_exceed_its_budget():
+    cfg = _config(PrivacyConfig(noise_multiplier=1.0, target_epsilon=6.0))  # 2 rounds fit, the 3rd would not
+    state = RecordDict()
+    first = train_locally(cfg, _arrays(), ConfigRecord({"server-round": 1}), state)
+    assert first["metrics"]["refused"] == 0 and "arrays" in first
+    spent = first["metrics"]["epsilon"]
+    rounds = 1
+    out = first
+    while out["metrics"]["refused"] == 0:
+        rounds += 1
+        out = train_locally(cfg, _arrays(), ConfigRecord({"server-round": rounds}), state)
+        assert rounds < 20
+    assert "arrays" not in out
+    assert "privacy budget exhausted" in str(out["refusal"]["reason"])
+    assert out["metrics"]["epsilon"] <= 6.0
+    assert rounds == 3
+    assert out["metrics"]["epsilon"] >= spent
+    # refusing spends nothing: the saved history is unchanged by the refused round
+    before = load_accountant(state).history
+    train_locally(cfg, _arrays(), ConfigRecord({"server-round": rounds + 1}), state)
+    assert load_accountant(state).history == before
+
+
+def test_without_dp_there_is_no_epsilon_and_weights_change():
+    cfg = _config(PrivacyConfig(enabled=False))
+    out = train_locally(cfg, _arrays(), ConfigRecord({"server-round": 1}), RecordDict())
+    assert "epsilon" not in out["metrics"]
+    before, after = _arrays().to_torch_state_dict(), out["arrays"].to_torch_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert out["metrics"]["num-examples"] in (359, 360)  # a quarter of the 1,438 training images
+
+
+def test_arrayrecord_round_trip_keeps_every_tensor():
+    model = build_model("mnist-cnn", input_shape=(1, 28, 28), num_classes=10, seed=0)
+    back = ArrayRecord(model.state_dict()).to_torch_state_dict()
+    assert set(back) == set(model.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target_epsilon": 0.0}, "target-epsilon"),
+        ({"target_delta": 1.5}, "target-delta"),
+        ({"grad_sample_mode": "magic"}, "dp-mode"),
+    ],
+)
+def test_bad_privacy_settings_are_clear(kwargs, message):
+    with pytest.raises(ClientConfigError, match=message):
+        PrivacyConfig(**kwargs)

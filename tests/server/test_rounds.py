@@ -1,0 +1,161 @@
+"""Unit tests of the round loop with an in-process grid (the real simulation is in tests/integration)."""
+
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedMedian
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.errors import ServerConfigError
+from server.ledger import PrivacyLedger
+from server.rounds import RoundLoop, StreamingMean
+from server.strategies import STRATEGIES, build_strategy
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Inside a ServerApp, Flower sets the task's identity; messages cannot be created without it."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def _content(value: float, n: int, eps: float = 1.0, pid: int = 0) -> RecordDict:
+    arrays = ArrayRecord({"w": Array(np.full((3, 2), value, dtype=np.float32)), "b": Array(np.array([value], np.float32))})
+    return RecordDict(
+        {
+            "arrays": arrays,
+            "metrics": MetricRecord({"num-examples": n, "train-loss": value, "epsilon": eps}),
+            "client": ConfigRecord({"partition-id": pid}),
+        }
+    )
+
+
+class ScriptedGrid(Grid):
+    """Each node answers with what ``behaviour(node_id, message)`` returns: content, an Error, or None (silent)."""
+
+    def __init__(self, nodes, behaviour):
+        self.nodes, self.behaviour = list(nodes), behaviour
+        self.outbox: dict[str, Message] = {}
+
+    def set_run(self, run):  # pragma: no cover
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.nodes
+
+    def create_message(self, *a, **k):  # pragma: no cover - not used by the loop
+        raise NotImplementedError
+
+    def push_messages(self, messages):
+        ids = []
+        for i, msg in enumerate(messages):
+            mid = f"m{len(self.outbox)}-{i}"
+            msg.metadata.__dict__["_message_id"] = mid
+            answer = self.behaviour(msg.metadata.dst_node_id, msg)
+            if answer is not None:
+                reply = Message(answer, reply_to=msg) if isinstance(answer, Error) else Message(content=answer, reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+                self.outbox[mid] = reply
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids):
+        out = [self.outbox.pop(m) for m in list(message_ids) if m in self.outbox]
+        return out
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - the loop streams instead
+        raise NotImplementedError
+
+
+def test_streaming_mean_equals_flowers_weighted_average():
+    contents = [_content(v, n) for v, n in [(1.0, 10), (2.0, 30), (-4.0, 60)]]
+    mean = StreamingMean()
+    for c in contents:
+        mean.add(c["arrays"], c["metrics"])
+    ours = mean.as_reply_content({"w": np.dtype(np.float32), "b": np.dtype(np.float32)})
+    flowers = aggregate_arrayrecords(contents, "num-examples")
+    for key in ("w", "b"):
+        np.testing.assert_allclose(ours["arrays"][key].numpy(), flowers[key].numpy(), rtol=1e-6)
+    assert ours["metrics"]["num-examples"] == 100
+    assert ours["metrics"]["train-loss"] == pytest.approx((10 * 1 + 30 * 2 - 4 * 60) / 100)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_round_skips_failures_records_refusals_and_averages_the_rest(stream):
+    values = {1: (1.0, 10), 2: (3.0, 30), 3: None, 4: "error", 5: "refuse"}
+
+    def behaviour(node, msg):
+        v = values[node]
+        if v == "error":
+            return Error(code=1, reason="boom")
+        if v == "refuse":
+            return RecordDict(
+                {
+                    "metrics": MetricRecord({"refused": 1, "epsilon": 2.9, "num-examples": 0}),
+                    "refusal": ConfigRecord({"reason": "privacy budget exhausted", "partition-id": 5}),
+                }
+            )
+        if v is None:
+            return None
+        return _content(v[0], v[1], eps=0.5 * node, pid=node)
+
+    grid = ScriptedGrid([1, 2, 3, 4, 5], behaviour)
+    ledger = PrivacyLedger(3.0, 1e-5)
+    loop = RoundLoop(
+        strategy=FedAvg(fraction_evaluate=0.0, min_available_nodes=5), grid=grid, ledger=ledger, stream=stream, round_timeout=0.3
+    )
+    start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
+    outcome = loop.train_round(1, start, ConfigRecord())
+    assert (outcome.replied, outcome.failed, outcome.refused, outcome.sampled) == (2, 1, 1, 5)
+    np.testing.assert_allclose(outcome.arrays["w"].numpy(), np.full((3, 2), 2.5), rtol=1e-6)
+    assert outcome.arrays["w"].numpy().dtype == np.float32
+    assert ledger.clients["1"].rounds == [1] and ledger.clients["2"].epsilon == 1.0
+    assert ledger.clients["5"].refused_rounds == [1] and "budget" in ledger.clients["5"].last_refusal
+
+
+def test_non_mean_strategy_sees_every_reply():
+    grid = ScriptedGrid([1, 2, 3], lambda node, msg: _content({1: 1.0, 2: 2.0, 3: 100.0}[node], 10, pid=node))
+    loop = RoundLoop(
+        strategy=FedMedian(fraction_evaluate=0.0, min_available_nodes=3), grid=grid, ledger=PrivacyLedger(3, 1e-5), stream=False
+    )
+    start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
+    outcome = loop.train_round(1, start, ConfigRecord())
+    np.testing.assert_allclose(outcome.arrays["w"].numpy(), 2.0)  # the median, not the mean (34.3)
+
+
+def test_round_with_no_trainers_keeps_the_model():
+    grid = ScriptedGrid([1, 2], lambda node, msg: Error(code=1, reason="down"))
+    loop = RoundLoop(strategy=FedAvg(fraction_evaluate=0.0), grid=grid, ledger=PrivacyLedger(3, 1e-5), stream=True)
+    start = ArrayRecord({"w": Array(np.ones((3, 2), np.float32))})
+    outcome = loop.train_round(1, start, ConfigRecord())
+    assert outcome.failed == 2 and outcome.arrays is start
+
+
+def test_every_strategy_name_builds_a_flower_strategy():
+    for name in STRATEGIES:
+        assert build_strategy(name, {}).__class__.__module__.startswith("flwr.serverapp.strategy")
+    with pytest.raises(ServerConfigError, match="unknown strategy 'fedsgd'.*fedavg"):
+        build_strategy("fedsgd", {})
+    with pytest.raises(ServerConfigError, match="fraction-train"):
+        build_strategy("fedavg", {"fraction-train": 0})
+
+
+def test_ledger_state_round_trips():
+    ledger = PrivacyLedger(3.0, 1e-5)
+    ledger.record_training("2", 1, 1.2)
+    ledger.record_training("10", 1, 2.0)
+    ledger.record_refusal("2", 2, 1.2, "budget")
+    again = PrivacyLedger.from_state_dict(ledger.state_dict())
+    assert again.state_dict() == ledger.state_dict()
+    assert list(ledger.state_dict()["clients"]) == ["2", "10"]
+    assert ledger.max_epsilon == 2.0

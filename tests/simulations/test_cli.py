@@ -1,0 +1,67 @@
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from simulations.experiment import DEFAULT_RUN_CONFIG, ExperimentError, available_experiments, load_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fedge(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_pyproject_defaults_match_the_simulators():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == DEFAULT_RUN_CONFIG
+    components = pyproject["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "server.server_app:app", "clientapp": "client.client_app:app"}
+
+
+def test_every_shipped_experiment_loads():
+    assert {"digits-dp", "mnist-dirichlet"} <= set(available_experiments())
+    for name in available_experiments():
+        assert load_experiment(name).num_supernodes >= 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["simulate", "--strategy", "fedsgd"], "unknown strategy 'fedsgd'"),
+        (["simulate", "--set", "model=resnet"], "unknown model 'resnet'"),
+        (["simulate", "--set", "partitioner=dirichlet", "--set", "alpha=0"], "alpha must be > 0"),
+        (["simulate", "--config", "mnist-dirichlet", "--data-path", "/no/such/dir"], "does not exist"),
+        (["simulate", "--set", "dataset=csv", "--set", "model=tabular-mlp", "--data-path", "tests/data/README.md"],
+         "no label column 'label'"),
+        (["simulate", "--config", "nonesuch"], "no experiment named 'nonesuch'"),
+        (["simulate", "--set", "rounds=3"], "unknown setting 'rounds'"),
+        (["simulate", "-n", "1"], "only 1 clients"),
+    ],
+)
+def test_bad_input_is_one_clear_line_without_traceback(args, message):
+    result = _fedge(*args)
+    assert result.returncode == 2, result.stderr
+    output = " ".join((result.stdout + result.stderr).split())
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_help_explains_every_command():
+    for args in (["--help"], ["simulate", "--help"], ["experiments", "--help"]):
+        result = _fedge(*args)
+        assert result.returncode == 0
+        assert "Usage" in result.stdout
+    assert "--num-clients" in _fedge("simulate", "--help").stdout
+
+
+def test_override_types_are_checked():
+    exp = load_experiment("digits-dp")
+    with pytest.raises(ExperimentError, match="expected a int"):
+        from simulations.experiment import apply_overrides
+
+        apply_overrides(exp, ["num-server-rounds=many"])
