@@ -36,9 +36,13 @@ def _local_model(config: ClientConfig, data: ArrayDataset, arrays: ArrayRecord) 
     return model.to(config.device)
 
 
-def train_locally(config: ClientConfig, arrays: ArrayRecord, server_config: ConfigRecord, state: RecordDict) -> RecordDict:
+def train_locally(
+    config: ClientConfig, arrays: ArrayRecord, server_config: ConfigRecord, state: RecordDict
+) -> RecordDict:
     """One round of local training; pure of Flower's Context so tests can call it directly."""
-    data = config.data.client_train_set(config.partition_id, config.num_partitions, node_data_path=config.node_data_path)
+    data = config.data.client_train_set(
+        config.partition_id, config.num_partitions, node_data_path=config.node_data_path
+    )
     model = _local_model(config, data, arrays)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
     criterion = nn.CrossEntropyLoss()
@@ -110,7 +114,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the global model on this client's own data."""
     config = ClientConfig.from_context(context)
-    data = config.data.client_train_set(config.partition_id, config.num_partitions, node_data_path=config.node_data_path)
+    data = config.data.client_train_set(
+        config.partition_id, config.num_partitions, node_data_path=config.node_data_path
+    )
     model = _local_model(config, data, msg.content["arrays"])
     result = evaluate_model(model, data, device=config.device)
     metrics = MetricRecord({"eval-loss": result.loss, "eval-accuracy": result.accuracy, "num-examples": len(data)})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,7 +104,7 @@ class RoundLoop:
         self.round_timeout = round_timeout
         self.poll_interval = poll_interval
 
-    def _collect(self, messages: Iterable[Message]) -> tuple[list[Message], int]:
+    def _collect(self, messages: Iterable[Message]) -> Iterator[Message]:
         """Push, then pull replies as they come until all are in or the round times out."""
         pending = set(self.grid.push_messages(messages))
         sent = len(pending)
@@ -117,8 +117,9 @@ class RoundLoop:
             if not got:
                 time.sleep(self.poll_interval)
         if pending:
-            log.warning("%d of %d nodes did not reply before the round timeout; going on without them", len(pending), sent)
-        return
+            log.warning(
+                "%d of %d nodes did not reply before the round timeout; going on without them", len(pending), sent
+            )
 
     def train_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RoundOutcome:
         start = time.monotonic()

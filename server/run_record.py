@@ -50,11 +50,14 @@ class RunRecord:
         _write_json(self.dir / "config.json", config)
         _write_json(self.dir / "model.json", model_info)
 
-    def save_checkpoint(self, server_round: int, state_dict: dict[str, torch.Tensor], *, final: bool = False) -> Path:
+    def save_checkpoint(self, server_round: int, state_dict: dict[str, torch.Tensor]) -> Path:
         path = self.dir / "checkpoints" / f"round-{server_round:03d}.pt"
         torch.save(state_dict, path)
-        if final:
-            torch.save(state_dict, self.dir / "model.pt")
+        return path
+
+    def save_final(self, state_dict: dict[str, torch.Tensor]) -> Path:
+        path = self.dir / "model.pt"
+        torch.save(state_dict, path)
         return path
 
     def add_round(self, entry: dict[str, Any], ledger: PrivacyLedger) -> None:

@@ -103,7 +103,9 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         failed = f"  {outcome.failed} failed" if outcome.failed else ""
         status = f"acc {acc:.3f}{eps}  {outcome.replied}/{outcome.sampled} trained{refused}{failed}"
         progress.update(task, advance=1, status=status)
-        progress.console.print(f"round {outcome.server_round:>3}/{config.num_rounds}: {status}  ({outcome.seconds:.1f}s)")
+        progress.console.print(
+            f"round {outcome.server_round:>3}/{config.num_rounds}: {status}  ({outcome.seconds:.1f}s)"
+        )
 
     with progress:
         final = loop.run(
@@ -112,7 +114,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             train_config=lambda r: ConfigRecord({"server-round": r}),
             after_round=after_round,
         )
-    record.save_checkpoint(config.num_rounds, final.to_torch_state_dict(), final=True)
+    record.save_final(final.to_torch_state_dict())
     plots = record.plot(ledger)
     summary = {
         "run-dir": str(config.run_dir),

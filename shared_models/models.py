@@ -120,9 +120,7 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise UnknownModelError(
-            f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
-        ) from None
+        raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}") from None
 
 
 def build_model(name: str, *, input_shape: Sequence[int], num_classes: int, seed: int | None = None) -> nn.Module:

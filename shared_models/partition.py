@@ -21,9 +21,7 @@ def _check_count(num_samples: int, num_partitions: int) -> None:
     if num_partitions < 1:
         raise PartitionError(f"number of partitions must be at least 1, got {num_partitions}")
     if num_partitions > num_samples:
-        raise PartitionError(
-            f"cannot split {num_samples} samples into {num_partitions} partitions; use fewer clients"
-        )
+        raise PartitionError(f"cannot split {num_samples} samples into {num_partitions} partitions; use fewer clients")
 
 
 def iid(labels: np.ndarray, num_partitions: int, *, seed: int = 0) -> list[np.ndarray]:
@@ -66,7 +64,9 @@ def dirichlet(
     )
 
 
-def shards(labels: np.ndarray, num_partitions: int, *, shards_per_partition: int = 2, seed: int = 0) -> list[np.ndarray]:
+def shards(
+    labels: np.ndarray, num_partitions: int, *, shards_per_partition: int = 2, seed: int = 0
+) -> list[np.ndarray]:
     """Pathological non-IID (McMahan et al. 2017): sort by label, cut into shards, deal a few shards to each."""
     num_shards = num_partitions * shards_per_partition
     if shards_per_partition < 1:
@@ -76,9 +76,7 @@ def shards(labels: np.ndarray, num_partitions: int, *, shards_per_partition: int
     by_label = np.argsort(labels, kind="stable")
     shard_list = np.array_split(by_label, num_shards)
     order = rng.permutation(num_shards)
-    return [
-        np.sort(np.concatenate([shard_list[s] for s in order[i::num_partitions]])) for i in range(num_partitions)
-    ]
+    return [np.sort(np.concatenate([shard_list[s] for s in order[i::num_partitions]])) for i in range(num_partitions)]
 
 
 def partition_indices(

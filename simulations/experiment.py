@@ -89,9 +89,7 @@ def available_experiments() -> dict[str, Path]:
 def _coerce(key: str, text: str) -> Any:
     """Parse a ``key=value`` override to the type of the key's default."""
     if key not in DEFAULT_RUN_CONFIG:
-        raise ExperimentError(
-            f"unknown setting {key!r}; known settings: {', '.join(sorted(DEFAULT_RUN_CONFIG))}"
-        )
+        raise ExperimentError(f"unknown setting {key!r}; known settings: {', '.join(sorted(DEFAULT_RUN_CONFIG))}")
     default = DEFAULT_RUN_CONFIG[key]
     try:
         if isinstance(default, bool):

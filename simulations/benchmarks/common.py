@@ -60,7 +60,9 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, rows: list[Row], *, out: Path | None = None, settings: dict[str, Any] | None = None) -> Path:
+def write_results(
+    name: str, rows: list[Row], *, out: Path | None = None, settings: dict[str, Any] | None = None
+) -> Path:
     """Print the markdown table and write JSON (default ``simulations/benchmarks/results/NAME.json``) and ``.md``."""
     out = out or RESULTS_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +75,11 @@ def write_results(name: str, rows: list[Row], *, out: Path | None = None, settin
     }
     out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     table = markdown_table(rows)
-    out.with_suffix(".md").write_text(f"# {name}\n\n{payload['date']}, {payload['machine']['cpu']} "
-                                      f"({payload['machine']['cores']} cores)\n\n{table}\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(
+        f"# {name}\n\n{payload['date']}, {payload['machine']['cpu']} "
+        f"({payload['machine']['cores']} cores)\n\n{table}\n",
+        encoding="utf-8",
+    )
     print(table)
     print(f"\nwritten: {out}")
     return out
@@ -84,6 +89,9 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m simulations.benchmarks.{name}", description=description)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json", help="JSON output path")
     parser.add_argument(
-        "--mnist", type=Path, default=SHARED_MNIST, help="directory of the MNIST IDX files (default: ../shared/data/mnist)"
+        "--mnist",
+        type=Path,
+        default=SHARED_MNIST,
+        help="directory of the MNIST IDX files (default: ../shared/data/mnist)",
     )
     return parser

@@ -30,7 +30,15 @@ def test_dp_simulation_learns_and_accounts_epsilon_over_the_whole_run(tmp_path):
     assert all(c["rounds"] == [1, 2, 3] and 2.5 < c["epsilon"] <= 3.0 for c in privacy["clients"].values())
     run_dir = Path(summary["run-dir"])
     assert run_dir.parent == tmp_path
-    for name in ("config.json", "metrics.json", "privacy.json", "model.json", "model.pt", "accuracy.png", "epsilon.png"):
+    for name in (
+        "config.json",
+        "metrics.json",
+        "privacy.json",
+        "model.json",
+        "model.pt",
+        "accuracy.png",
+        "epsilon.png",
+    ):
         assert (run_dir / name).is_file(), name
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"round-00{i}.pt" for i in range(4)]
     assert json.loads((run_dir / "model.json").read_text())["model"] == "digits-cnn"

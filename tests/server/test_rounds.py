@@ -26,7 +26,9 @@ def task_identity():
 
 
 def _content(value: float, n: int, eps: float = 1.0, pid: int = 0) -> RecordDict:
-    arrays = ArrayRecord({"w": Array(np.full((3, 2), value, dtype=np.float32)), "b": Array(np.array([value], np.float32))})
+    arrays = ArrayRecord(
+        {"w": Array(np.full((3, 2), value, dtype=np.float32)), "b": Array(np.array([value], np.float32))}
+    )
     return RecordDict(
         {
             "arrays": arrays,
@@ -63,7 +65,11 @@ class ScriptedGrid(Grid):
             msg.metadata.__dict__["_message_id"] = mid
             answer = self.behaviour(msg.metadata.dst_node_id, msg)
             if answer is not None:
-                reply = Message(answer, reply_to=msg) if isinstance(answer, Error) else Message(content=answer, reply_to=msg)
+                reply = (
+                    Message(answer, reply_to=msg)
+                    if isinstance(answer, Error)
+                    else Message(content=answer, reply_to=msg)
+                )
                 reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
                 self.outbox[mid] = reply
             ids.append(mid)
@@ -112,7 +118,11 @@ def test_round_skips_failures_records_refusals_and_averages_the_rest(stream):
     grid = ScriptedGrid([1, 2, 3, 4, 5], behaviour)
     ledger = PrivacyLedger(3.0, 1e-5)
     loop = RoundLoop(
-        strategy=FedAvg(fraction_evaluate=0.0, min_available_nodes=5), grid=grid, ledger=ledger, stream=stream, round_timeout=0.3
+        strategy=FedAvg(fraction_evaluate=0.0, min_available_nodes=5),
+        grid=grid,
+        ledger=ledger,
+        stream=stream,
+        round_timeout=0.3,
     )
     start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
     outcome = loop.train_round(1, start, ConfigRecord())
@@ -126,7 +136,10 @@ def test_round_skips_failures_records_refusals_and_averages_the_rest(stream):
 def test_non_mean_strategy_sees_every_reply():
     grid = ScriptedGrid([1, 2, 3], lambda node, msg: _content({1: 1.0, 2: 2.0, 3: 100.0}[node], 10, pid=node))
     loop = RoundLoop(
-        strategy=FedMedian(fraction_evaluate=0.0, min_available_nodes=3), grid=grid, ledger=PrivacyLedger(3, 1e-5), stream=False
+        strategy=FedMedian(fraction_evaluate=0.0, min_available_nodes=3),
+        grid=grid,
+        ledger=PrivacyLedger(3, 1e-5),
+        stream=False,
     )
     start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
     outcome = loop.train_round(1, start, ConfigRecord())

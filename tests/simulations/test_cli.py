@@ -36,8 +36,10 @@ def test_every_shipped_experiment_loads():
         (["simulate", "--set", "model=resnet"], "unknown model 'resnet'"),
         (["simulate", "--set", "partitioner=dirichlet", "--set", "alpha=0"], "alpha must be > 0"),
         (["simulate", "--config", "mnist-dirichlet", "--data-path", "/no/such/dir"], "does not exist"),
-        (["simulate", "--set", "dataset=csv", "--set", "model=tabular-mlp", "--data-path", "tests/data/README.md"],
-         "no label column 'label'"),
+        (
+            ["simulate", "--set", "dataset=csv", "--set", "model=tabular-mlp", "--data-path", "tests/data/README.md"],
+            "no label column 'label'",
+        ),
         (["simulate", "--config", "nonesuch"], "no experiment named 'nonesuch'"),
         (["simulate", "--set", "rounds=3"], "unknown setting 'rounds'"),
         (["simulate", "-n", "1"], "only 1 clients"),
