@@ -71,6 +71,7 @@ class RunRecord:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         written = []
         rounds = [r["round"] for r in self.rounds if r.get("central-accuracy") is not None]
@@ -80,6 +81,7 @@ class RunRecord:
             ax.set_xlabel("round")
             ax.set_ylabel("accuracy (server's held-out split)")
             ax.set_ylim(0, 1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.set_title("Global model accuracy per round")
             fig.tight_layout()
@@ -95,6 +97,8 @@ class RunRecord:
             ax.axhline(ledger.target_epsilon, color="red", linestyle=":", label=f"budget ε={ledger.target_epsilon:g}")
             ax.set_xlabel("round")
             ax.set_ylabel(f"cumulative ε (δ={ledger.delta:g})")
+            ax.set_ylim(0, max(ledger.target_epsilon, max(r["epsilon-max"] for r in eps_rounds)) * 1.1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()
             ax.set_title("Privacy spent over the run")
