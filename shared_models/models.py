@@ -110,6 +110,12 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("digits-cnn", "small CNN for 8x8 digits (GroupNorm)", lambda s, c: DigitsCNN(c), (1, 8, 8)),
         ModelSpec("mnist-cnn", "Conv32-Conv64-FC512 CNN for 28x28 MNIST", lambda s, c: MnistCNN(c), (1, 28, 28)),
+        ModelSpec(
+            "mnist-small-cnn",
+            "Conv16-Conv32-FC64 CNN for 28x28 MNIST (114K parameters): DP-SGD's noise grows with the parameter count",
+            lambda s, c: MnistCNN(c, width=16, hidden=64),
+            (1, 28, 28),
+        ),
         ModelSpec("tabular-mlp", "MLP for tabular features (CSV, breast cancer)", _build_tabular, None),
     )
 }

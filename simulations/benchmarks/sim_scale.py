@@ -1,0 +1,335 @@
+"""What does Flower's simulation cost over the training itself? One round at 100 and 1,000 clients.
+
+For each client count this measures, in the same run and alternating:
+
+- the floor: the same local training done in one plain loop without Flower or Ray, calling the ClientApp's own
+  ``train_locally`` for every client in this process (same data, same config, same global model), with
+  ``--threads`` torch threads (default 2, the machine's cores);
+- one round of the real Flower simulation (:func:`simulations.simulate.run_experiment`, Ray backend, one actor
+  per core) with our ServerApp folding replies into a running mean as they arrive (``stream-aggregation=true``);
+- the same with ``stream-aggregation=false``: our loop holding every reply until the round ends, as Flower's
+  ``Strategy.start`` does.
+
+Each simulation runs 2 rounds and the benchmark reports round 2 (the ``seconds`` the server's RoundLoop measures
+from sending the train messages to the aggregated model): round 1 also pays each Ray actor's first call (importing
+torch and the apps, decoding MNIST), which the floor pays in an untimed warm-up call, so round 2 is the like-for-like
+steady state. Round 1 is reported alongside. Memory is the peak of the summed RSS of this process and all its
+descendants (Ray's GCS, raylet and workers included), sampled every ``--sample-interval`` seconds over the whole
+simulation; RSS counts pages shared between processes once per process, as ``ps`` and stock measurements do.
+
+    python -m simulations.benchmarks.sim_scale                    # 100 and 1,000 clients, 2 repeats (about 30 min)
+    python -m simulations.benchmarks.sim_scale --clients 100 --repeats 1 --out /tmp/scale.json
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from rich.progress import Progress  # noqa: E402
+
+from simulations.benchmarks.common import Row, base_parser, write_results  # noqa: E402
+
+NAME = "sim_scale"
+GIB = 1024**3
+# Stock Flower 1.41 (Strategy.start holding every reply), measured on this machine before this benchmark existed;
+# kept for reference, not re-measured here.
+STOCK_REFERENCE = {
+    "100 clients": {"round-vs-floor": 1.22, "peak-rss-gb": 3.9},
+    "1000 clients": {"round-vs-floor": "3.7-4.6", "peak-rss-gb": 9.2},
+}
+
+
+@dataclass
+class TreeSample:
+    peak_rss: int = 0
+    peak_processes: int = 0
+    own_cpu_s: float = 0.0
+    foreign_cpu_s: float = 0.0
+    wall_s: float = 0.0
+    actor_omp_threads: set[str] = field(default_factory=set)
+
+
+class ProcessTreeSampler:
+    """Samples, in a background thread, the summed RSS of this process and all its descendants (recursively).
+
+    Also counts the CPU seconds the rest of the machine used meanwhile (system busy time minus this tree's), so a
+    timing taken while someone else was computing can be told apart.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cpu_by_pid: dict[int, float] = {}
+        self._first_cpu_by_pid: dict[int, float] = {}
+        self.result = TreeSample()
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def _sample(self) -> None:
+        root = psutil.Process()
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = [root]
+        rss = 0
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    cpu = proc.cpu_times()
+                    total = cpu.user + cpu.system
+                if proc.pid not in self._first_cpu_by_pid:
+                    # A process born during the window counts from 0; one already running from its value now.
+                    self._first_cpu_by_pid[proc.pid] = total if not self._cpu_by_pid and proc.pid == root.pid else 0.0
+                    if proc.pid != root.pid and self._started_pids is not None and proc.pid in self._started_pids:
+                        self._first_cpu_by_pid[proc.pid] = total
+                self._cpu_by_pid[proc.pid] = total
+                if proc.pid != root.pid and proc.pid not in self._omp_checked:
+                    self._omp_checked.add(proc.pid)
+                    if "ClientAppActor" in " ".join(proc.cmdline()):
+                        self.result.actor_omp_threads.add(proc.environ().get("OMP_NUM_THREADS", "unset"))
+            except psutil.Error:
+                continue
+        if rss > self.result.peak_rss:
+            self.result.peak_rss = rss
+        self.result.peak_processes = max(self.result.peak_processes, len(procs))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> ProcessTreeSampler:
+        self._omp_checked: set[int] = set()
+        root = psutil.Process()
+        self._started_pids = {p.pid for p in root.children(recursive=True)}
+        self._start_busy = self._busy()
+        self._start_wall = time.monotonic()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+        own = sum(self._cpu_by_pid[p] - self._first_cpu_by_pid.get(p, 0.0) for p in self._cpu_by_pid)
+        self.result.own_cpu_s = own
+        self.result.foreign_cpu_s = max(0.0, self._busy() - self._start_busy - own)
+        self.result.wall_s = time.monotonic() - self._start_wall
+
+
+def choose_partitioner(cfg: dict[str, Any], num_clients: int) -> tuple[str, str]:
+    """The experiment's partitioner if it can split the training pool over ``num_clients``, else iid, and why."""
+    from shared_models.errors import PartitionError
+    from shared_models.federation import FederatedData
+
+    data = FederatedData.from_run_config(cfg)
+    try:
+        data.client_train_set(0, num_clients)
+    except PartitionError as e:
+        return "iid", f"{data.partitioner} failed for {num_clients} clients: {e}"
+    return data.partitioner, ""
+
+
+def floor_seconds(cfg: dict[str, Any], num_clients: int, *, threads: int, label: str) -> float:
+    """Wall time of ``train_locally`` for every client, one after the other, in this process."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+
+    from client.client_app import train_locally
+    from client.config import ClientConfig
+    from shared_models.federation import FederatedData
+    from shared_models.models import build_model
+
+    torch.set_num_threads(threads)
+    test = FederatedData.from_run_config(cfg).server_test_set()
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_model(str(cfg["model"]), input_shape=test.input_shape, num_classes=test.num_classes)
+    arrays = ArrayRecord(model.state_dict())
+    configs = [
+        ClientConfig.from_context(
+            Context(
+                run_id=0,
+                node_id=i + 1,
+                node_config={"partition-id": i, "num-partitions": num_clients},
+                state=RecordDict(),
+                run_config=dict(cfg),
+            )
+        )
+        for i in range(num_clients)
+    ]
+    server_config = ConfigRecord({"server-round": 2})
+    train_locally(configs[0], arrays, server_config, RecordDict())  # warm-up: MNIST decode, torch first call
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"{label}: plain loop", total=num_clients)
+        start = time.perf_counter()
+        for config in configs:
+            train_locally(config, arrays, server_config, RecordDict())
+            progress.advance(task)
+        return time.perf_counter() - start
+
+
+def simulate_round(base: Any, num_clients: int, overrides: list[str], *, interval: float) -> dict[str, Any]:
+    from simulations.experiment import apply_overrides
+    from simulations.simulate import run_experiment
+
+    experiment = copy.deepcopy(base)
+    experiment.num_supernodes = num_clients
+    apply_overrides(experiment, overrides)
+    with ProcessTreeSampler(interval) as sampler:
+        summary = run_experiment(experiment)
+    rounds = summary["rounds"]
+    trained = [r.get("clients-trained") for r in rounds[1:]]
+    if any(t != num_clients for t in trained):
+        raise RuntimeError(f"not every client trained: {trained} of {num_clients}; see {summary['run-dir']}")
+    s = sampler.result
+    return {
+        "round-1-s": rounds[1]["seconds"],
+        "round-2-s": rounds[2]["seconds"],
+        "peak-rss-bytes": s.peak_rss,
+        "peak-processes": s.peak_processes,
+        "run-wall-s": round(s.wall_s, 2),
+        "foreign-cpu-s": round(s.foreign_cpu_s, 2),
+        "actor-omp-threads": sorted(s.actor_omp_threads),
+        "run-dir": summary["run-dir"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(NAME, __doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="mnist-dirichlet", help="experiment name or TOML path (its partition)")
+    parser.add_argument("--clients", default="100,1000", help="comma-separated client counts")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of floor and simulations")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the plain loop (the floor)")
+    parser.add_argument("--sample-interval", type=float, default=0.2, help="seconds between RSS samples")
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="override a run setting"
+    )
+    parser.add_argument("--runs-dir", default=None, help="where run records go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+
+    from simulations.experiment import apply_overrides, load_experiment, resolve_paths
+
+    base = load_experiment(args.config)
+    runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="fedge-bench-runs-")
+    apply_overrides(
+        base,
+        [
+            f"data-path={args.mnist}",
+            f"runs-dir={runs_dir}",
+            "num-server-rounds=2",
+            "local-epochs=1",
+            "fraction-train=1.0",
+            "fraction-evaluate=0.0",
+            "progress=false",
+            *args.settings,
+        ],
+    )
+    resolve_paths(base)
+    variants = {"floor": None, "stream": "stream-aggregation=true", "hold": "stream-aggregation=false"}
+    rows: list[Row] = []
+    per_count: dict[str, Any] = {}
+    for num_clients in (int(c) for c in args.clients.split(",")):
+        partitioner, why = choose_partitioner(base.run_config, num_clients)
+        if why:
+            print(f"note: {why}; using {partitioner}")
+        cfg = dict(base.run_config, partitioner=partitioner)
+        results: dict[str, list[Any]] = {k: [] for k in variants}
+        for rep in range(args.repeats):
+            order = list(variants) if rep % 2 == 0 else list(reversed(variants))
+            for variant in order:
+                label = f"{num_clients} clients, repeat {rep + 1}/{args.repeats}, {variant}"
+                if variant == "floor":
+                    with ProcessTreeSampler(args.sample_interval) as sampler:
+                        seconds = floor_seconds(cfg, num_clients, threads=args.threads, label=label)
+                    results[variant].append(
+                        {
+                            "seconds": seconds,
+                            "foreign-cpu-s": round(sampler.result.foreign_cpu_s, 2),
+                            "peak-rss-bytes": sampler.result.peak_rss,
+                        }
+                    )
+                    print(f"{label}: {seconds:.2f} s")
+                else:
+                    outcome = simulate_round(
+                        base,
+                        num_clients,
+                        [f"partitioner={partitioner}", variants[variant]],
+                        interval=args.sample_interval,
+                    )
+                    results[variant].append(outcome)
+                    print(
+                        f"{label}: round 2 {outcome['round-2-s']:.2f} s (round 1 {outcome['round-1-s']:.2f} s), "
+                        f"peak RSS {outcome['peak-rss-bytes'] / GIB:.2f} GiB, "
+                        f"other processes used {outcome['foreign-cpu-s']:.1f} CPU-s"
+                    )
+        floor = statistics.median(r["seconds"] for r in results["floor"])
+        floor_name = f"plain loop, train_locally x {num_clients}, {args.threads} threads"
+        tag = f"{num_clients} clients ({partitioner})"
+        for variant, title in (("stream", "streaming mean"), ("hold", "holding all replies")):
+            r2 = statistics.median(r["round-2-s"] for r in results[variant])
+            r1 = statistics.median(r["round-1-s"] for r in results[variant])
+            rows.append(Row.compare(f"{tag}: round 2 time, {title}", r2, "s", floor_name, floor))
+            rows.append(Row.compare(f"{tag}: round 1 time (cold actors), {title}", r1, "s", floor_name, floor))
+        stream_mem = max(r["peak-rss-bytes"] for r in results["stream"]) / GIB
+        hold_mem = max(r["peak-rss-bytes"] for r in results["hold"]) / GIB
+        rows.append(
+            Row.compare(
+                f"{tag}: peak RSS of process tree, streaming mean", stream_mem, "GiB", "holding all replies", hold_mem
+            )
+        )
+        rows.append(Row(f"{tag}: peak RSS of process tree, holding all replies", hold_mem, "GiB"))
+        per_count[str(num_clients)] = {"partitioner": partitioner, "partitioner-note": why, "runs": results}
+
+    cfg = base.run_config
+    settings = {
+        "experiment": base.name,
+        "run-config": {
+            k: cfg[k]
+            for k in (
+                "model",
+                "dataset",
+                "alpha",
+                "local-epochs",
+                "batch-size",
+                "learning-rate",
+                "momentum",
+                "dp",
+                "fraction-train",
+                "strategy",
+                "seed",
+                "test-fraction",
+            )
+        },
+        "client-num-cpus": base.client_num_cpus,
+        "floor-threads": args.threads,
+        "repeats": args.repeats,
+        "timed": "round 2 of a 2-round simulation (server RoundLoop 'seconds': configure, push, train, collect, "
+        "aggregate); floor after one untimed warm-up call; medians over repeats",
+        "memory": "peak summed RSS of this process and all descendants over the whole simulation run, "
+        f"sampled every {args.sample_interval} s",
+        "stock-flower-1.41-reference": STOCK_REFERENCE,
+        "per-client-count": per_count,
+    }
+    write_results(NAME, rows, out=args.out, settings=settings)
+
+
+if __name__ == "__main__":
+    main()
