@@ -74,6 +74,7 @@ class ProcessTreeSampler:
         self._thread: threading.Thread | None = None
         self._cpu_by_pid: dict[int, float] = {}
         self._first_cpu_by_pid: dict[int, float] = {}
+        self._actors_seen: set[int] = set()
         self.result = TreeSample()
 
     @staticmethod
@@ -93,21 +94,13 @@ class ProcessTreeSampler:
                 with proc.oneshot():
                     rss += proc.memory_info().rss
                     cpu = proc.cpu_times()
-                    total = cpu.user + cpu.system
-                if proc.pid not in self._first_cpu_by_pid:
-                    # A process born during the window counts from 0; one already running from its value now.
-                    self._first_cpu_by_pid[proc.pid] = total if not self._cpu_by_pid and proc.pid == root.pid else 0.0
-                    if proc.pid != root.pid and self._started_pids is not None and proc.pid in self._started_pids:
-                        self._first_cpu_by_pid[proc.pid] = total
-                self._cpu_by_pid[proc.pid] = total
-                if proc.pid != root.pid and proc.pid not in self._omp_checked:
-                    self._omp_checked.add(proc.pid)
-                    if "ClientAppActor" in " ".join(proc.cmdline()):
-                        self.result.actor_omp_threads.add(proc.environ().get("OMP_NUM_THREADS", "unset"))
+                self._cpu_by_pid[proc.pid] = cpu.user + cpu.system
+                if proc.pid not in self._actors_seen and "ClientAppActor" in " ".join(proc.cmdline()):
+                    self._actors_seen.add(proc.pid)
+                    self.result.actor_omp_threads.add(proc.environ().get("OMP_NUM_THREADS", "unset"))
             except psutil.Error:
                 continue
-        if rss > self.result.peak_rss:
-            self.result.peak_rss = rss
+        self.result.peak_rss = max(self.result.peak_rss, rss)
         self.result.peak_processes = max(self.result.peak_processes, len(procs))
 
     def _run(self) -> None:
@@ -115,12 +108,12 @@ class ProcessTreeSampler:
             self._sample()
 
     def __enter__(self) -> ProcessTreeSampler:
-        self._omp_checked: set[int] = set()
-        root = psutil.Process()
-        self._started_pids = {p.pid for p in root.children(recursive=True)}
+        self._actors_seen = set()
         self._start_busy = self._busy()
         self._start_wall = time.monotonic()
         self._sample()
+        # CPU already spent by processes alive at the start is not this window's; processes born later start at 0.
+        self._first_cpu_by_pid = dict(self._cpu_by_pid)
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
         return self
