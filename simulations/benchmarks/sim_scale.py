@@ -5,6 +5,10 @@ For each client count this measures, in the same run and alternating:
 - the floor: the same local training done in one plain loop without Flower or Ray, calling the ClientApp's own
   ``train_locally`` for every client in this process (same data, same config, same global model), with
   ``--threads`` torch threads (default 2, the machine's cores);
+- a second floor: the same clients pulled from one queue by ``--processes`` plain worker processes of 1 torch
+  thread each (default 2): the layout of Flower's Ray actor pool, without Flower or Ray. On a small, shared
+  machine two torch threads on small batches can be far slower than two single-threaded processes, so the
+  one-process floor alone can flatter the simulation;
 - one round of the real Flower simulation (:func:`simulations.simulate.run_experiment`, Ray backend, one actor
   per core) with our ServerApp folding replies into a running mean as they arrive (``stream-aggregation=true``);
 - the same with ``stream-aggregation=false``: our loop holding every reply until the round ends, as Flower's
@@ -13,9 +17,10 @@ For each client count this measures, in the same run and alternating:
 Each simulation runs 2 rounds and the benchmark reports round 2 (the ``seconds`` the server's RoundLoop measures
 from sending the train messages to the aggregated model): round 1 also pays each Ray actor's first call (importing
 torch and the apps, decoding MNIST), which the floor pays in an untimed warm-up call, so round 2 is the like-for-like
-steady state. Round 1 is reported alongside. Memory is the peak of the summed RSS of this process and all its
-descendants (Ray's GCS, raylet and workers included), sampled every ``--sample-interval`` seconds over the whole
-simulation; RSS counts pages shared between processes once per process, as ``ps`` and stock measurements do.
+steady state. Round 1 is reported alongside. Each simulation runs in a fresh Python process, as
+``fedge simulate`` would. Memory is the peak of the summed RSS of that process and all its descendants (Ray's GCS,
+raylet and workers included), sampled every ``--sample-interval`` seconds over the whole simulation; RSS counts
+pages shared between processes once per process, as ``ps`` and stock measurements do.
 
     python -m simulations.benchmarks.sim_scale                    # 100 and 1,000 clients, 2 repeats (about 30 min)
     python -m simulations.benchmarks.sim_scale --clients 100 --repeats 1 --out /tmp/scale.json
@@ -23,13 +28,17 @@ simulation; RSS counts pages shared between processes once per process, as ``ps`
 
 from __future__ import annotations
 
-import copy
+import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -58,7 +67,6 @@ class TreeSample:
     own_cpu_s: float = 0.0
     foreign_cpu_s: float = 0.0
     wall_s: float = 0.0
-    actor_omp_threads: set[str] = field(default_factory=set)
 
 
 class ProcessTreeSampler:
@@ -68,13 +76,13 @@ class ProcessTreeSampler:
     timing taken while someone else was computing can be told apart.
     """
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, *, root: int | None = None) -> None:
         self.interval = interval
+        self.root = root
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cpu_by_pid: dict[int, float] = {}
         self._first_cpu_by_pid: dict[int, float] = {}
-        self._actors_seen: set[int] = set()
         self.result = TreeSample()
 
     @staticmethod
@@ -83,7 +91,10 @@ class ProcessTreeSampler:
         return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
     def _sample(self) -> None:
-        root = psutil.Process()
+        try:
+            root = psutil.Process(self.root)
+        except psutil.Error:
+            return
         try:
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
@@ -95,9 +106,6 @@ class ProcessTreeSampler:
                     rss += proc.memory_info().rss
                     cpu = proc.cpu_times()
                 self._cpu_by_pid[proc.pid] = cpu.user + cpu.system
-                if proc.pid not in self._actors_seen and "ClientAppActor" in " ".join(proc.cmdline()):
-                    self._actors_seen.add(proc.pid)
-                    self.result.actor_omp_threads.add(proc.environ().get("OMP_NUM_THREADS", "unset"))
             except psutil.Error:
                 continue
         self.result.peak_rss = max(self.result.peak_rss, rss)
@@ -108,7 +116,6 @@ class ProcessTreeSampler:
             self._sample()
 
     def __enter__(self) -> ProcessTreeSampler:
-        self._actors_seen = set()
         self._start_busy = self._busy()
         self._start_wall = time.monotonic()
         self._sample()
@@ -142,20 +149,17 @@ def choose_partitioner(cfg: dict[str, Any], num_clients: int) -> tuple[str, str]
     return data.partitioner, ""
 
 
-def floor_seconds(cfg: dict[str, Any], num_clients: int, *, threads: int, label: str) -> float:
-    """Wall time of ``train_locally`` for every client, one after the other, in this process."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+def _floor_inputs(cfg: dict[str, Any], num_clients: int) -> tuple[list[Any], Any]:
+    """Every client's ClientConfig (parsed from a Context as the ClientApp does) and the initial global model."""
+    from flwr.app import ArrayRecord, Context, RecordDict
 
-    from client.client_app import train_locally
     from client.config import ClientConfig
     from shared_models.federation import FederatedData
     from shared_models.models import build_model
 
-    torch.set_num_threads(threads)
     test = FederatedData.from_run_config(cfg).server_test_set()
     torch.manual_seed(int(cfg["seed"]))
     model = build_model(str(cfg["model"]), input_shape=test.input_shape, num_classes=test.num_classes)
-    arrays = ArrayRecord(model.state_dict())
     configs = [
         ClientConfig.from_context(
             Context(
@@ -168,6 +172,17 @@ def floor_seconds(cfg: dict[str, Any], num_clients: int, *, threads: int, label:
         )
         for i in range(num_clients)
     ]
+    return configs, ArrayRecord(model.state_dict())
+
+
+def floor_seconds(cfg: dict[str, Any], num_clients: int, *, threads: int, label: str) -> float:
+    """Wall time of ``train_locally`` for every client, one after the other, in this process."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from client.client_app import train_locally
+
+    torch.set_num_threads(threads)
+    configs, arrays = _floor_inputs(cfg, num_clients)
     server_config = ConfigRecord({"server-round": 2})
     train_locally(configs[0], arrays, server_config, RecordDict())  # warm-up: MNIST decode, torch first call
     with Progress(transient=True) as progress:
@@ -179,15 +194,72 @@ def floor_seconds(cfg: dict[str, Any], num_clients: int, *, threads: int, label:
         return time.perf_counter() - start
 
 
-def simulate_round(base: Any, num_clients: int, overrides: list[str], *, interval: float) -> dict[str, Any]:
-    from simulations.experiment import apply_overrides
-    from simulations.simulate import run_experiment
+def _floor_worker(cfg: dict[str, Any], num_clients: int, jobs: Any, barrier: Any, done: Any) -> None:
+    """One plain worker process (1 torch thread): warm up, wait for the start, train clients from ``jobs``."""
+    from flwr.app import ConfigRecord, RecordDict
 
-    experiment = copy.deepcopy(base)
-    experiment.num_supernodes = num_clients
-    apply_overrides(experiment, overrides)
-    with ProcessTreeSampler(interval) as sampler:
-        summary = run_experiment(experiment)
+    from client.client_app import train_locally
+
+    torch.set_num_threads(1)
+    configs, arrays = _floor_inputs(cfg, num_clients)
+    server_config = ConfigRecord({"server-round": 2})
+    train_locally(configs[0], arrays, server_config, RecordDict())
+    barrier.wait()
+    trained = 0
+    while (client := jobs.get()) is not None:
+        train_locally(configs[client], arrays, server_config, RecordDict())
+        trained += 1
+    done.put(trained)
+
+
+def floor_processes_seconds(cfg: dict[str, Any], num_clients: int, *, processes: int) -> float:
+    """Wall time of the same training spread over ``processes`` plain worker processes of 1 thread each, pulling
+    clients from one queue (the layout of Ray's actor pool, without Flower or Ray). Start-up and warm-up untimed."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    jobs, done = ctx.Queue(), ctx.Queue()
+    for client in range(num_clients):
+        jobs.put(client)
+    for _ in range(processes):
+        jobs.put(None)
+    barrier = ctx.Barrier(processes + 1)
+    workers = [
+        ctx.Process(target=_floor_worker, args=(cfg, num_clients, jobs, barrier, done), daemon=True)
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    barrier.wait(timeout=600)
+    start = time.perf_counter()
+    trained = sum(done.get(timeout=3600) for _ in workers)
+    seconds = time.perf_counter() - start
+    for worker in workers:
+        worker.join()
+    if trained != num_clients:
+        raise RuntimeError(f"the worker processes trained {trained} of {num_clients} clients")
+    return seconds
+
+
+def simulate_round(config: str, num_clients: int, overrides: list[str], *, interval: float) -> dict[str, Any]:
+    """Run the simulation in a fresh Python process (as ``fedge simulate`` would), sampling that process's tree.
+
+    A fresh process per simulation, because what one simulation leaves in the memory of the process that ran it
+    would be counted again in the next (seen here: 4.2 GiB at 1,000 clients in a fresh driver, 16 GiB in one that
+    had run three simulations before).
+    """
+    with tempfile.TemporaryDirectory(prefix="fedge-sim-scale-") as tmp:
+        out = Path(tmp) / "rounds.json"
+        command = [sys.executable, "-m", f"simulations.benchmarks.{NAME}", "--config", config]
+        command += ["--child-clients", str(num_clients), "--child-out", str(out)]
+        for item in overrides:
+            command += ["--set", item]
+        child = subprocess.Popen(command)
+        with ProcessTreeSampler(interval, root=child.pid) as sampler:
+            code = child.wait()
+        if code != 0 or not out.is_file():
+            raise RuntimeError(f"the simulation process exited with {code}: {' '.join(command)}")
+        summary = json.loads(out.read_text())
     rounds = summary["rounds"]
     trained = [r.get("clients-trained") for r in rounds[1:]]
     if any(t != num_clients for t in trained):
@@ -200,9 +272,19 @@ def simulate_round(base: Any, num_clients: int, overrides: list[str], *, interva
         "peak-processes": s.peak_processes,
         "run-wall-s": round(s.wall_s, 2),
         "foreign-cpu-s": round(s.foreign_cpu_s, 2),
-        "actor-omp-threads": sorted(s.actor_omp_threads),
         "run-dir": summary["run-dir"],
     }
+
+
+def _child(config: str, num_clients: int, overrides: list[str], out: Path) -> None:
+    from simulations.experiment import apply_overrides, load_experiment
+    from simulations.simulate import run_experiment
+
+    experiment = load_experiment(config)
+    experiment.num_supernodes = num_clients
+    apply_overrides(experiment, overrides)
+    summary = run_experiment(experiment)
+    out.write_text(json.dumps({"run-dir": summary["run-dir"], "rounds": summary["rounds"]}), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,32 +293,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", default="100,1000", help="comma-separated client counts")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of floor and simulations")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the plain loop (the floor)")
+    parser.add_argument(
+        "--processes", type=int, default=2, help="worker processes of the second floor (1 torch thread each)"
+    )
     parser.add_argument("--sample-interval", type=float, default=0.2, help="seconds between RSS samples")
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="override a run setting"
     )
     parser.add_argument("--runs-dir", default=None, help="where run records go (default: a temporary directory)")
+    parser.add_argument("--child-clients", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child_out is not None:  # one simulation, started by simulate_round in its own process
+        _child(args.config, args.child_clients, args.settings, args.child_out)
+        return
 
     from simulations.experiment import apply_overrides, load_experiment, resolve_paths
 
     base = load_experiment(args.config)
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="fedge-bench-runs-")
-    apply_overrides(
-        base,
-        [
-            f"data-path={args.mnist}",
-            f"runs-dir={runs_dir}",
-            "num-server-rounds=2",
-            "local-epochs=1",
-            "fraction-train=1.0",
-            "fraction-evaluate=0.0",
-            "progress=false",
-            *args.settings,
-        ],
-    )
+    base_overrides = [
+        f"data-path={args.mnist}",
+        f"runs-dir={runs_dir}",
+        "num-server-rounds=2",
+        "local-epochs=1",
+        "fraction-train=1.0",
+        "fraction-evaluate=0.0",
+        "progress=false",
+        *args.settings,
+    ]
+    apply_overrides(base, base_overrides)
     resolve_paths(base)
-    variants = {"floor": None, "stream": "stream-aggregation=true", "hold": "stream-aggregation=false"}
+    base_overrides = [f"{k}={base.run_config[k]}" for k in ("data-path", "runs-dir")] + base_overrides[2:]
+    variants = {
+        "floor": None,
+        "stream": "stream-aggregation=true",
+        "floor-processes": None,
+        "hold": "stream-aggregation=false",
+    }
     rows: list[Row] = []
     per_count: dict[str, Any] = {}
     for num_clients in (int(c) for c in args.clients.split(",")):
@@ -260,11 +354,18 @@ def main(argv: list[str] | None = None) -> None:
                         }
                     )
                     print(f"{label}: {seconds:.2f} s")
+                elif variant == "floor-processes":
+                    with ProcessTreeSampler(args.sample_interval) as sampler:
+                        seconds = floor_processes_seconds(cfg, num_clients, processes=args.processes)
+                    results[variant].append(
+                        {"seconds": seconds, "foreign-cpu-s": round(sampler.result.foreign_cpu_s, 2)}
+                    )
+                    print(f"{label}: {seconds:.2f} s")
                 else:
                     outcome = simulate_round(
-                        base,
+                        args.config,
                         num_clients,
-                        [f"partitioner={partitioner}", variants[variant]],
+                        [*base_overrides, f"partitioner={partitioner}", variants[variant]],
                         interval=args.sample_interval,
                     )
                     results[variant].append(outcome)
@@ -274,12 +375,16 @@ def main(argv: list[str] | None = None) -> None:
                         f"other processes used {outcome['foreign-cpu-s']:.1f} CPU-s"
                     )
         floor = statistics.median(r["seconds"] for r in results["floor"])
+        floor_procs = statistics.median(r["seconds"] for r in results["floor-processes"])
         floor_name = f"plain loop, train_locally x {num_clients}, {args.threads} threads"
+        procs_name = f"{args.processes} plain processes x 1 thread"
         tag = f"{num_clients} clients ({partitioner})"
+        rows.append(Row.compare(f"{tag}: floor, {procs_name}", floor_procs, "s", floor_name, floor))
         for variant, title in (("stream", "streaming mean"), ("hold", "holding all replies")):
             r2 = statistics.median(r["round-2-s"] for r in results[variant])
             r1 = statistics.median(r["round-1-s"] for r in results[variant])
             rows.append(Row.compare(f"{tag}: round 2 time, {title}", r2, "s", floor_name, floor))
+            rows.append(Row.compare(f"{tag}: round 2 time, {title}", r2, "s", procs_name, floor_procs))
             rows.append(Row.compare(f"{tag}: round 1 time (cold actors), {title}", r1, "s", floor_name, floor))
         stream_mem = max(r["peak-rss-bytes"] for r in results["stream"]) / GIB
         hold_mem = max(r["peak-rss-bytes"] for r in results["hold"]) / GIB
@@ -313,10 +418,11 @@ def main(argv: list[str] | None = None) -> None:
         },
         "client-num-cpus": base.client_num_cpus,
         "floor-threads": args.threads,
+        "floor-processes": args.processes,
         "repeats": args.repeats,
         "timed": "round 2 of a 2-round simulation (server RoundLoop 'seconds': configure, push, train, collect, "
         "aggregate); floor after one untimed warm-up call; medians over repeats",
-        "memory": "peak summed RSS of this process and all descendants over the whole simulation run, "
+        "memory": "peak summed RSS of the simulation's own process and all its descendants over the whole run, "
         f"sampled every {args.sample_interval} s",
         "stock-flower-1.41-reference": STOCK_REFERENCE,
         "per-client-count": per_count,
