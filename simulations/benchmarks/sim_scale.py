@@ -65,6 +65,7 @@ class TreeSample:
     peak_rss: int = 0
     peak_processes: int = 0
     own_cpu_s: float = 0.0
+    root_cpu_s: float = 0.0
     foreign_cpu_s: float = 0.0
     wall_s: float = 0.0
 
@@ -116,6 +117,7 @@ class ProcessTreeSampler:
             self._sample()
 
     def __enter__(self) -> ProcessTreeSampler:
+        self._root_pid = self.root if self.root is not None else os.getpid()
         self._start_busy = self._busy()
         self._start_wall = time.monotonic()
         self._sample()
@@ -132,6 +134,8 @@ class ProcessTreeSampler:
         self._sample()
         own = sum(self._cpu_by_pid[p] - self._first_cpu_by_pid.get(p, 0.0) for p in self._cpu_by_pid)
         self.result.own_cpu_s = own
+        root = self._root_pid
+        self.result.root_cpu_s = self._cpu_by_pid.get(root, 0.0) - self._first_cpu_by_pid.get(root, 0.0)
         self.result.foreign_cpu_s = max(0.0, self._busy() - self._start_busy - own)
         self.result.wall_s = time.monotonic() - self._start_wall
 
@@ -272,6 +276,8 @@ def simulate_round(config: str, num_clients: int, overrides: list[str], *, inter
         "peak-processes": s.peak_processes,
         "run-wall-s": round(s.wall_s, 2),
         "foreign-cpu-s": round(s.foreign_cpu_s, 2),
+        "driver-cpu-s": round(s.root_cpu_s, 2),
+        "other-tree-cpu-s": round(s.own_cpu_s - s.root_cpu_s, 2),
         "run-dir": summary["run-dir"],
     }
 
@@ -372,7 +378,9 @@ def main(argv: list[str] | None = None) -> None:
                     print(
                         f"{label}: round 2 {outcome['round-2-s']:.2f} s (round 1 {outcome['round-1-s']:.2f} s), "
                         f"peak RSS {outcome['peak-rss-bytes'] / GIB:.2f} GiB, "
-                        f"other processes used {outcome['foreign-cpu-s']:.1f} CPU-s"
+                        f"CPU-s: driver {outcome['driver-cpu-s']:.1f}, "
+                        f"Ray and workers {outcome['other-tree-cpu-s']:.1f}, "
+                        f"other processes {outcome['foreign-cpu-s']:.1f}"
                     )
         floor = statistics.median(r["seconds"] for r in results["floor"])
         floor_procs = statistics.median(r["seconds"] for r in results["floor-processes"])
