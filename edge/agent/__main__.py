@@ -1,0 +1,5 @@
+import sys
+
+from edge.agent.cli import main
+
+sys.exit(main())

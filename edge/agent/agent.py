@@ -1,0 +1,391 @@
+"""The device agent: receives, verifies and swaps models, runs inference, reports telemetry.
+
+:class:`DeviceAgent` holds all the logic and talks to the broker only through a small :class:`Transport`
+(publish, subscribe, unsubscribe, connected), so the tests can drive it with a fake one and feed any bytes to its
+handlers; :mod:`edge.agent.link` is the MQTT transport (paho-mqtt). Everything happens on one thread: the MQTT
+thread only queues what arrives, and :meth:`DeviceAgent.run` handles it between inference windows.
+
+Every update ends in an outcome on ``.../events`` (``applied``, ``rejected`` with the reason, ``rolled-back``) and in
+the retained state (``last_update``); a rejected update never touches the running model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from edge.agent.config import AgentConfig
+from edge.agent.errors import (
+    AgentError,
+    ModelLoadError,
+    ModelRuntimeError,
+    RejectedUpdateError,
+    StaleCommandError,
+    UnknownTopicError,
+)
+from edge.agent.protocol import (
+    QOS,
+    Manifest,
+    command_filter,
+    events_topic,
+    manifest_topic,
+    parse_topic,
+    state_message,
+    state_topic,
+    telemetry_topic,
+    update_event,
+)
+from edge.agent.runtime import ModelRunner, load_runner, probabilities
+from edge.agent.store import ModelStore
+from edge.agent.telemetry import SampleSource, TelemetryBuffer, TelemetryWindow
+from edge.agent.verify import ChunkAssembler, TrustedKeys, check_manifest, read_manifest, verify_command
+
+log = logging.getLogger("fedge.agent")
+
+
+class Transport(Protocol):
+    """What the agent needs from a broker connection."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = QOS, retain: bool = False) -> None: ...
+
+    def subscribe(self, topic_filter: str, *, qos: int = QOS) -> None: ...
+
+    def unsubscribe(self, topic_filter: str) -> None: ...
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+class DeviceAgent:
+    """One device. Create it, attach a transport, call :meth:`on_connect` on every (re)connection, and
+    :meth:`handle` for every message; :meth:`report` runs one inference window and sends its telemetry."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        trusted: TrustedKeys,
+        transport: Transport,
+        samples: SampleSource | None = None,
+        clock: Callable[[], float] = time.time,
+        session: str | None = None,
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.trusted = trusted
+        self.transport = transport
+        self.samples = samples
+        self.clock = clock
+        self.session = session or secrets.token_hex(4)
+        self.store = ModelStore(config.store)
+        self.runner: ModelRunner | None = None
+        self.pending: ChunkAssembler | None = None
+        self.seq = 0
+        self.outbox = TelemetryBuffer(self.limits.telemetry_buffer_max)
+        self.window = TelemetryWindow(clock())
+        self.last_update: dict[str, Any] | None = None
+        self._reported: deque[str] = deque(maxlen=64)  # digests of rejected payloads already reported
+        self._load_current()
+
+    # ------------------------------------------------------------------------------------------------- state
+
+    @property
+    def device_id(self) -> str:
+        return self.config.device_id
+
+    @property
+    def version(self) -> int | None:
+        current = self.store.state.current
+        return current.version if current else None
+
+    def _load_current(self) -> None:
+        """Resume with the model the store names (after a restart); an unloadable one falls back to the previous."""
+        for _ in range(2):
+            current = self.store.state.current
+            if current is None:
+                return
+            try:
+                self.runner = load_runner(current.format, self.store.read(current))
+                return
+            except AgentError as e:
+                log.warning(
+                    "%s: stored model v%s does not load (%s); trying the previous one",
+                    self.device_id,
+                    current.version,
+                    e,
+                )
+                self.runner = None
+                if self.store.state.previous is None:
+                    return
+                self.store.rollback()
+
+    def state_payload(self, state: str | None = None) -> bytes:
+        s = self.store.state
+        if state is None:
+            state = "updating" if self.pending else ("ready" if self.runner else "waiting")
+        return _dumps(
+            state_message(
+                device_id=self.device_id,
+                state=state,
+                runtime=self.config.runtime,
+                session=self.session,
+                ts=self.clock(),
+                model_id=s.current.model_id if s.current else None,
+                version=s.current.version if s.current else None,
+                previous_version=s.previous.version if s.previous else None,
+                last_update=self.last_update,
+            )
+        )
+
+    def publish_state(self, state: str | None = None) -> None:
+        self._send(state_topic(self.device_id), self.state_payload(state), retain=True)
+
+    def _send(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish now when connected; otherwise keep it (bounded) and send it on the next connection."""
+        if self.transport.connected:
+            self.transport.publish(topic, payload, qos=QOS, retain=retain)
+        elif not retain:
+            self.outbox.push((topic, payload))
+        # retained state is re-published on connect anyway
+
+    # ------------------------------------------------------------------------------------------------- connection
+
+    def subscriptions(self) -> list[str]:
+        topics = [manifest_topic(self.device_id), command_filter(self.device_id)]
+        if self.pending:
+            topics.append(self.pending.manifest.chunk_filter())
+        return topics
+
+    def on_connect(self) -> None:
+        """On every (re)connection: subscribe (retained manifest and chunks come again), publish the birth
+        state, then send what was kept while the broker was away, in order."""
+        for topic in self.subscriptions():
+            self.transport.subscribe(topic, qos=QOS)
+        self.publish_state()
+        while len(self.outbox) and self.transport.connected:
+            topic, payload = self.outbox.pop()
+            self.transport.publish(topic, payload, qos=QOS, retain=False)
+
+    # ------------------------------------------------------------------------------------------------- messages
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Handle one message. Never raises: a bad message is rejected and reported, the agent goes on."""
+        try:
+            self._dispatch(topic, bytes(payload))
+        except RejectedUpdateError as e:
+            self._reject(e.reason, e.message, payload)
+        except AgentError as e:
+            self._reject("error", str(e), payload)
+        except Exception as e:  # a bug must not stop the device: report it and keep serving
+            log.exception("%s: unexpected error on %s", self.device_id, topic)
+            self._reject("internal-error", f"{type(e).__name__}: {e}", payload)
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        parsed = parse_topic(topic)
+        if parsed is None:
+            raise UnknownTopicError(f"message on an unknown topic {topic[:120]!r}")
+        if parsed.kind == "chunk":
+            self._on_chunk(parsed.model_id, parsed.version, parsed.format, parsed.index, payload)
+        elif parsed.device_id != self.device_id:
+            raise UnknownTopicError(f"message on {topic[:120]!r}, which is not this device's")
+        elif parsed.kind == "manifest":
+            self._on_manifest(payload)
+        elif parsed.kind == "cmd" and parsed.command == "rollback":
+            self._on_rollback(payload)
+        else:
+            raise UnknownTopicError(f"this device does not take messages on {topic[:120]!r}")
+
+    def _on_manifest(self, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained manifest: nothing to do
+        manifest = read_manifest(payload, trusted=self.trusted, limits=self.limits)
+        current = self.store.state.current
+        if current and (current.version, current.sha256) == (manifest.version, manifest.sha256):
+            return  # the model it already runs (a retained manifest seen again after a reconnect)
+        if self.pending and self.pending.manifest == manifest:
+            return  # already fetching it
+        check_manifest(
+            manifest,
+            limits=self.limits,
+            now=self.clock(),
+            floor_version=self.store.state.floor_version,
+            model_format=self.config.model_format,
+        )
+        self._abandon_transfer()
+        self.pending = ChunkAssembler(manifest, started=self.clock(), limits=self.limits)
+        self.transport.subscribe(manifest.chunk_filter(), qos=QOS)
+        self.publish_state()
+        log.info(
+            "%s: fetching %s v%s (%d chunks)", self.device_id, manifest.model_id, manifest.version, manifest.chunks
+        )
+
+    def _on_chunk(self, model_id: str, version: int, fmt: str, index: int, payload: bytes) -> None:
+        pending = self.pending
+        if pending is None or (model_id, version, fmt) != (
+            pending.manifest.model_id,
+            pending.manifest.version,
+            pending.manifest.format,
+        ):
+            return  # a chunk of a transfer this device is not doing (a retained chunk after it unsubscribed)
+        try:
+            if not pending.add(index, payload):
+                return
+            data = pending.result()
+            try:
+                runner = load_runner(pending.manifest.format, data)
+            except ModelRuntimeError as e:
+                raise ModelLoadError(str(e)) from e
+        except RejectedUpdateError:
+            self._abandon_transfer()
+            raise
+        self._abandon_transfer()
+        self.store.install(pending.manifest, data)
+        self.runner = runner
+        self.window = TelemetryWindow(self.clock())
+        self._outcome(
+            "applied", "ok", f"running {pending.manifest.model_id} v{pending.manifest.version}", pending.manifest
+        )
+        log.info("%s: now running %s v%s", self.device_id, pending.manifest.model_id, pending.manifest.version)
+
+    def _on_rollback(self, payload: bytes) -> None:
+        command = verify_command(
+            payload,
+            trusted=self.trusted,
+            limits=self.limits,
+            now=self.clock(),
+            device_id=self.device_id,
+            name="rollback",
+        )
+        if self.version != command.from_version:
+            raise StaleCommandError(
+                f"rollback from v{command.from_version} does not apply: this device runs v{self.version}"
+            )
+        self._abandon_transfer()
+        state = self.store.rollback()
+        assert state.current is not None
+        self.runner = load_runner(state.current.format, self.store.read(state.current))
+        self.window = TelemetryWindow(self.clock())
+        self._outcome(
+            "rolled-back",
+            command.reason or "commanded",
+            f"back to v{state.current.version} from v{command.from_version}",
+            None,
+            version=command.from_version,
+        )
+
+    def _abandon_transfer(self) -> None:
+        if self.pending is not None:
+            self.transport.unsubscribe(self.pending.manifest.chunk_filter())
+            self.pending = None
+
+    # ------------------------------------------------------------------------------------------------- outcomes
+
+    def _outcome(
+        self, outcome: str, reason: str, detail: str, manifest: Manifest | None, *, version: int | None = None
+    ) -> None:
+        event = update_event(
+            device_id=self.device_id,
+            session=self.session,
+            ts=self.clock(),
+            outcome=outcome,
+            reason=reason,
+            detail=detail,
+            model_id=manifest.model_id if manifest else None,
+            version=manifest.version if manifest else version,
+            running_version=self.version,
+        )
+        self.last_update = {k: event[k] for k in ("outcome", "reason", "version", "ts")}
+        self._send(events_topic(self.device_id), _dumps(event))
+        self.publish_state()
+
+    def _reject(self, reason: str, detail: str, payload: bytes) -> None:
+        digest = hashlib.sha256(reason.encode() + b"\0" + bytes(payload)).hexdigest()
+        if digest in self._reported:
+            return  # the same bad message again (a retained one after a reconnect): reported once
+        self._reported.append(digest)
+        log.warning("%s: rejected (%s): %s", self.device_id, reason, detail)
+        self._outcome("rejected", reason, detail, None)
+
+    # ------------------------------------------------------------------------------------------------- inference
+
+    def tick(self) -> None:
+        """Periodic work: give up a transfer that takes too long."""
+        if self.pending is not None:
+            try:
+                self.pending.check_timeout(self.clock())
+            except RejectedUpdateError as e:
+                self._abandon_transfer()
+                self._reject(e.reason, e.message, e.message.encode())
+
+    def infer(self, count: int) -> None:
+        """Run ``count`` inferences on the next samples, one at a time, recording each in the window."""
+        if self.runner is None or self.samples is None:
+            return
+        for _ in range(count):
+            x, label = self.samples.next()
+            start = time.perf_counter()
+            try:
+                scores = self.runner.predict(x)
+            except Exception:  # a failing inference is counted, not fatal
+                self.window.record_error()
+                continue
+            self.window.record((time.perf_counter() - start) * 1000.0, probabilities(scores), label)
+
+    def report(self) -> dict[str, Any] | None:
+        """Close the window and send its telemetry (kept for later while the broker is away)."""
+        current = self.store.state.current
+        if current is None:
+            return None
+        now = self.clock()
+        self.seq += 1
+        message = {
+            "type": "telemetry",
+            "device_id": self.device_id,
+            "session": self.session,
+            "seq": self.seq,
+            "ts": round(now, 3),
+            "model_id": current.model_id,
+            "version": current.version,
+            "runtime": self.config.runtime,
+            **self.window.snapshot(now),
+            "dropped": self.outbox.dropped,
+        }
+        self.window = TelemetryWindow(now)
+        self._send(telemetry_topic(self.device_id), _dumps(message))
+        return message
+
+    # ------------------------------------------------------------------------------------------------- main loop
+
+    def run(self, inbox: queue.Queue, stop: threading.Event) -> None:
+        """The agent's loop: handle what the transport queued (``("connect",)`` or ``("message", topic, payload)``)
+        and, every ``report_interval_s``, run an inference window and report it."""
+        interval = self.config.report_interval_s
+        next_report = time.monotonic() + interval
+        while not stop.is_set():
+            wait = max(0.0, min(next_report - time.monotonic(), 0.5))
+            try:
+                item = inbox.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                if item[0] == "connect":
+                    self.on_connect()
+                elif item[0] == "message":
+                    self.handle(item[1], item[2])
+            if time.monotonic() >= next_report:
+                self.tick()
+                self.infer(self.config.samples_per_report)
+                self.report()
+                next_report = max(next_report + interval, time.monotonic())

@@ -1,0 +1,112 @@
+"""The MQTT side of a client (paho-mqtt 2.x, MQTT 3.1.1): connection settings shared by the agent and the server
+tools, and the transport the agent runs on.
+
+Every fedge client connects with a persistent session (``clean_session=False``) and a fixed client id, so the
+broker queues QoS 1 messages for it while it is away; paho keeps QoS 1 messages published while disconnected and
+sends them on reconnection; reconnection is automatic (``loop_start``) with a short back-off.
+"""
+
+from __future__ import annotations
+
+import queue
+import ssl
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.agent.protocol import QOS, BrokerAddress
+
+
+def make_client(
+    client_id: str,
+    broker: BrokerAddress,
+    *,
+    clean_session: bool = False,
+    ca_file: Path | None = None,
+    max_inflight: int = 100,
+) -> mqtt.Client:
+    """A paho client configured the fedge way (not yet connected)."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=mqtt.MQTTv311,
+    )
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        client.tls_set(ca_certs=str(ca_file) if ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+    client.reconnect_delay_set(min_delay=1, max_delay=4)
+    client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(0)  # unbounded: the agent bounds what it keeps itself
+    return client
+
+
+class MqttTransport:
+    """The agent's :class:`~edge.agent.agent.Transport` over paho. Connection events and messages are put on
+    ``inbox`` for the agent's own thread; the paho thread never runs agent code."""
+
+    def __init__(
+        self,
+        client_id: str,
+        broker: BrokerAddress,
+        *,
+        inbox: queue.Queue,
+        will: tuple[str, bytes] | None = None,
+        ca_file: Path | None = None,
+        keepalive: int = 10,
+    ) -> None:
+        self.broker = broker
+        self.inbox = inbox
+        self.keepalive = keepalive
+        self._connected = threading.Event()
+        self.client = make_client(client_id, broker, ca_file=ca_file)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=QOS, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect in the background; keeps retrying until the broker is there."""
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.keepalive)
+        self.client.loop_start()
+
+    def stop(self, *, last: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
+        """Publish ``last`` (retained; the clean "disconnected" state), then disconnect without the last will."""
+        if last is not None and self.connected:
+            info = self.client.publish(last[0], last[1], qos=QOS, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = QOS, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def subscribe(self, topic_filter: str, *, qos: int = QOS) -> None:
+        self.client.subscribe(topic_filter, qos=qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self.client.unsubscribe(topic_filter)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.inbox.put(("refused", str(reason_code)))
+            return
+        self._connected.set()
+        self.inbox.put(("connect",))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.inbox.put(("message", message.topic, bytes(message.payload)))

@@ -1,0 +1,486 @@
+"""The wire format between the fedge server and its devices: topics, manifest, commands, state, telemetry.
+
+This module is the one source of truth for what travels over MQTT. The server side (``edge.delivery``) imports it;
+it imports nothing from the server side, no torch and no network code, so it can be read (and tested) on its own.
+
+Topics (every id is ``[a-z0-9-]``, see :func:`check_id`)::
+
+    fedge/v1/devices/{device}/state                 device -> retained   birth, state, last will ("lost")
+    fedge/v1/devices/{device}/telemetry             device ->            inference statistics, with a sequence number
+    fedge/v1/devices/{device}/events                device ->            the outcome of every update (applied, rejected)
+    fedge/v1/devices/{device}/manifest              server -> retained   the signed manifest of the model it should run
+    fedge/v1/devices/{device}/cmd/{name}            server ->            signed commands (``rollback``); never retained
+    fedge/v1/models/{model}/{version}/{format}/{i}  server -> retained   chunk ``i`` of a model file
+
+State is retained, commands are not (Homie / Sparkplug). A model is never one retained blob: it goes as a signed
+manifest on the device's topic and as chunks on the model's topics, which a device subscribes to once it has
+accepted the manifest. Everything that must not be lost goes at QoS 1 over persistent sessions.
+
+Signed messages are TUF-style envelopes: ``{"signed": {...}, "signatures": [{"keyid": ..., "sig": ...}]}``; the
+signature (Ed25519) covers :func:`canonical_json` of ``signed``; ``keyid`` is the sha256 of the raw public key.
+Times are integer Unix seconds (UTC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from edge.agent.errors import AgentConfigError, MalformedMessageError
+
+PROTOCOL_VERSION = 1
+TOPIC_ROOT = "fedge/v1"
+MANIFEST_TYPE = "fedge-model-manifest"
+COMMAND_TYPE = "fedge-command"
+COMMANDS = ("rollback",)
+QOS = 1  # everything that must not be lost: manifests, chunks, commands, telemetry, events, state
+
+#: model formats and their file suffix; the runtime that runs each
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+
+#: device states published (retained) on the state topic
+STATES = ("ready", "waiting", "updating", "disconnected", "lost")
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_id(kind: str, value: object) -> str:
+    """Return ``value`` if it is a valid topic id (``[a-z0-9-]``, 1-64 characters, not starting with ``-``)."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise MalformedMessageError(f"{kind} {value!r} is not a valid id: use 1-64 characters of [a-z0-9-]")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------- topics
+
+
+def device_topic(device_id: str, leaf: str) -> str:
+    return f"{TOPIC_ROOT}/devices/{check_id('device id', device_id)}/{leaf}"
+
+
+def state_topic(device_id: str) -> str:
+    return device_topic(device_id, "state")
+
+
+def telemetry_topic(device_id: str) -> str:
+    return device_topic(device_id, "telemetry")
+
+
+def events_topic(device_id: str) -> str:
+    return device_topic(device_id, "events")
+
+
+def manifest_topic(device_id: str) -> str:
+    return device_topic(device_id, "manifest")
+
+
+def command_topic(device_id: str, name: str) -> str:
+    return device_topic(device_id, f"cmd/{check_id('command', name)}")
+
+
+def command_filter(device_id: str) -> str:
+    return device_topic(device_id, "cmd/+")
+
+
+def chunk_prefix(model_id: str, version: int, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise MalformedMessageError(f"unknown model format {fmt!r}; known: {', '.join(FORMATS)}")
+    return f"{TOPIC_ROOT}/models/{check_id('model id', model_id)}/{int(version)}/{fmt}"
+
+
+def chunk_topic(model_id: str, version: int, fmt: str, index: int) -> str:
+    return f"{chunk_prefix(model_id, version, fmt)}/{int(index)}"
+
+
+#: what the server side subscribes to
+FLEET_FILTERS = (
+    f"{TOPIC_ROOT}/devices/+/state",
+    f"{TOPIC_ROOT}/devices/+/telemetry",
+    f"{TOPIC_ROOT}/devices/+/events",
+)
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A parsed topic: ``kind`` is state, telemetry, events, manifest, cmd or chunk."""
+
+    kind: str
+    device_id: str = ""
+    command: str = ""
+    model_id: str = ""
+    version: int = 0
+    format: str = ""
+    index: int = -1
+
+
+def parse_topic(topic: str) -> Topic | None:
+    """Parse a fedge topic; ``None`` for anything that is not one."""
+    parts = topic.split("/")
+    if parts[:2] != TOPIC_ROOT.split("/"):
+        return None
+    rest = parts[2:]
+    if len(rest) >= 3 and rest[0] == "devices" and _ID.match(rest[1]):
+        if len(rest) == 3 and rest[2] in ("state", "telemetry", "events", "manifest"):
+            return Topic(kind=rest[2], device_id=rest[1])
+        if len(rest) == 4 and rest[2] == "cmd" and _ID.match(rest[3]):
+            return Topic(kind="cmd", device_id=rest[1], command=rest[3])
+        return None
+    if len(rest) == 5 and rest[0] == "models" and _ID.match(rest[1]) and rest[3] in FORMATS:
+        if rest[2].isdigit() and rest[4].isdigit() and len(rest[2]) <= 18 and len(rest[4]) <= 9:
+            return Topic(kind="chunk", model_id=rest[1], version=int(rest[2]), format=rest[3], index=int(rest[4]))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------- json
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The bytes a signature covers: sorted keys, no spaces, ASCII only (stable across Python versions)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def load_json_object(payload: bytes, what: str) -> dict[str, Any]:
+    """Decode a JSON object from a payload; anything else is a :class:`MalformedMessageError`."""
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MalformedMessageError(f"{what} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise MalformedMessageError(f"{what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def keyid_of(public_key_raw: bytes) -> str:
+    """The id of an Ed25519 public key: the sha256 (hex) of its 32 raw bytes."""
+    return hashlib.sha256(public_key_raw).hexdigest()
+
+
+def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if key not in d:
+        raise MalformedMessageError(f"{what}: missing field {key!r}")
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise MalformedMessageError(f"{what}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _nonneg_int(d: dict[str, Any], key: str, what: str) -> int:
+    value = _get(d, key, int, what)
+    if value < 0:
+        raise MalformedMessageError(f"{what}: field {key!r} must be >= 0")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a device needs to fetch, check and run one model file (the ``signed`` part of the envelope)."""
+
+    model_id: str
+    version: int
+    format: str
+    length: int
+    sha256: str
+    chunk_size: int
+    chunk_sha256: tuple[str, ...]
+    issued: int
+    expires: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chunks(self) -> int:
+        return len(self.chunk_sha256)
+
+    def chunk_length(self, index: int) -> int:
+        """The exact length chunk ``index`` must have."""
+        if index < self.chunks - 1:
+            return self.chunk_size
+        return self.length - self.chunk_size * (self.chunks - 1)
+
+    def chunk_topic(self, index: int) -> str:
+        return chunk_topic(self.model_id, self.version, self.format, index)
+
+    def chunk_filter(self) -> str:
+        return f"{chunk_prefix(self.model_id, self.version, self.format)}/+"
+
+    def to_signed(self) -> dict[str, Any]:
+        return {
+            "_type": MANIFEST_TYPE,
+            "spec_version": PROTOCOL_VERSION,
+            "model_id": self.model_id,
+            "version": self.version,
+            "format": self.format,
+            "length": self.length,
+            "sha256": self.sha256,
+            "chunk_size": self.chunk_size,
+            "chunk_sha256": list(self.chunk_sha256),
+            "issued": self.issued,
+            "expires": self.expires,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_signed(cls, d: dict[str, Any]) -> Manifest:
+        """Validate the ``signed`` part of a manifest envelope (types, ranges, consistency)."""
+        what = "manifest"
+        if d.get("_type") != MANIFEST_TYPE:
+            raise MalformedMessageError(f"{what}: _type must be {MANIFEST_TYPE!r}")
+        if d.get("spec_version") != PROTOCOL_VERSION:
+            raise MalformedMessageError(f"{what}: unsupported spec_version {d.get('spec_version')!r}")
+        model_id = check_id("model id", d.get("model_id"))
+        version = _nonneg_int(d, "version", what)
+        fmt = _get(d, "format", str, what)
+        if fmt not in FORMATS:
+            raise MalformedMessageError(f"{what}: unknown format {fmt!r}")
+        length = _nonneg_int(d, "length", what)
+        sha256 = _get(d, "sha256", str, what)
+        chunk_size = _nonneg_int(d, "chunk_size", what)
+        hashes = _get(d, "chunk_sha256", list, what)
+        issued = _nonneg_int(d, "issued", what)
+        expires = _nonneg_int(d, "expires", what)
+        meta = _get(d, "meta", dict, what)
+        if version < 1 or length < 1 or chunk_size < 1:
+            raise MalformedMessageError(f"{what}: version, length and chunk_size must be >= 1")
+        if not _SHA256.match(sha256) or not all(isinstance(h, str) and _SHA256.match(h) for h in hashes):
+            raise MalformedMessageError(f"{what}: sha256 values must be 64 lowercase hex digits")
+        if len(hashes) != -(-length // chunk_size):
+            raise MalformedMessageError(
+                f"{what}: {len(hashes)} chunk hashes do not fit length {length} in chunks of {chunk_size}"
+            )
+        return cls(model_id, version, fmt, length, sha256, chunk_size, tuple(hashes), issued, expires, meta)
+
+
+def split_chunks(data: bytes, chunk_size: int) -> list[bytes]:
+    return [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+
+
+def manifest_for(
+    data: bytes,
+    *,
+    model_id: str,
+    version: int,
+    fmt: str,
+    chunk_size: int,
+    issued: int,
+    expires: int,
+    meta: dict[str, Any] | None = None,
+) -> Manifest:
+    """The manifest of a model file (unsigned; ``edge.delivery`` signs it)."""
+    chunks = split_chunks(data, chunk_size)
+    manifest = Manifest(
+        model_id=check_id("model id", model_id),
+        version=int(version),
+        format=fmt,
+        length=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        chunk_size=chunk_size,
+        chunk_sha256=tuple(hashlib.sha256(c).hexdigest() for c in chunks),
+        issued=int(issued),
+        expires=int(expires),
+        meta=dict(meta or {}),
+    )
+    return Manifest.from_signed(manifest.to_signed())  # the same checks a device runs
+
+
+# ---------------------------------------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Command:
+    """A signed command to one device. ``rollback`` applies only while the device runs ``from_version``, so an old
+    command replayed later does nothing."""
+
+    command: str
+    device_id: str
+    from_version: int
+    issued: int
+    expires: int
+    reason: str = ""
+
+    def to_signed(self) -> dict[str, Any]:
+        return {
+            "_type": COMMAND_TYPE,
+            "spec_version": PROTOCOL_VERSION,
+            "command": self.command,
+            "device_id": self.device_id,
+            "from_version": self.from_version,
+            "issued": self.issued,
+            "expires": self.expires,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_signed(cls, d: dict[str, Any]) -> Command:
+        what = "command"
+        if d.get("_type") != COMMAND_TYPE or d.get("spec_version") != PROTOCOL_VERSION:
+            raise MalformedMessageError(f"{what}: not a {COMMAND_TYPE} of spec_version {PROTOCOL_VERSION}")
+        command = _get(d, "command", str, what)
+        if command not in COMMANDS:
+            raise MalformedMessageError(f"{what}: unknown command {command!r}")
+        reason = _get(d, "reason", str, what)
+        return cls(
+            command=command,
+            device_id=check_id("device id", d.get("device_id")),
+            from_version=_nonneg_int(d, "from_version", what),
+            issued=_nonneg_int(d, "issued", what),
+            expires=_nonneg_int(d, "expires", what),
+            reason=reason[:200],
+        )
+
+
+# ---------------------------------------------------------------------------------------------- device -> server
+
+
+def state_message(
+    *,
+    device_id: str,
+    state: str,
+    runtime: str,
+    session: str,
+    ts: float,
+    model_id: str | None = None,
+    version: int | None = None,
+    previous_version: int | None = None,
+    last_update: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The retained state of a device (its birth message, and every change after)."""
+    if state not in STATES:
+        raise ValueError(f"unknown state {state!r}")
+    return {
+        "type": "state",
+        "device_id": device_id,
+        "state": state,
+        "runtime": runtime,
+        "session": session,
+        "ts": round(ts, 3),
+        "model_id": model_id,
+        "version": version,
+        "previous_version": previous_version,
+        "last_update": last_update,
+    }
+
+
+def lost_message(device_id: str, runtime: str, session: str) -> dict[str, Any]:
+    """The last will: the broker publishes it (retained) when the device drops without saying goodbye."""
+    return {"type": "state", "device_id": device_id, "state": "lost", "runtime": runtime, "session": session}
+
+
+def update_event(
+    *,
+    device_id: str,
+    session: str,
+    ts: float,
+    outcome: str,
+    reason: str,
+    detail: str,
+    model_id: str | None,
+    version: int | None,
+    running_version: int | None,
+) -> dict[str, Any]:
+    """The outcome of one update: ``applied``, ``rejected`` (with the reason) or ``rolled-back``."""
+    return {
+        "type": "update",
+        "device_id": device_id,
+        "session": session,
+        "ts": round(ts, 3),
+        "outcome": outcome,
+        "reason": reason,
+        "detail": detail[:500],
+        "model_id": model_id,
+        "version": version,
+        "running_version": running_version,
+    }
+
+
+#: the fields a telemetry message carries (see :func:`edge.agent.telemetry.TelemetryWindow.snapshot`)
+TELEMETRY_FIELDS = (
+    "type",
+    "device_id",
+    "session",
+    "seq",
+    "ts",
+    "model_id",
+    "version",
+    "runtime",
+    "window_s",
+    "inferences",
+    "errors",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "mean_confidence",
+    "histogram",
+    "labelled",
+    "correct",
+    "accuracy",
+    "dropped",
+)
+
+
+def parse_device_message(topic: Topic, payload: bytes) -> dict[str, Any]:
+    """Validate a message a device sent (state, telemetry or events), for the collector."""
+    what = f"{topic.kind} of {topic.device_id}"
+    msg = load_json_object(payload, what)
+    if msg.get("device_id") != topic.device_id:
+        raise MalformedMessageError(f"{what}: device_id {msg.get('device_id')!r} does not match the topic")
+    if topic.kind == "telemetry":
+        _get(msg, "session", str, what)
+        if _nonneg_int(msg, "seq", what) < 1:
+            raise MalformedMessageError(f"{what}: seq starts at 1")
+        for key in ("inferences", "errors", "labelled", "correct"):
+            _nonneg_int(msg, key, what)
+    elif topic.kind == "state":
+        if msg.get("state") not in STATES:
+            raise MalformedMessageError(f"{what}: unknown state {msg.get('state')!r}")
+    elif topic.kind == "events":
+        if msg.get("outcome") not in ("applied", "rejected", "rolled-back"):
+            raise MalformedMessageError(f"{what}: unknown outcome {msg.get('outcome')!r}")
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------------------- broker URL
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is: ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...`` (TLS, port 8883)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        if "://" not in url:
+            url = "mqtt://" + url
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise AgentConfigError(f"broker URL {url!r}: the scheme must be mqtt:// or mqtts://")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as e:
+            raise AgentConfigError(f"broker URL {url!r}: bad port") from e
+        if not parts.hostname:
+            raise AgentConfigError(f"broker URL {url!r}: no host")
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def url(self, *, with_password: bool = False) -> str:
+        auth = ""
+        if self.username:
+            auth = self.username + (f":{self.password}" if with_password and self.password else "") + "@"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"

@@ -1,0 +1,103 @@
+"""The server side's MQTT connection: connect (blocking, with a timeout), publish and wait for the broker's ack,
+and hand incoming messages to a callback. One per tool (publisher, collector)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from edge.agent.link import make_client
+from edge.agent.protocol import QOS, BrokerAddress
+from edge.delivery.errors import BrokerError
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class ServerClient:
+    """A connected paho client with a persistent session; resubscribes on every reconnection."""
+
+    def __init__(
+        self,
+        client_id: str,
+        broker: BrokerAddress,
+        *,
+        on_message: MessageHandler | None = None,
+        subscriptions: tuple[str, ...] = (),
+        ca_file: Path | None = None,
+        clean_session: bool = False,
+        max_inflight: int = 1000,
+    ) -> None:
+        self.broker = broker
+        self.subscriptions = subscriptions
+        self.handler = on_message
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self.client = make_client(
+            client_id, broker, clean_session=clean_session, ca_file=ca_file, max_inflight=max_inflight
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self._connected.clear()
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refused = str(reason_code)
+            return
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=QOS)
+        self._connected.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        if self.handler is not None:
+            self.handler(message.topic, bytes(message.payload))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def connect(self, timeout: float = 10.0) -> ServerClient:
+        try:
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=10)
+        except (OSError, ValueError) as e:
+            raise BrokerError(f"cannot reach the broker at {self.broker.url()}: {e}") from e
+        self.client.loop_start()
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.1):
+            if self._refused:
+                self.close()
+                raise BrokerError(f"the broker at {self.broker.url()} refused the connection: {self._refused}")
+            if time.monotonic() > deadline:
+                self.close()
+                raise BrokerError(
+                    f"no broker answered at {self.broker.url()} within {timeout:.0f} s: start one "
+                    "(`fedge broker`, or Mosquitto) or fix --broker"
+                )
+        return self
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=QOS, retain=retain)
+
+    def publish_all(self, messages: list[tuple[str, bytes, bool]], timeout: float = 60.0) -> None:
+        """Publish (topic, payload, retain) messages at QoS 1 and wait until the broker acknowledged every one
+        (across reconnections: paho resends what was not acknowledged)."""
+        infos = [self.publish(t, p, retain=r) for t, p, r in messages]
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            while not info.is_published():
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"the broker at {self.broker.url()} did not acknowledge within {timeout:.0f} s")
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> ServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,279 @@
+"""The fleet collector: every state, telemetry and update message the devices send, kept in SQLite.
+
+:class:`FleetStore` is the database (no network: the tests and ``fedge fleet status`` use it directly);
+:class:`FleetCollector` subscribes to the fleet's topics with a persistent session and writes what arrives.
+Telemetry is keyed by (device, session, seq): a QoS 1 duplicate is stored once, and the gaps in each session's
+sequence numbers are the messages lost on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.agent.errors import AgentError
+from edge.agent.protocol import FLEET_FILTERS, BrokerAddress, parse_device_message, parse_topic
+from edge.delivery.client import ServerClient
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY, state TEXT, runtime TEXT, model_id TEXT, version INTEGER,
+    previous_version INTEGER, session TEXT, last_seen REAL, last_update TEXT
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    device_id TEXT, session TEXT, seq INTEGER, ts REAL, received REAL, model_id TEXT, version INTEGER,
+    inferences INTEGER, errors INTEGER, labelled INTEGER, correct INTEGER, latency_ms_p50 REAL,
+    latency_ms_p95 REAL, mean_confidence REAL, accuracy REAL, histogram TEXT,
+    PRIMARY KEY (device_id, session, seq)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT, ts REAL, received REAL, outcome TEXT, reason TEXT,
+    detail TEXT, model_id TEXT, version INTEGER, running_version INTEGER
+);
+CREATE TABLE IF NOT EXISTS malformed (received REAL, topic TEXT, reason TEXT);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
+"""
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """What a set of devices reported while running one version."""
+
+    reports: int
+    inferences: int
+    errors: int
+    labelled: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    @property
+    def error_rate(self) -> float | None:
+        total = self.inferences + self.errors
+        return self.errors / total if total else None
+
+
+class FleetStore:
+    """The collector's SQLite database. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------------------------------------- writing
+
+    def record(self, topic: str, payload: bytes, received: float | None = None) -> str | None:
+        """Store one device message; return its kind, or ``None`` for a malformed one (kept in ``malformed``)."""
+        received = time.time() if received is None else received
+        parsed = parse_topic(topic)
+        try:
+            if parsed is None or parsed.kind not in ("state", "telemetry", "events"):
+                raise AgentError(f"not a device message topic: {topic[:200]!r}")
+            if parsed.kind == "state" and not payload:
+                return None  # a cleared retained state
+            msg = parse_device_message(parsed, payload)
+        except AgentError as e:
+            with self._lock:
+                self._db.execute("INSERT INTO malformed VALUES (?, ?, ?)", (received, topic[:200], str(e)[:300]))
+            return None
+        with self._lock:
+            getattr(self, f"_record_{parsed.kind}")(parsed.device_id, msg, received)
+        return parsed.kind
+
+    def _touch(self, device_id: str, received: float) -> None:
+        self._db.execute(
+            "INSERT INTO devices (device_id, last_seen) VALUES (?, ?) "
+            "ON CONFLICT(device_id) DO UPDATE SET last_seen = max(coalesce(last_seen, 0), excluded.last_seen)",
+            (device_id, received),
+        )
+
+    def _record_state(self, device_id: str, msg: dict[str, Any], received: float) -> None:
+        self._touch(device_id, received)
+        fields = {"state": msg["state"], "runtime": msg.get("runtime"), "session": msg.get("session")}
+        if msg["state"] != "lost":  # the last will carries no model; keep what the device last said
+            fields.update(
+                model_id=msg.get("model_id"),
+                version=msg.get("version"),
+                previous_version=msg.get("previous_version"),
+                last_update=json.dumps(msg.get("last_update")),
+            )
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", (*fields.values(), device_id))
+
+    def _record_telemetry(self, device_id: str, msg: dict[str, Any], received: float) -> None:
+        self._touch(device_id, received)
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device_id,
+                msg["session"],
+                msg["seq"],
+                msg.get("ts"),
+                received,
+                msg.get("model_id"),
+                msg.get("version"),
+                msg["inferences"],
+                msg["errors"],
+                msg["labelled"],
+                msg["correct"],
+                msg.get("latency_ms_p50"),
+                msg.get("latency_ms_p95"),
+                msg.get("mean_confidence"),
+                msg.get("accuracy"),
+                json.dumps(msg.get("histogram")),
+            ),
+        )
+        if cur.rowcount == 0:
+            self._db.execute(
+                "INSERT INTO counters VALUES ('duplicates', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1"
+            )
+
+    def _record_events(self, device_id: str, msg: dict[str, Any], received: float) -> None:
+        self._touch(device_id, received)
+        self._db.execute(
+            "INSERT INTO events (device_id, ts, received, outcome, reason, detail, model_id, version, "
+            "running_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device_id,
+                msg.get("ts"),
+                received,
+                msg["outcome"],
+                str(msg.get("reason", ""))[:100],
+                str(msg.get("detail", ""))[:500],
+                msg.get("model_id"),
+                msg.get("version"),
+                msg.get("running_version"),
+            ),
+        )
+
+    # ------------------------------------------------------------------------------------------------- reading
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            self._db.row_factory = sqlite3.Row
+            try:
+                return self._db.execute(sql, args).fetchall()
+            finally:
+                self._db.row_factory = None
+
+    def devices(self) -> list[dict[str, Any]]:
+        """One row per device: its state, model, last seen, and its latest telemetry (latency, accuracy)."""
+        rows = self._query(
+            """
+            SELECT d.*, t.latency_ms_p50, t.latency_ms_p95, t.accuracy, t.mean_confidence, t.inferences
+            FROM devices d LEFT JOIN telemetry t ON t.rowid = (
+                SELECT rowid FROM telemetry WHERE device_id = d.device_id ORDER BY received DESC, seq DESC LIMIT 1)
+            ORDER BY d.device_id
+            """
+        )
+        out = []
+        for r in rows:
+            row = dict(r)
+            row["last_update"] = json.loads(row["last_update"]) if row.get("last_update") else None
+            out.append(row)
+        return out
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        return next((d for d in self.devices() if d["device_id"] == device_id), None)
+
+    def events(self, device_id: str | None = None, *, since: float = 0.0) -> list[dict[str, Any]]:
+        if device_id is None:
+            rows = self._query("SELECT * FROM events WHERE received >= ? ORDER BY id", (since,))
+        else:
+            rows = self._query(
+                "SELECT * FROM events WHERE device_id = ? AND received >= ? ORDER BY id", (device_id, since)
+            )
+        return [dict(r) for r in rows]
+
+    def version_stats(self, device_ids: list[str], version: int, *, since: float = 0.0) -> VersionStats:
+        if not device_ids:
+            return VersionStats(0, 0, 0, 0, 0)
+        marks = ",".join("?" * len(device_ids))
+        (row,) = self._query(
+            f"SELECT count(*), coalesce(sum(inferences), 0), coalesce(sum(errors), 0), coalesce(sum(labelled), 0), "
+            f"coalesce(sum(correct), 0) FROM telemetry WHERE version = ? AND received >= ? "
+            f"AND device_id IN ({marks})",
+            (version, since, *device_ids),
+        )
+        return VersionStats(*(int(v) for v in row))
+
+    def reports_since(self, device_id: str, version: int, since: float) -> int:
+        (row,) = self._query(
+            "SELECT count(*) FROM telemetry WHERE device_id = ? AND version = ? AND received >= ?",
+            (device_id, version, since),
+        )
+        return int(row[0])
+
+    def sequence_report(self) -> dict[str, int]:
+        """Telemetry received, lost (gaps in sequence numbers, per device and session) and duplicates dropped."""
+        (row,) = self._query(
+            "SELECT coalesce(sum(n), 0), coalesce(sum(top - n), 0) FROM ("
+            "SELECT count(*) AS n, max(seq) AS top FROM telemetry GROUP BY device_id, session)"
+        )
+        dup = self._query("SELECT value FROM counters WHERE name = 'duplicates'")
+        return {"received": int(row[0]), "lost": int(row[1]), "duplicates": int(dup[0][0]) if dup else 0}
+
+    def malformed(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query("SELECT * FROM malformed ORDER BY received")]
+
+
+class FleetCollector:
+    """Subscribes to every device's state, telemetry and events and writes them to a :class:`FleetStore`."""
+
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        store: FleetStore,
+        *,
+        client_id: str = "fedge-collector",
+        ca_file: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.received = 0
+        self.client = ServerClient(
+            client_id, broker, on_message=self._on_message, subscriptions=FLEET_FILTERS, ca_file=ca_file
+        )
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.store.record(topic, payload)
+        self.received += 1
+
+    def start(self, timeout: float = 10.0) -> FleetCollector:
+        self.client.connect(timeout)
+        return self
+
+    def stop(self) -> None:
+        self.client.close()
+
+    def wait_until(self, predicate, timeout: float, poll: float = 0.05) -> bool:
+        """Poll ``predicate(store)`` until it is true or ``timeout`` passes; return whether it became true."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate(self.store):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+
+    def __enter__(self) -> FleetCollector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,157 @@
+"""Publishing a model: read the artifact, build and sign its manifest, send the chunks and assign it to devices.
+
+An artifact is a model file (``.onnx`` or ``.tflite``) and, optionally, a JSON file beside it (``NAME.onnx.json``
+or ``NAME.json``) as ``edge.export`` writes it. From that JSON the publisher reads ``model_id``, ``version`` and
+``meta`` (anything small: accuracy, quantization, input shape, the run it came from); the command line can set or
+override each. The chunks are retained on the model's topics (so a device that accepts the manifest later, or
+reconnects mid-transfer, still gets them) and the signed manifest is retained on each assigned device's topic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.agent.protocol import (
+    FORMATS,
+    Command,
+    Manifest,
+    canonical_json,
+    check_id,
+    command_topic,
+    manifest_for,
+    manifest_topic,
+    split_chunks,
+)
+from edge.agent.verify import check_format
+from edge.delivery.client import ServerClient
+from edge.delivery.errors import ArtifactError, as_delivery_error
+from edge.delivery.keys import SigningKey
+
+DEFAULT_CHUNK_SIZE = 128 * 1024
+DEFAULT_EXPIRES_S = 7 * 24 * 3600
+COMMAND_EXPIRES_S = 3600
+MAX_META_BYTES = 8 * 1024
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    data: bytes
+    model_id: str
+    version: int
+    format: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    for candidate in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if candidate.exists():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ArtifactError(f"cannot read the artifact's metadata {candidate}: {e}") from e
+            if not isinstance(data, dict):
+                raise ArtifactError(f"{candidate} must hold a JSON object")
+            return data
+    return {}
+
+
+def load_artifact(path: Path, *, model_id: str | None = None, version: int | None = None) -> Artifact:
+    """Read a model file and its metadata. Without a version anywhere, the version is the current Unix time, which
+    keeps versions increasing (devices refuse any version not newer than theirs)."""
+    path = Path(path)
+    fmt = next((f for f, suffix in FORMATS.items() if path.suffix == suffix), None)
+    if fmt is None:
+        raise ArtifactError(f"{path}: a model file must end in {' or '.join(FORMATS.values())}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"cannot read the artifact {path}: {e}") from e
+    side = _sidecar(path)
+    if side.get("format", fmt) != fmt:
+        raise ArtifactError(f"{path}: its metadata says format {side['format']!r}")
+    model_id = model_id or side.get("model_id") or path.stem.split(".")[0].lower().replace("_", "-")
+    version = version if version is not None else side.get("version", int(time.time()))
+    meta = side.get("meta", {k: v for k, v in side.items() if k not in ("model_id", "version", "format")})
+    with as_delivery_error():
+        check_id("model id", model_id)
+        check_format(data, fmt)
+    if not isinstance(version, int) or version < 1:
+        raise ArtifactError(f"{path}: version must be a positive integer, got {version!r}")
+    if not isinstance(meta, dict) or len(canonical_json(meta)) > MAX_META_BYTES:
+        raise ArtifactError(f"{path}: metadata must be a JSON object of at most {MAX_META_BYTES} bytes")
+    return Artifact(path, data, model_id, version, fmt, meta)
+
+
+@dataclass(frozen=True)
+class SignedModel:
+    artifact: Artifact
+    manifest: Manifest
+    envelope: bytes  # the signed manifest, as it goes on the wire
+
+    def chunk_messages(self) -> list[tuple[str, bytes, bool]]:
+        chunks = split_chunks(self.artifact.data, self.manifest.chunk_size)
+        return [(self.manifest.chunk_topic(i), c, True) for i, c in enumerate(chunks)]
+
+
+def sign_artifact(
+    artifact: Artifact,
+    key: SigningKey,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    expires_in_s: float = DEFAULT_EXPIRES_S,
+    now: float | None = None,
+) -> SignedModel:
+    now = time.time() if now is None else now
+    with as_delivery_error():
+        manifest = manifest_for(
+            artifact.data,
+            model_id=artifact.model_id,
+            version=artifact.version,
+            fmt=artifact.format,
+            chunk_size=chunk_size,
+            issued=int(now),
+            expires=int(now + expires_in_s),
+            meta=artifact.meta,
+        )
+    envelope = json.dumps(key.sign(manifest.to_signed()), separators=(",", ":")).encode("utf-8")
+    return SignedModel(artifact, manifest, envelope)
+
+
+class ModelPublisher:
+    """Sends signed models and commands through a connected :class:`ServerClient`."""
+
+    def __init__(self, client: ServerClient, key: SigningKey, *, timeout: float = 60.0) -> None:
+        self.client = client
+        self.key = key
+        self.timeout = timeout
+
+    def publish_chunks(self, model: SignedModel) -> None:
+        self.client.publish_all(model.chunk_messages(), timeout=self.timeout)
+
+    def clear_chunks(self, manifest: Manifest) -> None:
+        """Remove a version's retained chunks from the broker (an empty retained message clears a topic)."""
+        self.client.publish_all([(manifest.chunk_topic(i), b"", True) for i in range(manifest.chunks)], self.timeout)
+
+    def assign(self, model: SignedModel, device_ids: list[str]) -> None:
+        """Make ``model`` the one these devices should run (the signed manifest, retained on each one's topic)."""
+        self.client.publish_all([(manifest_topic(d), model.envelope, True) for d in device_ids], self.timeout)
+
+    def unassign(self, device_ids: list[str]) -> None:
+        self.client.publish_all([(manifest_topic(d), b"", True) for d in device_ids], self.timeout)
+
+    def rollback(self, device_ids: list[str], *, from_version: int, reason: str) -> None:
+        """Tell devices running ``from_version`` to go back to their previous model (a signed, non-retained command;
+        their retained manifest is cleared first, so a reconnection does not bring the version back)."""
+        now = int(time.time())
+        self.unassign(device_ids)
+        messages = []
+        for d in device_ids:
+            command = Command("rollback", d, from_version, now, now + COMMAND_EXPIRES_S, reason)
+            payload = json.dumps(self.key.sign(command.to_signed()), separators=(",", ":")).encode("utf-8")
+            messages.append((command_topic(d, "rollback"), payload, False))
+        self.client.publish_all(messages, self.timeout)

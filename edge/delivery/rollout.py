@@ -1,0 +1,244 @@
+"""Staged rollout: a canary share of the fleet first, everyone else once the canaries report healthy, a rollback
+command when they do worse than the version they ran before.
+
+The decision (:func:`judge_canaries`) is a pure function of what the canaries reported; :class:`StagedRollout`
+does the waiting and the publishing, reading the devices' reports from a :class:`FleetCollector`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edge.delivery.collector import FleetCollector, FleetStore, VersionStats
+from edge.delivery.errors import RolloutError
+from edge.delivery.publisher import ModelPublisher, SignedModel
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How a rollout proceeds and what "healthy" means. Keyword-only; the defaults suit a small fleet."""
+
+    #: share of the devices that get the new version first (0 or 1: everyone at once)
+    canary_fraction: float = 0.1
+    min_canaries: int = 1
+    #: telemetry messages each canary must send on the new version before it is judged
+    health_reports: int = 2
+    #: the canaries' accuracy may be at most this much below the previous version's
+    max_accuracy_drop: float = 0.02
+    #: and their error rate at most this much above it
+    max_error_rate_increase: float = 0.01
+    #: without a previous version to compare with, the error rate may be at most this
+    max_error_rate: float = 0.05
+    #: seconds to wait for devices to report an outcome of the update
+    apply_timeout_s: float = 120.0
+    #: seconds to wait for the canaries' telemetry on the new version
+    health_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    healthy: bool
+    reason: str
+
+
+def judge_canaries(new: VersionStats, old: VersionStats | None, policy: RolloutPolicy) -> Verdict:
+    """Healthy when the canaries' accuracy and error rate on the new version are no worse than on the previous one
+    (within the policy's margins). Without labels, accuracy is not compared; without errors counted, neither."""
+    if new.reports == 0:
+        return Verdict(False, "the canaries sent no telemetry on the new version")
+    new_err = new.error_rate or 0.0
+    if old is None or old.reports == 0:
+        if new_err > policy.max_error_rate:
+            return Verdict(False, f"error rate {new_err:.3f} is above {policy.max_error_rate:.3f}")
+        return Verdict(True, f"no previous version to compare with; error rate {new_err:.3f}")
+    old_err = old.error_rate or 0.0
+    if new_err > old_err + policy.max_error_rate_increase:
+        return Verdict(False, f"error rate {new_err:.3f} against {old_err:.3f} on the previous version")
+    if new.accuracy is not None and old.accuracy is not None:
+        if new.accuracy < old.accuracy - policy.max_accuracy_drop:
+            return Verdict(False, f"accuracy {new.accuracy:.3f} against {old.accuracy:.3f} on the previous version")
+        return Verdict(True, f"accuracy {new.accuracy:.3f} (previous {old.accuracy:.3f}), error rate {new_err:.3f}")
+    return Verdict(True, f"error rate {new_err:.3f} (previous {old_err:.3f}); no labels to compare accuracy")
+
+
+def choose_canaries(device_ids: list[str], fraction: float, min_canaries: int, *, salt: str = "") -> list[str]:
+    """A stable choice: the devices whose hash (with ``salt``, e.g. the version) comes first."""
+    if fraction <= 0 or fraction >= 1:
+        return []
+    count = min(len(device_ids), max(min_canaries, math.ceil(fraction * len(device_ids))))
+    ranked = sorted(device_ids, key=lambda d: hashlib.sha256(f"{salt}/{d}".encode()).hexdigest())
+    return sorted(ranked[:count])
+
+
+@dataclass
+class RolloutReport:
+    model_id: str
+    version: int
+    status: str = "started"  # completed, rolled-back, aborted, incomplete
+    devices: list[str] = field(default_factory=list)
+    canaries: list[str] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    rolled_back: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    verdict: str = ""
+    baseline: dict[str, Any] | None = None
+    canary_stats: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stats_dict(stats: VersionStats) -> dict[str, Any]:
+    return {**asdict(stats), "accuracy": stats.accuracy, "error_rate": stats.error_rate}
+
+
+class StagedRollout:
+    """Roll signed models (one per format: the devices' runtimes pick) out to a fleet."""
+
+    def __init__(
+        self,
+        *,
+        publisher: ModelPublisher,
+        collector: FleetCollector,
+        models: dict[str, SignedModel],
+        policy: RolloutPolicy | None = None,
+        progress: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        if not models:
+            raise RolloutError("nothing to roll out")
+        versions = {(m.manifest.model_id, m.manifest.version) for m in models.values()}
+        if len(versions) != 1:
+            raise RolloutError(f"the artifacts of one rollout must share model id and version, got {sorted(versions)}")
+        self.publisher = publisher
+        self.collector = collector
+        self.store: FleetStore = collector.store
+        self.models = models
+        self.policy = policy or RolloutPolicy()
+        self.progress = progress
+        (self.model_id, self.version) = versions.pop()
+
+    def _model_for(self, device: dict[str, Any] | None) -> SignedModel | None:
+        runtime = (device or {}).get("runtime")
+        if runtime in self.models:
+            return self.models[runtime]
+        if runtime is None and len(self.models) == 1:
+            return next(iter(self.models.values()))
+        return None
+
+    def _assign(self, device_ids: list[str], report: RolloutReport) -> list[str]:
+        by_model: dict[str, list[str]] = {}
+        assigned = []
+        for d in device_ids:
+            model = self._model_for(self.store.device(d))
+            if model is None:
+                report.rejected[d] = "no artifact for its runtime"
+                continue
+            by_model.setdefault(model.manifest.format, []).append(d)
+            assigned.append(d)
+        for fmt, devices in by_model.items():
+            self.publisher.assign(self.models[fmt], devices)
+        return assigned
+
+    def _wait_outcomes(self, devices: list[str], since: float, report: RolloutReport) -> None:
+        """Wait until each device reported an outcome for this version; sort them into applied / rejected / missing."""
+
+        def outcome(store: FleetStore, d: str) -> dict[str, Any] | None:
+            for e in reversed(store.events(d, since=since)):
+                if e["outcome"] == "applied" and e["version"] == self.version:
+                    return e
+                if e["outcome"] == "rejected":
+                    return e
+            dev = store.device(d)  # already running it (a device that got it earlier)
+            if dev and dev.get("version") == self.version:
+                return {"outcome": "applied"}
+            return None
+
+        self.collector.wait_until(
+            lambda s: all(outcome(s, d) is not None for d in devices), self.policy.apply_timeout_s
+        )
+        for d in devices:
+            e = outcome(self.store, d)
+            if e is None:
+                report.missing.append(d)
+            elif e["outcome"] == "applied":
+                report.applied.append(d)
+            else:
+                report.rejected[d] = e["reason"]
+
+    def run(self, device_ids: list[str] | None = None) -> RolloutReport:
+        started = time.time()
+        report = RolloutReport(self.model_id, self.version)
+        devices = sorted(device_ids) if device_ids else [d["device_id"] for d in self.store.devices()]
+        if not devices:
+            raise RolloutError("no devices to roll out to: none has reported yet (start agents, or pass --devices)")
+        report.devices = devices
+        for fmt, model in self.models.items():
+            self.progress(f"publishing {fmt} v{self.version}: {model.manifest.chunks} chunks")
+            self.publisher.publish_chunks(model)
+
+        canaries = choose_canaries(
+            devices, self.policy.canary_fraction, self.policy.min_canaries, salt=str(self.version)
+        )
+        report.canaries = canaries
+        rest = [d for d in devices if d not in canaries]
+        if canaries:
+            previous = {d: (self.store.device(d) or {}).get("version") for d in canaries}
+            baseline_versions = {v for v in previous.values() if v is not None}
+            baseline = None
+            if len(baseline_versions) == 1:
+                baseline = self.store.version_stats(canaries, baseline_versions.pop())
+                report.baseline = _stats_dict(baseline)
+            self.progress(f"canaries ({len(canaries)}): {', '.join(canaries)}")
+            since = time.time()
+            self._wait_outcomes(self._assign(canaries, report), since, report)
+            if report.rejected or report.missing:
+                report.status = "aborted"
+                report.verdict = "canaries did not apply the update: " + ", ".join(
+                    [f"{d}: {r}" for d, r in report.rejected.items()] + [f"{d}: no answer" for d in report.missing]
+                )
+                report.seconds = time.time() - started
+                return report
+            applied_at = time.time()
+            self.progress(f"waiting for {self.policy.health_reports} reports from each canary")
+            self.collector.wait_until(
+                lambda s: all(
+                    s.reports_since(d, self.version, applied_at) >= self.policy.health_reports for d in canaries
+                ),
+                self.policy.health_timeout_s,
+            )
+            new = self.store.version_stats(canaries, self.version, since=since)
+            report.canary_stats = _stats_dict(new)
+            verdict = judge_canaries(new, baseline, self.policy)
+            report.verdict = verdict.reason
+            if not verdict.healthy:
+                self.progress(f"canaries unhealthy ({verdict.reason}): rolling back")
+                since = time.time()
+                self.publisher.rollback(canaries, from_version=self.version, reason=verdict.reason[:200])
+                self.collector.wait_until(
+                    lambda s: all(
+                        any(e["outcome"] == "rolled-back" for e in s.events(d, since=since)) for d in canaries
+                    ),
+                    self.policy.apply_timeout_s,
+                )
+                report.rolled_back = [
+                    d for d in canaries if any(e["outcome"] == "rolled-back" for e in self.store.events(d, since=since))
+                ]
+                for model in self.models.values():
+                    self.publisher.clear_chunks(model.manifest)
+                report.status = "rolled-back"
+                report.seconds = time.time() - started
+                return report
+            self.progress(f"canaries healthy ({verdict.reason}): rolling out to {len(rest)} more")
+        if rest:
+            since = time.time()
+            self._wait_outcomes(self._assign(rest, report), since, report)
+        report.status = "completed" if not report.rejected and not report.missing else "incomplete"
+        report.seconds = time.time() - started
+        return report

@@ -1,0 +1,102 @@
+"""Small real models and data for the edge tests: a logistic regression on scikit-learn's digits, built as an ONNX
+graph with onnx.helper (instant) and converted to TFLite with litert-torch (a couple of seconds), plus a "bad"
+twin (shuffled classes) for the rollback tests, and a signing key."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from edge.delivery.keys import SigningKey
+
+
+@functools.cache
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+@functools.cache
+def logistic_weights(bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    x, y, _, _ = digits_split()
+    w, b = np.zeros((64, 10), np.float32), np.zeros(10, np.float32)
+    onehot = np.eye(10, dtype=np.float32)[y]
+    for _ in range(300):  # softmax regression, plain gradient descent: milliseconds
+        z = x @ w + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        w -= 0.5 * x.T @ (p - onehot) / len(x)
+        b -= 0.5 * (p - onehot).mean(axis=0)
+    if bad:  # every class scored as the next one: accuracy near 0
+        w, b = np.roll(w, 1, axis=1), np.roll(b, 1)
+    return w, b
+
+
+def onnx_model(bad: bool = False) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w, b = logistic_weights(bad)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits0"]),
+            helper.make_node("Add", ["logits0", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "digits-logreg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 10])],
+        [
+            numpy_helper.from_array(np.array([1, 64], dtype=np.int64), "shape"),
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(b, "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@functools.cache
+def tflite_model(bad: bool = False) -> bytes:
+    import tempfile
+
+    import litert_torch
+    import torch
+
+    w, b = logistic_weights(bad)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10), torch.nn.Softmax(dim=1)).eval()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.from_numpy(w.T))
+        net[1].bias.copy_(torch.from_numpy(b))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.tflite"
+        litert_torch.convert(net, (torch.zeros(1, 1, 8, 8),)).export(str(path))
+        return path.read_bytes()
+
+
+def write_samples(path: Path, *, labels: bool = True) -> Path:
+    _, _, x, y = digits_split()
+    if labels:
+        np.savez(path, x=x.reshape(-1, 1, 8, 8), y=y)
+    else:
+        np.savez(path, x=x.reshape(-1, 1, 8, 8))
+    return path
+
+
+@functools.cache
+def signing_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def write_public_key(key: SigningKey, path: Path) -> Path:
+    path.write_bytes(key.public_pem())
+    return path
