@@ -13,9 +13,11 @@ shared ``train_epochs`` loop, once per Opacus ``grad_sample_mode`` that keeps th
 
 (``no_op`` computes no per-sample gradients and clips nothing, and ``ghost_fsdp`` / ``ghost_tp`` need a process
 group, so they are left out.) Every mode and the plain loop are timed in turn, one epoch each, for ``--repeats``
-rounds (the order rotates every round), and the median is reported with its ratio to plain SGD.
+rounds (the order rotates every round), and the median is reported with its ratio to plain SGD at the same
+number of torch threads. ``--threads 1,2`` runs the whole set once per thread count, interleaved, so the thread
+setting is compared in the same run too (a Flower simulation on Ray gives each client actor one thread).
 
-    python -m simulations.benchmarks.dp_cost --repeats 5
+    python -m simulations.benchmarks.dp_cost --repeats 5 --threads 1,2
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ class Trainer:
     """One way of training: a model, its (possibly DP) optimizer, loader and loss, ready for one more epoch."""
 
     name: str
+    threads: int
     model: nn.Module
     optimizer: torch.optim.Optimizer
     loader: object
     criterion: Callable
 
     def epoch(self, *, max_batches: int | None = None) -> tuple[float, int]:
+        torch.set_num_threads(self.threads)
         loader = self.loader if max_batches is None else list(itertools.islice(self.loader, max_batches))
         start = time.perf_counter()
         _, steps = train_epochs(
@@ -67,7 +71,14 @@ class Trainer:
 
 
 def make_trainer(
-    mode: str | None, base: nn.Module, data: ArrayDataset, *, batch_size: int, lr: float, max_grad_norm: float,
+    mode: str | None,
+    base: nn.Module,
+    data: ArrayDataset,
+    *,
+    threads: int,
+    batch_size: int,
+    lr: float,
+    max_grad_norm: float,
     noise_multiplier: float,
 ) -> Trainer:
     model = copy.deepcopy(base)
@@ -75,14 +86,18 @@ def make_trainer(
     criterion = nn.CrossEntropyLoss()
     loader = data.loader(batch_size, shuffle=True, seed=0)
     if mode is None:
-        return Trainer(PLAIN, model, optimizer, loader, criterion)
+        return Trainer(label(PLAIN, threads), threads, model, optimizer, loader, criterion)
     batches = -(-len(data) // batch_size)
     plan = RoundPlan(noise_multiplier=noise_multiplier, sample_rate=1.0 / batches, steps=batches, epsilon_after=0.0)
     config = PrivacyConfig(max_grad_norm=max_grad_norm, grad_sample_mode=mode)
     dp_model, dp_optimizer, dp_loader, dp_criterion = make_private(
         model, optimizer, loader, criterion, plan=plan, config=config, accountant=RDPAccountant()
     )
-    return Trainer(f"Opacus {mode}", dp_model, dp_optimizer, dp_loader, dp_criterion)
+    return Trainer(label(f"Opacus {mode}", threads), threads, dp_model, dp_optimizer, dp_loader, dp_criterion)
+
+
+def label(name: str, threads: int) -> str:
+    return f"{name}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,11 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per mode (median reported)")
     parser.add_argument("--train-size", type=int, default=2000, help="training images per epoch (of the 8,000)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", default="0", help="comma-separated torch intra-op thread counts to compare (0: torch's default)"
+    )
     parser.add_argument("--warmup-batches", type=int, default=3, help="untimed batches per mode before timing")
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    thread_counts = [int(t) or default_threads for t in args.threads.split(",") if t.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in DP_MODES]
     if unknown:
@@ -106,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     base = build_model("mnist-cnn", input_shape=data.input_shape, num_classes=data.num_classes, seed=0)
     torch.manual_seed(0)
     kwargs = dict(batch_size=args.batch_size, lr=0.05, max_grad_norm=1.0, noise_multiplier=1.0)
-    trainers = [make_trainer(None, base, data, **kwargs)] + [make_trainer(m, base, data, **kwargs) for m in modes]
+    trainers = [make_trainer(m, base, data, threads=t, **kwargs) for t in thread_counts for m in [None, *modes]]
 
     times: dict[str, list[float]] = {t.name: [] for t in trainers}
     steps: dict[str, list[int]] = {t.name: [] for t in trainers}
@@ -124,10 +141,16 @@ def main(argv: list[str] | None = None) -> None:
                 steps[t.name].append(n)
                 progress.advance(task)
 
-    plain = statistics.median(times[PLAIN])
-    rows = [Row(f"seconds per epoch, {PLAIN}", plain, "s")]
-    for t in trainers[1:]:
-        rows.append(Row.compare(f"seconds per epoch, {t.name}", statistics.median(times[t.name]), "s", PLAIN, plain))
+    medians = {name: statistics.median(seconds) for name, seconds in times.items()}
+    first_plain = label(PLAIN, thread_counts[0])
+    rows = []
+    for t in trainers:
+        plain = label(PLAIN, t.threads)
+        if t.name == first_plain:
+            rows.append(Row(f"seconds per epoch, {t.name}", medians[t.name], "s"))
+        else:
+            baseline = first_plain if t.name == plain else plain
+            rows.append(Row.compare(f"seconds per epoch, {t.name}", medians[t.name], "s", baseline, medians[baseline]))
     write_results(
         NAME,
         rows,
@@ -138,13 +161,14 @@ def main(argv: list[str] | None = None) -> None:
             "train-size": len(data),
             "batch-size": args.batch_size,
             "device": "cpu",
-            "torch-threads": torch.get_num_threads(),
+            "torch-threads": thread_counts,
             "torch": torch.__version__,
             "opacus": __import__("opacus").__version__,
             "repeats": args.repeats,
             "statistic": "median",
             "dp": "client.privacy.make_private: Poisson sampling, noise multiplier 1.0, max grad norm 1.0",
             "seconds": times,
+            "min-seconds": {name: min(seconds) for name, seconds in times.items()},
             "steps": steps,
         },
     )
