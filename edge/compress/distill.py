@@ -1,0 +1,212 @@
+"""Knowledge distillation: train a smaller student on a teacher's softened outputs (Hinton et al., 2015).
+
+The loss is ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``;
+the ``T^2`` keeps the soft term's gradients on the scale of the hard one whatever the temperature.
+
+The student is either another model of the registry or the teacher's own architecture at a width multiplier
+(``width=0.4``: 40% of the channels and hidden units, about 16% of the parameters for ``mnist-cnn``).
+
+>>> from shared_models.models import build_model, count_parameters
+>>> teacher = build_model("mnist-cnn", input_shape=(1, 28, 28), num_classes=10, seed=0)
+>>> student = make_student("mnist-cnn", input_shape=(1, 28, 28), num_classes=10, width=0.4)
+>>> count_parameters(student) < count_parameters(teacher) / 4
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.compress.errors import DistillationError
+from shared_models.data import ArrayDataset
+from shared_models.errors import SharedModelsError
+from shared_models.models import DigitsCNN, MnistCNN, TabularMLP, build_model, count_parameters
+from shared_models.training import evaluate, predict
+
+
+def _even(value: float, minimum: int = 2) -> int:
+    return max(minimum, 2 * int(round(value / 2)))
+
+
+def _scaled_mnist(shape: tuple[int, ...], classes: int, width: float) -> nn.Module:
+    return MnistCNN(classes, width=max(1, round(32 * width)), hidden=max(1, round(512 * width)))
+
+
+def _scaled_digits(shape: tuple[int, ...], classes: int, width: float) -> nn.Module:
+    return DigitsCNN(classes, width=_even(8 * width))  # GroupNorm(2, w) and GroupNorm(4, 2w) need w even
+
+
+def _scaled_tabular(shape: tuple[int, ...], classes: int, width: float) -> nn.Module:
+    if len(shape) != 1:
+        raise DistillationError(f"tabular-mlp takes flat feature vectors, not inputs of shape {shape}")
+    return TabularMLP(shape[0], classes, hidden=_even(64 * width))
+
+
+#: How to build each registered model at a width multiplier (channels and hidden units scaled).
+WIDTH_SCALABLE: dict[str, Callable[[tuple[int, ...], int, float], nn.Module]] = {
+    "mnist-cnn": _scaled_mnist,
+    "digits-cnn": _scaled_digits,
+    "tabular-mlp": _scaled_tabular,
+}
+
+
+def make_student(
+    teacher: str,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    student: str | None = None,
+    width: float | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """A fresh student: the registry model ``student``, or the ``teacher`` architecture at ``width`` (0 < w < 1)."""
+    shape = tuple(int(d) for d in input_shape)
+    torch.manual_seed(seed)
+    if student is not None:
+        if width is not None:
+            raise DistillationError("give either a student model name or a width multiplier, not both")
+        try:
+            return build_model(student, input_shape=shape, num_classes=num_classes)
+        except SharedModelsError as e:
+            raise DistillationError(f"cannot build the student {student!r}: {e}") from e
+    if width is None:
+        width = 0.4
+    if not (0.0 < float(width) < 1.0) or math.isnan(float(width)):
+        raise DistillationError(f"the student's width multiplier must be in (0, 1), got {width!r}")
+    if teacher not in WIDTH_SCALABLE:
+        raise DistillationError(
+            f"no width multiplier is defined for {teacher!r}; name a student model instead "
+            f"(width works for: {', '.join(sorted(WIDTH_SCALABLE))})"
+        )
+    return WIDTH_SCALABLE[teacher](shape, num_classes, float(width))
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (temperature**2)
+    if alpha >= 1.0:
+        return soft
+    return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+@dataclass(frozen=True)
+class DistillationResult:
+    student: nn.Module
+    teacher_parameters: int
+    student_parameters: int
+    temperature: float
+    alpha: float
+    epochs: int
+    final_loss: float
+    teacher_accuracy: float | None = None
+    student_accuracy: float | None = None
+
+    @property
+    def parameter_ratio(self) -> float:
+        return self.student_parameters / self.teacher_parameters
+
+    @property
+    def accuracy_retained(self) -> float | None:
+        if self.teacher_accuracy is None or self.student_accuracy is None or not self.teacher_accuracy:
+            return None
+        return self.student_accuracy / self.teacher_accuracy
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "teacher-parameters": self.teacher_parameters,
+            "student-parameters": self.student_parameters,
+            "parameter-ratio": self.parameter_ratio,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "epochs": self.epochs,
+            "final-loss": self.final_loss,
+            "teacher-accuracy": self.teacher_accuracy,
+            "student-accuracy": self.student_accuracy,
+            "accuracy-retained": self.accuracy_retained,
+        }
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    data: ArrayDataset,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    epochs: int = 5,
+    learning_rate: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    test: ArrayDataset | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> DistillationResult:
+    """Train ``student`` (in place) on ``teacher``'s soft labels over ``data``; report both on ``test`` if given.
+
+    The teacher's logits are computed once up front (the teacher is frozen and in eval mode).
+    """
+    if not temperature > 0 or math.isnan(temperature):
+        raise DistillationError(f"the temperature must be > 0, got {temperature}; 2-8 is usual")
+    if not 0.0 <= alpha <= 1.0:
+        raise DistillationError(f"alpha (the weight of the teacher's soft labels) must be in [0, 1], got {alpha}")
+    if epochs < 1:
+        raise DistillationError(f"distillation needs at least one epoch, got {epochs}")
+    if len(data) == 0:
+        raise DistillationError("the distillation data set is empty; pass the samples to distil on")
+    teacher.eval()
+    teacher_logits = predict(teacher, data.x).astype(np.float32)
+    if teacher_logits.shape[1] != data.num_classes:
+        raise DistillationError(
+            f"the teacher has {teacher_logits.shape[1]} outputs but the data has {data.num_classes} classes"
+        )
+    torch.manual_seed(seed)
+    dataset = torch.utils.data.TensorDataset(
+        torch.from_numpy(np.ascontiguousarray(data.x)), torch.from_numpy(teacher_logits), torch.from_numpy(data.y)
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    optimizer = torch.optim.Adam(student.parameters(), lr=learning_rate)
+    loss_value = float("nan")
+    for epoch in range(epochs):
+        student.train()
+        total, seen = 0.0, 0
+        for x, soft, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = distillation_loss(student(x), soft, y, temperature=temperature, alpha=alpha)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(y)
+            seen += len(y)
+        loss_value = total / seen
+        if on_epoch is not None:
+            on_epoch(epoch + 1, loss_value)
+    student.eval()
+    return DistillationResult(
+        student=student,
+        teacher_parameters=count_parameters(teacher),
+        student_parameters=count_parameters(student),
+        temperature=float(temperature),
+        alpha=float(alpha),
+        epochs=epochs,
+        final_loss=loss_value,
+        teacher_accuracy=evaluate(teacher, test).accuracy if test is not None else None,
+        student_accuracy=evaluate(student, test).accuracy if test is not None else None,
+    )

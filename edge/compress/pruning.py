@@ -1,0 +1,434 @@
+"""Pruning: global unstructured magnitude pruning, and channel pruning that rebuilds smaller layers.
+
+The two save different things. Unstructured pruning zeroes the smallest weights across the whole model
+(``torch.nn.utils.prune``): the tensors keep their shapes, so the file is as large and as slow as before and
+only its compressed (gzip) size shrinks. Channel pruning removes whole output channels (a convolution's filters, a
+linear layer's units) and the matching inputs of the layers that read them, so every tensor, the file and the
+latency shrink. Both can be followed by a short fine-tune on data the caller supplies.
+
+>>> from shared_models.models import build_model
+>>> model = build_model("digits-cnn", input_shape=(1, 8, 8), num_classes=10, seed=0)
+>>> result = prune_unstructured(model, sparsity=0.5)
+>>> round(result.sparsity, 2)
+0.5
+>>> smaller = prune_channels(model, amount=0.5)
+>>> smaller.shapes_after["features.0"]
+(4, 1, 3, 3)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.utils import prune
+
+from edge.compress.errors import PruningError, SparsityError
+from shared_models.data import ArrayDataset
+from shared_models.models import count_parameters
+from shared_models.training import train_epochs
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+# Layers a channel passes through unchanged (channel c in, channel c out).
+_PASS_THROUGH_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+    nn.Identity,
+)
+_PASS_THROUGH_FUNCTIONS = (F.relu, torch.relu, F.max_pool2d, F.avg_pool2d, F.dropout, torch.tanh, torch.sigmoid)
+# Layers with one parameter per channel: they shrink with the channels they normalise.
+_PER_CHANNEL_MODULES = (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def check_amount(amount: float, what: str = "sparsity") -> float:
+    """``amount`` as a float in [0, 1), else :class:`SparsityError`."""
+    try:
+        value = float(amount)
+    except (TypeError, ValueError):
+        raise SparsityError(f"{what} must be a number in [0, 1), got {amount!r}") from None
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise SparsityError(
+            f"{what} must be in [0, 1) (the fraction removed; 1 would remove everything), got {amount!r}"
+        )
+    return value
+
+
+def sparsity_of(model: nn.Module) -> float:
+    """The fraction of exactly-zero weights over every convolution and linear layer's weight tensor."""
+    total, zeros = 0, 0
+    for module in model.modules():
+        if isinstance(module, PRUNABLE):
+            weight = module.weight.detach()
+            total += weight.numel()
+            zeros += int((weight == 0).sum())
+    return zeros / total if total else 0.0
+
+
+def count_nonzero(model: nn.Module) -> int:
+    return sum(int((p.detach() != 0).sum()) for p in model.parameters())
+
+
+def layer_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Weight shape of every convolution and linear layer, by module name."""
+    return {name: tuple(m.weight.shape) for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FineTune:
+    """A short fine-tune after pruning: SGD with momentum on ``data`` for ``epochs`` passes."""
+
+    data: ArrayDataset
+    epochs: int = 1
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 64
+    seed: int = 0
+
+    def run(self, model: nn.Module) -> float:
+        """Train ``model`` in place; return the mean training loss."""
+        if len(self.data) == 0:
+            raise PruningError("the fine-tune data set is empty; pass the samples to fine-tune on")
+        if self.epochs < 0:
+            raise PruningError(f"fine-tune epochs must be >= 0, got {self.epochs}")
+        if self.epochs == 0:
+            return float("nan")
+        torch.manual_seed(self.seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.learning_rate, momentum=self.momentum)
+        loss, _ = train_epochs(
+            model,
+            self.data.loader(self.batch_size, shuffle=True, seed=self.seed),
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            epochs=self.epochs,
+        )
+        model.eval()
+        return loss
+
+
+@dataclass(frozen=True)
+class PruningResult:
+    """A pruned copy of the model and what pruning did to it."""
+
+    model: nn.Module
+    kind: str
+    amount: float
+    sparsity: float
+    parameters_before: int
+    parameters_after: int
+    nonzero_before: int
+    nonzero_after: int
+    shapes_before: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    shapes_after: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    fine_tune_loss: float | None = None
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "amount": self.amount,
+            "sparsity": self.sparsity,
+            "parameters-before": self.parameters_before,
+            "parameters-after": self.parameters_after,
+            "nonzero-before": self.nonzero_before,
+            "nonzero-after": self.nonzero_after,
+            "shapes-before": {k: list(v) for k, v in self.shapes_before.items()},
+            "shapes-after": {k: list(v) for k, v in self.shapes_after.items()},
+            "fine-tune-loss": self.fine_tune_loss,
+        }
+
+
+def prune_unstructured(model: nn.Module, *, sparsity: float, fine_tune: FineTune | None = None) -> PruningResult:
+    """Zero the ``sparsity`` fraction of smallest-magnitude weights, ranked across all conv and linear layers.
+
+    The masks stay in place during the fine-tune (the pruned weights stay zero), then are made permanent. The
+    caller's model is not modified.
+    """
+    sparsity = check_amount(sparsity)
+    pruned = copy.deepcopy(model).eval()
+    before = (count_parameters(pruned), count_nonzero(pruned), layer_shapes(pruned))
+    targets = [(m, "weight") for m in pruned.modules() if isinstance(m, PRUNABLE)]
+    if not targets:
+        raise PruningError("the model has no convolution or linear layer to prune")
+    loss = None
+    if sparsity > 0:
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
+        if fine_tune is not None:
+            loss = fine_tune.run(pruned)
+        for module, name in targets:
+            prune.remove(module, name)
+    elif fine_tune is not None:
+        loss = fine_tune.run(pruned)
+    pruned.eval()
+    return PruningResult(
+        model=pruned,
+        kind="unstructured",
+        amount=sparsity,
+        sparsity=sparsity_of(pruned),
+        parameters_before=before[0],
+        parameters_after=count_parameters(pruned),
+        nonzero_before=before[1],
+        nonzero_after=count_nonzero(pruned),
+        shapes_before=before[2],
+        shapes_after=layer_shapes(pruned),
+        fine_tune_loss=loss,
+    )
+
+
+# ------------------------------------------------------------------------------------------- channel pruning
+
+
+@dataclass
+class _ChannelGroup:
+    """One producer layer, the per-channel layers after it and the layers that read its channels."""
+
+    producer: str
+    norms: list[str] = field(default_factory=list)
+    consumers: list[tuple[str, bool]] = field(default_factory=list)  # (module name, reads it flattened)
+
+
+def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        module = modules[str(node.target)]
+        return isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1
+    if node.op == "call_function" and node.target is torch.flatten:
+        return node.args[1:2] == (1,) or node.kwargs.get("start_dim") == 1
+    if node.op == "call_method" and node.target == "flatten":
+        return node.args[1:2] == (1,) or node.kwargs.get("start_dim") == 1
+    return False
+
+
+def _trace_group(node: fx.Node, modules: dict[str, nn.Module]) -> _ChannelGroup | None:
+    """Follow the channels of ``node``'s output to the layers that read them; None if they reach anything else."""
+    group = _ChannelGroup(str(node.target))
+    producer = modules[group.producer]
+    stack: list[tuple[fx.Node, bool]] = [(user, False) for user in node.users]
+    seen: set[fx.Node] = set()
+    while stack:
+        user, flattened = stack.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if user.op == "call_module":
+            module = modules[str(user.target)]
+            if isinstance(module, _PASS_THROUGH_MODULES):
+                stack.extend((u, flattened) for u in user.users)
+                continue
+            if isinstance(module, _PER_CHANNEL_MODULES) and not flattened:
+                group.norms.append(str(user.target))
+                stack.extend((u, flattened) for u in user.users)
+                continue
+            if _is_flatten(user, modules) and not flattened and isinstance(producer, nn.Conv2d):
+                stack.extend((u, True) for u in user.users)
+                continue
+            if (
+                isinstance(module, nn.Conv2d)
+                and module.groups == 1
+                and not flattened
+                and isinstance(producer, nn.Conv2d)
+            ):
+                group.consumers.append((str(user.target), False))
+                continue
+            if isinstance(module, nn.Linear) and (flattened or isinstance(producer, nn.Linear)):
+                group.consumers.append((str(user.target), flattened))
+                continue
+            return None
+        if user.op == "call_function" and user.target in _PASS_THROUGH_FUNCTIONS and user.args[0] is not None:
+            stack.extend((u, flattened) for u in user.users)
+            continue
+        if _is_flatten(user, modules) and not flattened and isinstance(producer, nn.Conv2d):
+            stack.extend((u, True) for u in user.users)
+            continue
+        return None  # the graph output (the classifier's logits), an addition, a concatenation, ...
+    return group if group.consumers else None
+
+
+def _channel_groups(model: nn.Module) -> list[_ChannelGroup]:
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as e:  # fx raises many kinds for data-dependent control flow
+        raise PruningError(
+            f"channel pruning needs a model torch.fx can trace ({type(model).__name__} cannot: {e}); "
+            "use unstructured pruning instead"
+        ) from e
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    groups = []
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[str(node.target)] != 1:
+            continue
+        module = modules[str(node.target)]
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
+            group = _trace_group(node, modules)
+            if group is not None and all(calls[name] == 1 for name, _ in group.consumers):
+                groups.append(group)
+    return groups
+
+
+def _keep_indices(weight: torch.Tensor, amount: float, groups: int) -> torch.Tensor:
+    """Channels to keep: the largest L1 norms, the same number from each normalisation group."""
+    importance = weight.detach().abs().reshape(weight.shape[0], -1).sum(dim=1)
+    channels = weight.shape[0]
+    per_group = channels // groups
+    keep_per_group = max(1, int(round(per_group * (1.0 - amount))))
+    kept = []
+    for g in range(groups):
+        block = importance[g * per_group : (g + 1) * per_group]
+        top = torch.topk(block, keep_per_group).indices + g * per_group
+        kept.append(torch.sort(top).values)
+    return torch.cat(kept)
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def _shrink_out(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
+    n = len(keep)
+    if isinstance(layer, nn.Conv2d):
+        new: nn.Module = nn.Conv2d(
+            layer.in_channels,
+            n,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+        )
+    else:
+        new = nn.Linear(layer.in_features, n, bias=layer.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(layer.weight[keep])
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias[keep])
+    return new
+
+
+def _shrink_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
+    n = len(keep)
+    if isinstance(norm, nn.GroupNorm):
+        new: nn.Module = nn.GroupNorm(norm.num_groups, n, eps=norm.eps, affine=norm.affine)
+    else:
+        new = type(norm)(
+            n, eps=norm.eps, momentum=norm.momentum, affine=norm.affine, track_running_stats=norm.track_running_stats
+        )
+    with torch.no_grad():
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            old = getattr(norm, attr, None)
+            if old is not None and getattr(new, attr, None) is not None:
+                getattr(new, attr).copy_(old[keep])
+    return new
+
+
+def _shrink_in(layer: nn.Module, keep: torch.Tensor, *, flattened: bool, channels: int) -> nn.Module:
+    if isinstance(layer, nn.Conv2d):
+        new: nn.Module = nn.Conv2d(
+            len(keep),
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+        )
+        columns = keep
+    else:
+        if flattened:
+            if layer.in_features % channels:
+                raise PruningError(
+                    f"a linear layer reads {layer.in_features} flattened values, not a multiple of the {channels} "
+                    "channels before it; cannot tell which inputs belong to which channel"
+                )
+            spatial = layer.in_features // channels
+            columns = (keep[:, None] * spatial + torch.arange(spatial)[None, :]).reshape(-1)
+        else:
+            columns = keep
+        new = nn.Linear(len(columns), layer.out_features, bias=layer.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(layer.weight[:, columns])
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new
+
+
+def prune_channels(model: nn.Module, *, amount: float, fine_tune: FineTune | None = None) -> PruningResult:
+    """Remove the ``amount`` fraction of output channels with the smallest L1 norm from every layer that can lose them.
+
+    A layer can lose channels when everything that reads its output is a convolution or linear layer (possibly
+    through activations, pooling, normalisation and a flatten); the classifier's last layer keeps its outputs.
+    Layers are rebuilt smaller, with the kept weights copied over. Under a GroupNorm the same number of channels
+    is kept in each group. The caller's model is not modified.
+    """
+    amount = check_amount(amount, "the channel pruning amount")
+    pruned = copy.deepcopy(model).eval()
+    before = (count_parameters(pruned), count_nonzero(pruned), layer_shapes(pruned))
+    groups = _channel_groups(pruned)
+    if not groups:
+        raise PruningError(
+            f"{type(model).__name__} has no layer whose output channels can be removed (each layer's output must "
+            "feed only convolution or linear layers); use unstructured pruning instead"
+        )
+    if amount > 0:
+        for group in groups:
+            producer = pruned.get_submodule(group.producer)
+            channels = producer.weight.shape[0]
+            norm_groups = [
+                pruned.get_submodule(n).num_groups
+                for n in group.norms
+                if isinstance(pruned.get_submodule(n), nn.GroupNorm)
+            ]
+            keep = _keep_indices(producer.weight, amount, math.lcm(*norm_groups) if norm_groups else 1)
+            _set_module(pruned, group.producer, _shrink_out(producer, keep))
+            for name in group.norms:
+                _set_module(pruned, name, _shrink_norm(pruned.get_submodule(name), keep))
+            for name, flattened in group.consumers:
+                consumer = pruned.get_submodule(name)
+                _set_module(pruned, name, _shrink_in(consumer, keep, flattened=flattened, channels=channels))
+    loss = fine_tune.run(pruned) if fine_tune is not None else None
+    pruned.eval()
+    return PruningResult(
+        model=pruned,
+        kind="channels",
+        amount=amount,
+        sparsity=sparsity_of(pruned),
+        parameters_before=before[0],
+        parameters_after=count_parameters(pruned),
+        nonzero_before=before[1],
+        nonzero_after=count_nonzero(pruned),
+        shapes_before=before[2],
+        shapes_after=layer_shapes(pruned),
+        fine_tune_loss=loss,
+    )
+
+
+__all__ = [
+    "FineTune",
+    "PruningResult",
+    "check_amount",
+    "count_nonzero",
+    "layer_shapes",
+    "prune_channels",
+    "prune_unstructured",
+    "sparsity_of",
+]
