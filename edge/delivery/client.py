@@ -42,6 +42,9 @@ class ServerClient:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self._connected.clear()
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self._acked: set[int] = set()
+        self._acked_lock = threading.Lock()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -50,6 +53,10 @@ class ServerClient:
         for topic in self.subscriptions:
             client.subscribe(topic, qos=QOS)
         self._connected.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._acked_lock:
+            self._acked.add(mid)
 
     def _on_message(self, client, userdata, message) -> None:
         if self.handler is not None:
@@ -84,13 +91,23 @@ class ServerClient:
     def publish_all(self, messages: list[tuple[str, bytes, bool]], timeout: float = 60.0) -> None:
         """Publish (topic, payload, retain) messages at QoS 1 and wait until the broker acknowledged every one
         (across reconnections: paho resends what was not acknowledged)."""
-        infos = [self.publish(t, p, retain=r) for t, p, r in messages]
+        # paho keeps a QoS 1 message published while disconnected and sends it on reconnection, with the same
+        # message id: so wait for the acknowledgements (on_publish), not for is_published(), which raises then.
+        pending = {self.publish(t, p, retain=r).mid for t, p, r in messages}
         deadline = time.monotonic() + timeout
-        for info in infos:
-            while not info.is_published():
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"the broker at {self.broker.url()} did not acknowledge within {timeout:.0f} s")
-                time.sleep(0.01)
+        while True:
+            with self._acked_lock:
+                done = pending & self._acked
+                pending -= done
+                self._acked -= done
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the broker at {self.broker.url()} did not acknowledge {len(pending)} messages "
+                    f"within {timeout:.0f} s"
+                )
+            time.sleep(0.005)
 
     def close(self) -> None:
         self.client.disconnect()

@@ -36,9 +36,9 @@ class RolloutError(DeliveryError):
 
 
 @contextlib.contextmanager
-def as_delivery_error() -> Iterator[None]:
-    """Re-raise the agent's errors (not FedgeErrors, by design) as DeliveryError for the command line."""
+def as_delivery_error(kind: type[DeliveryError] | None = None) -> Iterator[None]:
+    """Re-raise the agent's errors (not FedgeErrors, by design) as ``kind`` (DeliveryError by default)."""
     try:
         yield
     except AgentError as e:
-        raise DeliveryError(str(e)) from e
+        raise (kind or DeliveryError)(str(e)) from e

@@ -12,6 +12,7 @@ call per device is needed.
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import os
 import secrets
@@ -82,6 +83,8 @@ def write_mosquitto_files(
     os.chmod(passwd, 0o600)
     (directory / "acl").write_text(ACL_TEMPLATE, encoding="utf-8")
     lines = [
+        # started as root, mosquitto drops to user "mosquitto", which cannot read these files: stay who we are
+        f"user {getpass.getuser()}",
         f"listener {port} 127.0.0.1",
         "allow_anonymous false",
         f"password_file {passwd}",

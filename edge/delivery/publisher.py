@@ -77,7 +77,7 @@ def load_artifact(path: Path, *, model_id: str | None = None, version: int | Non
     model_id = model_id or side.get("model_id") or path.stem.split(".")[0].lower().replace("_", "-")
     version = version if version is not None else side.get("version", int(time.time()))
     meta = side.get("meta", {k: v for k, v in side.items() if k not in ("model_id", "version", "format")})
-    with as_delivery_error():
+    with as_delivery_error(ArtifactError):
         check_id("model id", model_id)
         check_format(data, fmt)
     if not isinstance(version, int) or version < 1:
@@ -107,7 +107,7 @@ def sign_artifact(
     now: float | None = None,
 ) -> SignedModel:
     now = time.time() if now is None else now
-    with as_delivery_error():
+    with as_delivery_error(ArtifactError):
         manifest = manifest_for(
             artifact.data,
             model_id=artifact.model_id,

@@ -34,6 +34,8 @@ class RolloutPolicy:
     max_error_rate_increase: float = 0.01
     #: without a previous version to compare with, the error rate may be at most this
     max_error_rate: float = 0.05
+    #: a difference counts only beyond this many standard errors (the canaries see few samples: noise is large)
+    noise_z: float = 2.0
     #: seconds to wait for devices to report an outcome of the update
     apply_timeout_s: float = 120.0
     #: seconds to wait for the canaries' telemetry on the new version
@@ -46,9 +48,15 @@ class Verdict:
     reason: str
 
 
+def _noise(p1: float, n1: int, p2: float, n2: int, z: float) -> float:
+    """``z`` standard errors of the difference of two proportions (p1 over n1 trials, p2 over n2)."""
+    return z * math.sqrt(p1 * (1 - p1) / max(n1, 1) + p2 * (1 - p2) / max(n2, 1))
+
+
 def judge_canaries(new: VersionStats, old: VersionStats | None, policy: RolloutPolicy) -> Verdict:
-    """Healthy when the canaries' accuracy and error rate on the new version are no worse than on the previous one
-    (within the policy's margins). Without labels, accuracy is not compared; without errors counted, neither."""
+    """Healthy when the canaries' accuracy and error rate on the new version are no worse than on the previous one,
+    within the policy's margins plus sampling noise (``noise_z`` standard errors). Without labels, accuracy is
+    not compared."""
     if new.reports == 0:
         return Verdict(False, "the canaries sent no telemetry on the new version")
     new_err = new.error_rate or 0.0
@@ -57,10 +65,12 @@ def judge_canaries(new: VersionStats, old: VersionStats | None, policy: RolloutP
             return Verdict(False, f"error rate {new_err:.3f} is above {policy.max_error_rate:.3f}")
         return Verdict(True, f"no previous version to compare with; error rate {new_err:.3f}")
     old_err = old.error_rate or 0.0
-    if new_err > old_err + policy.max_error_rate_increase:
+    n_new, n_old = new.inferences + new.errors, old.inferences + old.errors
+    if new_err > old_err + policy.max_error_rate_increase + _noise(new_err, n_new, old_err, n_old, policy.noise_z):
         return Verdict(False, f"error rate {new_err:.3f} against {old_err:.3f} on the previous version")
     if new.accuracy is not None and old.accuracy is not None:
-        if new.accuracy < old.accuracy - policy.max_accuracy_drop:
+        noise = _noise(new.accuracy, new.labelled, old.accuracy, old.labelled, policy.noise_z)
+        if new.accuracy < old.accuracy - policy.max_accuracy_drop - noise:
             return Verdict(False, f"accuracy {new.accuracy:.3f} against {old.accuracy:.3f} on the previous version")
         return Verdict(True, f"accuracy {new.accuracy:.3f} (previous {old.accuracy:.3f}), error rate {new_err:.3f}")
     return Verdict(True, f"error rate {new_err:.3f} (previous {old_err:.3f}); no labels to compare accuracy")

@@ -1,0 +1,333 @@
+"""Edge delivery over real brokers: Mosquitto (password file, ACL, persistence) and the embedded amqtt broker.
+
+Every broker and agent a test starts is stopped by its fixture's finalizer. No assertion is on wall-clock time;
+waits are bounded by timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.agent.config import AgentConfig
+from edge.agent.protocol import BrokerAddress
+from edge.agent.service import AgentService
+from edge.delivery.brokers import EmbeddedBrokerProcess, free_port
+from edge.delivery.client import ServerClient
+from edge.delivery.collector import FleetCollector, FleetStore
+from edge.delivery.errors import BrokerError
+from edge.delivery.keys import SigningKey
+from edge.delivery.mosquitto import SERVER_USER, MosquittoProcess, mosquitto_binary, write_mosquitto_files
+from edge.delivery.publisher import Artifact, ModelPublisher, sign_artifact
+from edge.delivery.rollout import RolloutPolicy, StagedRollout
+from tests.edge.helpers import onnx_model, signing_key, write_public_key, write_samples
+
+pytestmark = pytest.mark.integration
+
+DEVICES = ["dev-a", "dev-b", "dev-c", "intruder"]
+FAST = RolloutPolicy(canary_fraction=0.34, health_reports=2, apply_timeout_s=30, health_timeout_s=30)
+
+
+def have_mosquitto() -> bool:
+    try:
+        mosquitto_binary()
+        return True
+    except BrokerError:
+        return False
+
+
+needs_mosquitto = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed (.ci/run installs it)")
+
+
+def wait_for(predicate, timeout: float = 30.0, poll: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return predicate()
+
+
+def model(version: int, *, bad: bool = False, chunk_size: int = 512):
+    art = Artifact(Path("m.onnx"), onnx_model(bad=bad), "digits", version, "onnx", {"accuracy": 0.9})
+    return sign_artifact(art, signing_key(), chunk_size=chunk_size)
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    setup = write_mosquitto_files(tmp_path / "mosquitto", port=free_port(), devices=DEVICES)
+    broker = MosquittoProcess(setup).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def embedded():
+    broker = EmbeddedBrokerProcess(free_port()).start(timeout=30)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Agents, a collector and a publisher on a broker, all stopped at the end."""
+    started: list = []
+    samples = write_samples(tmp_path / "samples.npz")
+    pub = write_public_key(signing_key(), tmp_path / "server.pub")
+
+    class Env:
+        def address(self, broker, user: str) -> BrokerAddress:
+            if isinstance(broker, MosquittoProcess):
+                return broker.setup.address(user)
+            return broker.address()
+
+        def agent(self, broker, device_id: str, runtime: str = "onnx") -> AgentService:
+            config = AgentConfig(
+                device_id=device_id,
+                broker=self.address(broker, device_id),
+                store=tmp_path / "stores" / device_id,
+                runtime=runtime,
+                trusted_keys=(pub,),
+                data=samples,
+                report_interval_s=0.3,
+                samples_per_report=20,
+            )
+            service = AgentService(config).start()
+            started.append(service.stop)
+            return service
+
+        def collector(self, broker, db: str = "fleet.db") -> FleetCollector:
+            collector = FleetCollector(self.address(broker, SERVER_USER), FleetStore(tmp_path / db)).start()
+            started.append(collector.stop)
+            return collector
+
+        def publisher(self, broker, name: str = "fedge-publisher") -> ModelPublisher:
+            client = ServerClient(name, self.address(broker, SERVER_USER)).connect()
+            started.append(client.close)
+            return ModelPublisher(client, signing_key(), timeout=30)
+
+    yield Env()
+    for stop in reversed(started):
+        stop()
+
+
+def rollout(env_, broker, collector, m, devices, policy=FAST):
+    return StagedRollout(
+        publisher=env_.publisher(broker, f"pub-{m.manifest.version}"),
+        collector=collector,
+        models={m.manifest.format: m},
+        policy=policy,
+    ).run(devices)
+
+
+def all_on(collector, devices, version) -> bool:
+    return all((collector.store.device(d) or {}).get("version") == version for d in devices)
+
+
+@needs_mosquitto
+def test_staged_rollout_to_several_agents_on_mosquitto(env, mosquitto):
+    collector = env.collector(mosquitto)
+    devices = ["dev-a", "dev-b", "dev-c"]
+    for d in devices:
+        env.agent(mosquitto, d)
+    assert collector.wait_until(lambda s: len(s.devices()) == 3, 20)
+    first = rollout(env, mosquitto, collector, model(1), devices, RolloutPolicy(canary_fraction=0, apply_timeout_s=30))
+    assert first.status == "completed" and sorted(first.applied) == devices
+    assert collector.wait_until(lambda s: all(s.reports_since(d, 1, 0) >= 2 for d in devices), 20)
+
+    second = rollout(env, mosquitto, collector, model(2), devices)
+    assert second.status == "completed", second
+    assert len(second.canaries) == 2 and sorted(second.applied) == devices
+    assert second.baseline["accuracy"] > 0.7 and second.canary_stats["accuracy"] > 0.7
+    assert collector.wait_until(lambda s: all_on(collector, devices, 2), 10)
+    row = collector.store.device("dev-a")
+    assert row["state"] == "ready" and row["previous_version"] == 1
+
+
+@needs_mosquitto
+def test_canary_worse_than_previous_version_is_rolled_back(env, mosquitto):
+    collector = env.collector(mosquitto)
+    devices = ["dev-a", "dev-b", "dev-c"]
+    agents = {d: env.agent(mosquitto, d) for d in devices}
+    assert collector.wait_until(lambda s: len(s.devices()) == 3, 20)
+    assert rollout(env, mosquitto, collector, model(1), devices, RolloutPolicy(canary_fraction=0)).status == "completed"
+    assert collector.wait_until(lambda s: all(s.reports_since(d, 1, 0) >= 2 for d in devices), 20)
+
+    report = rollout(env, mosquitto, collector, model(2, bad=True), devices)
+    assert report.status == "rolled-back", report
+    assert "accuracy" in report.verdict
+    assert sorted(report.rolled_back) == sorted(report.canaries)
+    for d in devices:  # canaries back on v1; the others never got v2
+        assert agents[d].agent.version == 1
+    assert all_on(collector, devices, 1) or collector.wait_until(lambda s: all_on(collector, devices, 1), 10)
+
+
+ATTACKS = {
+    "tampered-chunk": lambda m: (m.envelope, [(t, p[:-1] + bytes([p[-1] ^ 1]), r) for t, p, r in m.chunk_messages()]),
+    "unknown-signer": lambda m: (
+        sign_artifact(m.artifact, SigningKey.generate()).envelope,
+        [],
+    ),
+    "malformed": lambda m: (b'{"signed": [1, 2', []),
+    "unsigned": lambda m: (json.dumps({"signed": m.manifest.to_signed(), "signatures": []}).encode(), []),
+}
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_attack_over_the_broker_is_rejected_and_the_old_model_keeps_serving(env, mosquitto, attack):
+    collector = env.collector(mosquitto)
+    agent = env.agent(mosquitto, "dev-a")
+    publisher = env.publisher(mosquitto)
+    publisher.publish_chunks(model(1))
+    publisher.assign(model(1), ["dev-a"])
+    assert wait_for(lambda: agent.agent.version == 1)
+    envelope, chunks = ATTACKS[attack](model(2, chunk_size=1024))
+    publisher.client.publish_all(chunks)
+    publisher.client.publish_all([("fedge/v1/devices/dev-a/manifest", envelope, True)])
+    assert collector.wait_until(
+        lambda s: any(e["outcome"] == "rejected" and e["reason"] == attack for e in s.events("dev-a")), 20
+    ), collector.store.events("dev-a")
+    assert agent.agent.version == 1 and agent.thread.is_alive()
+    since = time.time()
+    assert collector.wait_until(lambda s: s.reports_since("dev-a", 1, since) >= 2, 20)  # still serving, reporting
+
+
+@needs_mosquitto
+def test_acl_a_device_cannot_publish_to_another_devices_or_model_topics(env, mosquitto):
+    seen: list[tuple[str, bytes]] = []
+    watcher = ServerClient(
+        "watcher",
+        mosquitto.setup.address(SERVER_USER),
+        subscriptions=("fedge/#",),
+        on_message=lambda t, p: seen.append((t, p)),
+        clean_session=True,
+    ).connect()
+    try:
+        intruder = ServerClient("intruder", mosquitto.setup.address("intruder"), clean_session=True).connect()
+        try:
+            forged = [
+                ("fedge/v1/devices/dev-a/telemetry", b'{"forged": 1}', False),
+                ("fedge/v1/devices/dev-a/state", b'{"forged": 2}', True),
+                ("fedge/v1/devices/dev-a/manifest", b'{"forged": 3}', True),
+                ("fedge/v1/devices/dev-a/cmd/rollback", b'{"forged": 4}', False),
+                ("fedge/v1/models/digits/9/onnx/0", b"forged-chunk", True),
+                ("fedge/v1/devices/intruder/telemetry", b'{"own": "marker"}', False),  # allowed: its own topic
+            ]
+            intruder.publish_all(forged)
+            assert wait_for(lambda: any(t == "fedge/v1/devices/intruder/telemetry" for t, _ in seen), 10)
+            time.sleep(0.3)
+            assert not any(b"forged" in payload for _, payload in seen)
+        finally:
+            intruder.close()
+    finally:
+        watcher.close()
+
+
+@needs_mosquitto
+def test_a_device_cannot_log_in_with_a_wrong_password(mosquitto):
+    address = mosquitto.setup.address("dev-a")
+    wrong = BrokerAddress(address.host, address.port, username="dev-a", password="guess")
+    with pytest.raises(BrokerError, match="refused"):
+        ServerClient("dev-a", wrong).connect(timeout=10)
+
+
+@needs_mosquitto
+def test_broker_restart_mid_rollout_and_telemetry_loses_nothing(env, mosquitto):
+    collector = env.collector(mosquitto)
+    devices = ["dev-a", "dev-b"]
+    agents = {d: env.agent(mosquitto, d) for d in devices}
+    publisher = env.publisher(mosquitto)
+    publisher.publish_chunks(model(1))
+    publisher.assign(model(1), devices)
+    assert collector.wait_until(lambda s: all(s.reports_since(d, 1, 0) >= 2 for d in devices), 30)
+
+    v2 = model(2, chunk_size=256)
+    publisher.publish_chunks(v2)
+    mosquitto.stop()  # mid-rollout: chunks are out, the manifests are not yet
+    assigning = threading.Thread(target=publisher.assign, args=(v2, devices))
+    assigning.start()  # queued by paho until the broker is back
+    time.sleep(1.0)  # agents keep measuring; their telemetry waits in their buffers
+    assert any(len(a.agent.outbox) for a in agents.values())
+    mosquitto.start()
+    assigning.join(30)
+    assert not assigning.is_alive()
+    assert wait_for(lambda: all(a.agent.version == 2 for a in agents.values()), 30)
+    restarted = time.time()
+    assert collector.wait_until(lambda s: all(s.reports_since(d, 2, restarted) >= 2 for d in devices), 30)
+    report = collector.store.sequence_report()
+    assert report["lost"] == 0, report
+    assert report["received"] >= 8
+
+
+def test_rollout_on_the_embedded_broker_with_agent_processes(env, embedded, tmp_path):
+    """The demo's set-up: amqtt as its own process, agents as `python -m edge.agent` processes, both runtimes."""
+    pytest.importorskip("ai_edge_litert")
+    from tests.edge.helpers import tflite_model
+
+    collector = env.collector(embedded)
+    pub = write_public_key(signing_key(), tmp_path / "server.pub")
+    samples = write_samples(tmp_path / "samples.npz")
+    runtimes = {"dev-a": "onnx", "dev-b": "onnx", "dev-c": "tflite"}
+    procs = []
+    try:
+        for d, runtime in runtimes.items():
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "edge.agent",
+                        "--broker",
+                        f"mqtt://127.0.0.1:{embedded.port}",
+                        "--device-id",
+                        d,
+                        "--store",
+                        str(tmp_path / d),
+                        "--runtime",
+                        runtime,
+                        "--trust",
+                        str(pub),
+                        "--data",
+                        str(samples),
+                        "--interval",
+                        "0.3",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        assert collector.wait_until(lambda s: len(s.devices()) == 3, 60), collector.store.devices()
+        models = {"onnx": model(1)}
+        art = Artifact(Path("m.tflite"), tflite_model(), "digits", 1, "tflite", {})
+        models["tflite"] = sign_artifact(art, signing_key(), chunk_size=1024)
+        report = StagedRollout(
+            publisher=env.publisher(embedded),
+            collector=collector,
+            models=models,
+            policy=RolloutPolicy(canary_fraction=0, apply_timeout_s=60),
+        ).run()
+        assert report.status == "completed", report
+        assert collector.wait_until(lambda s: all(s.reports_since(d, 1, 0) >= 1 for d in runtimes), 30)
+        rows = {r["device_id"]: r for r in collector.store.devices()}
+        assert rows["dev-c"]["runtime"] == "tflite" and rows["dev-c"]["accuracy"] > 0.7
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stderr:
+                p.stderr.close()
+    assert collector.wait_until(lambda s: all(r["state"] in ("disconnected", "lost") for r in s.devices()), 10), (
+        collector.store.devices()
+    )
