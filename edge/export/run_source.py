@@ -1,0 +1,91 @@
+"""Read a trained model and its data back from a run directory (``runs/<run-id>/``).
+
+``model.json`` says which registry model, input shape and classes; ``model.pt`` holds its weights;
+``config.json`` says how the data were split, so the server's held-out split is rebuilt exactly as in the run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge.export.errors import CheckpointError
+from shared_models.data import ArrayDataset
+from shared_models.errors import FedgeError
+from shared_models.federation import FederatedData
+from shared_models.models import build_model, set_weights
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+
+
+def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(the final global model in eval mode, model.json, config.json) of a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist; pass a directory under runs/ (fedge simulate)")
+    info_path, weights_path = run_dir / "model.json", run_dir / "model.pt"
+    if not info_path.is_file():
+        raise CheckpointError(f"{run_dir} has no model.json; is it a fedge run directory (runs/<run-id>/)?")
+    if not weights_path.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no model.pt (the final global model): the run did not finish; "
+            "run it to the end (or resume it) before packaging"
+        )
+    info = _read_json(info_path)
+    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    try:
+        model = build_model(
+            str(info["model"]), input_shape=tuple(info["input-shape"]), num_classes=int(info["num-classes"])
+        )
+    except KeyError as e:
+        raise CheckpointError(f"{info_path} lacks {e}; expected model, input-shape and num-classes") from e
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle, zip and runtime errors for a damaged file
+        raise CheckpointError(f"cannot load {weights_path}: {e}; is the file complete?") from e
+    try:
+        set_weights(model, {k: v.numpy() if hasattr(v, "numpy") else np.asarray(v) for k, v in state.items()})
+    except FedgeError as e:
+        raise CheckpointError(f"{weights_path} does not fit the model in model.json: {e}") from e
+    return model.eval(), info, config
+
+
+def run_federated_data(info: dict[str, Any], config: dict[str, Any]) -> FederatedData:
+    """The run's data description; model.json's data keys fill in what an older config.json lacks."""
+    merged = dict(config)
+    for key in ("dataset", "data-path", "test-fraction", "seed"):
+        if key not in merged and key in info:
+            merged[key] = info[key]
+    return FederatedData.from_run_config(merged)
+
+
+def split_held_out(test: ArrayDataset, *, fraction: float = 0.5, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """(tuning part, evaluation part) of the server's held-out split, disjoint, reproducible."""
+    order = np.random.default_rng(seed).permutation(len(test))
+    cut = int(round(len(test) * fraction))
+    if not 0 < cut < len(test):
+        raise CheckpointError(f"cannot divide {len(test)} held-out samples into a tuning and an evaluation part")
+    return test.subset(np.sort(order[:cut])), test.subset(np.sort(order[cut:]))
+
+
+def load_labelled_file(path: str | Path, *, num_classes: int) -> ArrayDataset:
+    """Samples with labels from an ``.npz`` file holding ``x`` and ``y``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"data file {path} does not exist; pass an .npz file with arrays x and y")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            x, y = npz["x"].astype(np.float32), npz["y"].astype(np.int64)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot read {path} as an .npz file with arrays x and y: {e}") from e
+    return ArrayDataset(path.stem, x, y, num_classes)
