@@ -132,5 +132,11 @@ def main() -> None:
         sys.exit(130)
 
 
+# edge delivery: fedge broker, agent, keygen, publish, fleet, demo (simulations/edge_cmd.py)
+from simulations.edge_cmd import register as register_edge_commands  # noqa: E402
+
+register_edge_commands(app)
+
+
 if __name__ == "__main__":
     main()

@@ -54,9 +54,17 @@ class BrokerProcess:
     def start(self, timeout: float = 15.0) -> BrokerProcess:
         if port_open(self.host, self.port):
             raise BrokerError(f"port {self.port} is already in use: pick another (--port)")
-        self.process = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        log_file = getattr(self, "log_file", None)
+        if log_file is not None:  # a long-lived broker writes to a file, never to a pipe nobody drains
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "ab") as log:
+                self.process = subprocess.Popen(
+                    self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                )
+        else:
+            self.process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
         try:
             wait_for_port(self.host, self.port, timeout, self.process)
         except BrokerError as e:
@@ -107,6 +115,12 @@ class EmbeddedBrokerProcess(BrokerProcess):
     def __init__(self, port: int, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
         super().__init__(host, port)
         self.log_file = log_file
+
+    def log_tail(self) -> str:
+        try:
+            return Path(self.log_file).read_text(encoding="utf-8", errors="replace")[-1000:] if self.log_file else ""
+        except OSError:
+            return ""
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "edge.delivery.embedded_broker", "--host", self.host, "--port", str(self.port)]

@@ -244,11 +244,17 @@ class FleetCollector:
         *,
         client_id: str = "fedge-collector",
         ca_file: Path | None = None,
+        clean_session: bool = False,
     ) -> None:
         self.store = store
         self.received = 0
         self.client = ServerClient(
-            client_id, broker, on_message=self._on_message, subscriptions=FLEET_FILTERS, ca_file=ca_file
+            client_id,
+            broker,
+            on_message=self._on_message,
+            subscriptions=FLEET_FILTERS,
+            ca_file=ca_file,
+            clean_session=clean_session,
         )
 
     def _on_message(self, topic: str, payload: bytes) -> None:

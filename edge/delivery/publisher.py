@@ -60,6 +60,25 @@ def _sidecar(path: Path) -> dict[str, Any]:
     return {}
 
 
+#: the schema prefix of the description ``edge.export`` writes beside each artifact (``NAME.onnx.json``)
+EXPORT_SCHEMA = "fedge-artifact/"
+
+
+def _export_summary(side: dict[str, Any]) -> dict[str, Any]:
+    metrics = side.get("metrics") if isinstance(side.get("metrics"), dict) else {}
+    source = side.get("source") if isinstance(side.get("source"), dict) else {}
+    summary = {
+        "model": side.get("model"),
+        "variant": side.get("variant"),
+        "dtype": side.get("dtype"),
+        "size_bytes": side.get("size-bytes"),
+        "accuracy": metrics.get("accuracy"),
+        "latency_ms": metrics.get("latency-ms"),
+        "run_id": source.get("run-id"),
+    }
+    return {k: v for k, v in summary.items() if v is not None}
+
+
 def load_artifact(path: Path, *, model_id: str | None = None, version: int | None = None) -> Artifact:
     """Read a model file and its metadata. Without a version anywhere, the version is the current Unix time, which
     keeps versions increasing (devices refuse any version not newer than theirs)."""
@@ -74,9 +93,17 @@ def load_artifact(path: Path, *, model_id: str | None = None, version: int | Non
     side = _sidecar(path)
     if side.get("format", fmt) != fmt:
         raise ArtifactError(f"{path}: its metadata says format {side['format']!r}")
-    model_id = model_id or side.get("model_id") or path.stem.split(".")[0].lower().replace("_", "-")
+    exported = str(side.get("schema", "")).startswith(EXPORT_SCHEMA)
+    if model_id is None:
+        model_id = side.get("model_id")
+    if model_id is None and exported and side.get("model") and side.get("variant"):
+        model_id = f"{side['model']}-{side['variant']}".lower().replace("_", "-")
+    model_id = model_id or path.stem.split(".")[0].lower().replace("_", "-")
     version = version if version is not None else side.get("version", int(time.time()))
-    meta = side.get("meta", {k: v for k, v in side.items() if k not in ("model_id", "version", "format")})
+    if exported:  # edge.export's description is large (quantization parameters...): carry only the summary
+        meta = _export_summary(side)
+    else:
+        meta = side.get("meta", {k: v for k, v in side.items() if k not in ("model_id", "version", "format")})
     with as_delivery_error(ArtifactError):
         check_id("model id", model_id)
         check_format(data, fmt)

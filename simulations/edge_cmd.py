@@ -1,0 +1,495 @@
+"""The edge commands of ``fedge``: ``broker``, ``agent``, ``keygen``, ``publish``, ``fleet status|collect`` and
+``demo``. A thin layer: the logic lives in :mod:`edge.delivery`, :mod:`edge.agent` and :mod:`simulations.edge_demo`.
+
+Registered on the ``fedge`` app by :func:`register` (called from :mod:`simulations.cli`). Heavy imports happen inside
+the commands, so ``fedge --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+fleet_app = typer.Typer(
+    help="The fleet as the collector sees it: a table of devices, or a collector that keeps listening.",
+    no_args_is_help=True,
+)
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM behave like Ctrl-C, so every ``finally`` that stops a process runs."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+def _wait_forever() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------------- broker
+
+
+def broker(
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 1883,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    mosquitto: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "Run Eclipse Mosquitto instead, from a config written to this directory: password file (random "
+                "passwords, saved in DIR/credentials.json, mode 0600), ACL (a device writes only its own topics), "
+                "persistence. Give the devices with --devices."
+            )
+        ),
+    ] = None,
+    devices: Annotated[
+        list[str] | None, typer.Option(help="Device ids that may log in to Mosquitto (comma-separated, repeatable).")
+    ] = None,
+) -> None:
+    """Start an MQTT broker on loopback and keep it running until Ctrl-C.
+
+    By default the embedded pure-Python broker (amqtt, anonymous, about 1,000 msg/s: for demos); with --mosquitto
+    DIR a real Mosquitto with password file and ACL (for a fleet).
+    """
+    import json
+    import os
+
+    from edge.delivery.brokers import EmbeddedBrokerProcess
+    from edge.delivery.errors import BrokerError
+    from edge.delivery.mosquitto import SERVER_USER, MosquittoProcess, write_mosquitto_files
+
+    console = Console()
+    _stop_on_sigterm()
+    if mosquitto is not None:
+        if host != "127.0.0.1":
+            raise BrokerError("the generated Mosquitto config listens on loopback only; edit its listener line")
+        ids = _split(devices)
+        if not ids:
+            raise BrokerError("--mosquitto needs the device ids that may log in: --devices dev-1,dev-2")
+        setup = write_mosquitto_files(mosquitto, port=port, devices=ids)
+        credentials = mosquitto / "credentials.json"
+        credentials.write_text(
+            json.dumps({u: setup.address(u).url(with_password=True) for u in setup.passwords}, indent=2) + "\n"
+        )
+        os.chmod(credentials, 0o600)
+        process = MosquittoProcess(setup).start()
+        console.print(f"Mosquitto on mqtt://127.0.0.1:{port} (config {setup.config_file})")
+        console.print(f"broker URLs with passwords, per user ({SERVER_USER} for the server): {credentials}")
+    else:
+        process = EmbeddedBrokerProcess(port, host=host).start(timeout=30)
+        console.print(f"embedded broker (amqtt) on mqtt://{host}:{port}")
+    console.print("Ctrl-C stops it")
+    try:
+        _wait_forever()
+    finally:
+        process.stop()
+
+
+# ------------------------------------------------------------------------------------------------------- agent
+
+
+def agent(
+    broker_url: Annotated[
+        str, typer.Option("--broker", help="mqtt://[user:password@]host[:port] or mqtts://... (TLS).")
+    ],
+    device_id: Annotated[str, typer.Option(help="This device's id: 1-64 characters of [a-z0-9-].")],
+    store: Annotated[Path, typer.Option(help="Directory of the model store (created if missing).")],
+    runtime: Annotated[str, typer.Option(help="onnx (onnxruntime) or tflite (LiteRT).")] = "onnx",
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option(help="Server public key to trust (from `fedge keygen`; repeatable; default STORE/trusted.pub)."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help=".npz of samples to run inference on: 'x' and optional labels 'y'.")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between telemetry messages.")] = 2.0,
+    samples: Annotated[int, typer.Option(help="Inferences per telemetry message.")] = 32,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
+    max_model_mb: Annotated[float, typer.Option(help="Largest model accepted, MB.")] = 64.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every update step.")] = False,
+) -> None:
+    """Run one device agent until Ctrl-C: receive signed models, verify and swap them, run inference, report.
+
+    The same as `python -m edge.agent` (what a device runs: `pip install "fedge[agent]"` brings no torch).
+    """
+    from edge.agent.cli import main as agent_main
+
+    argv = ["--broker", broker_url, "--device-id", device_id, "--store", str(store), "--runtime", runtime]
+    for key in trust or []:
+        argv += ["--trust", str(key)]
+    if data is not None:
+        argv += ["--data", str(data)]
+    argv += ["--interval", str(interval), "--samples", str(samples), "--max-model-mb", str(max_model_mb)]
+    if ca is not None:
+        argv += ["--ca", str(ca)]
+    if verbose:
+        argv.append("--verbose")
+    code = agent_main(argv)
+    if code:
+        raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------------------------------------------- keygen
+
+
+def keygen(
+    path: Annotated[Path, typer.Argument(help="Where to write the key pair: PATH.key (private) and PATH.pub.")] = Path(
+        "keys/server"
+    ),
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing key (devices that trust the old one stop updating).")
+    ] = False,
+) -> None:
+    """Make the server's Ed25519 signing key pair.
+
+    Writes PATH.key (PKCS#8 PEM, mode 0600; encrypted when FEDGE_KEY_PASSPHRASE is set) and PATH.pub, the public
+    key every device trusts (`fedge agent --trust PATH.pub`).
+    """
+    from edge.delivery.keys import SigningKey, write_keypair
+
+    key = SigningKey.generate()
+    private, public = write_keypair(key, path, overwrite=force)
+    Console().print(f"private key: {private} (keep it secret)\npublic key:  {public} (key id {key.keyid[:16]})")
+
+
+# ------------------------------------------------------------------------------------------------------- publish
+
+
+def publish(
+    artifacts: Annotated[
+        list[Path],
+        typer.Argument(help="Model files, one per format (int8.onnx int8.tflite): each device gets its runtime's."),
+    ],
+    broker_url: Annotated[str, typer.Option("--broker", help="mqtt://[user:password@]host[:port] of the broker.")],
+    key: Annotated[Path, typer.Option(help="The server's signing key (PATH.key from `fedge keygen`).")],
+    devices: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Devices to update (comma-separated, repeatable). Default: every device whose state is online."
+        ),
+    ] = None,
+    canary: Annotated[
+        float,
+        typer.Option(
+            help=(
+                "Share of the devices updated first; the rest follow when the canaries report healthy, or the "
+                "canaries get a rollback command. 0: everyone at once."
+            )
+        ),
+    ] = 0.1,
+    model_id: Annotated[str | None, typer.Option(help="Model id (default: from the artifact's JSON or name).")] = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version (default: from the artifact's JSON, else the current Unix time).")
+    ] = None,
+    db: Annotated[Path, typer.Option(help="The fleet database the collector writes (SQLite).")] = Path("fleet.db"),
+    chunk_kb: Annotated[int, typer.Option(help="Chunk size in KiB.")] = 128,
+    expires_days: Annotated[float, typer.Option(help="Days the signed manifest stays valid.")] = 7.0,
+    health_reports: Annotated[int, typer.Option(help="Telemetry messages each canary sends before it is judged.")] = 2,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="How far the canaries' accuracy may fall below the previous version's.")
+    ] = 0.02,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the devices' outcomes and reports.")] = 120.0,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Publish and assign to --devices, then return (no staged rollout).")
+    ] = False,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
+) -> None:
+    """Sign a model and roll it out to the devices, canaries first.
+
+    Sends the chunks (retained, on the model's topics), then the signed manifest on each device's topic: a canary
+    share first, the rest when the canaries report healthy (else a signed rollback command to them). Prints what
+    each device did (applied, rejected and why, rolled back); exit code 1 unless the rollout completed.
+    """
+    import json
+    import os
+
+    from edge.agent.protocol import BrokerAddress
+    from edge.delivery.client import ServerClient
+    from edge.delivery.collector import FleetCollector, FleetStore
+    from edge.delivery.errors import ArtifactError, RolloutError, as_delivery_error
+    from edge.delivery.keys import load_signing_key
+    from edge.delivery.publisher import ModelPublisher, load_artifact, sign_artifact
+    from edge.delivery.rollout import RolloutPolicy, StagedRollout
+
+    console = Console()
+    signing = load_signing_key(key)
+    with as_delivery_error():
+        address = BrokerAddress.parse(broker_url)
+    loaded = [load_artifact(p, model_id=model_id, version=version) for p in artifacts]
+    if version is None and len({a.version for a in loaded}) > 1:  # no version anywhere: one clock reading for all
+        now = int(time.time())
+        loaded = [load_artifact(p, model_id=model_id, version=now) for p in artifacts]
+    formats = [a.format for a in loaded]
+    if len(set(formats)) != len(formats):
+        raise ArtifactError(f"one artifact per format, got {', '.join(formats)}")
+    models = {
+        a.format: sign_artifact(a, signing, chunk_size=chunk_kb * 1024, expires_in_s=expires_days * 86400)
+        for a in loaded
+    }
+    first = next(iter(models.values())).manifest
+    console.print(
+        f"{first.model_id} v{first.version}: " + ", ".join(f"{f} {m.manifest.length} bytes" for f, m in models.items())
+    )
+    suffix = f"{os.getpid()}"
+    client = ServerClient(f"fedge-publish-{suffix}", address, ca_file=ca, clean_session=True).connect()
+    publisher = ModelPublisher(client, signing, timeout=timeout)
+    try:
+        if no_wait:
+            targets = _split(devices)
+            if not targets:
+                raise RolloutError("--no-wait needs --devices (without waiting, nobody is asked who is online)")
+            for model in models.values():
+                publisher.publish_chunks(model)
+            if len(models) != 1:
+                raise RolloutError(
+                    "--no-wait assigns one artifact; for several formats, let the rollout match runtimes"
+                )
+            publisher.assign(next(iter(models.values())), targets)
+            console.print(f"assigned to {len(targets)} devices")
+            return
+        collector = FleetCollector(
+            address, FleetStore(db), client_id=f"fedge-publish-collector-{suffix}", ca_file=ca, clean_session=True
+        ).start()
+        try:
+            time.sleep(1.0)  # the retained states of the fleet arrive on subscribing
+            targets = _split(devices) or [
+                d["device_id"] for d in collector.store.devices() if d.get("state") in ("ready", "waiting", "updating")
+            ]
+            policy = RolloutPolicy(
+                canary_fraction=canary,
+                health_reports=health_reports,
+                max_accuracy_drop=max_accuracy_drop,
+                apply_timeout_s=timeout,
+                health_timeout_s=timeout,
+            )
+            report = StagedRollout(
+                publisher=publisher, collector=collector, models=models, policy=policy, progress=console.print
+            ).run(targets)
+        finally:
+            collector.stop()
+    finally:
+        client.close()
+    _print_rollout(console, report.to_dict())
+    console.print_json(json.dumps({"status": report.status, "verdict": report.verdict}))
+    if report.status != "completed":
+        raise typer.Exit(1)
+
+
+def _print_rollout(console: Console, report: dict[str, Any]) -> None:
+    table = Table(title=f"rollout of {report['model_id']} v{report['version']}: {report['status']}")
+    table.add_column("device")
+    table.add_column("canary")
+    table.add_column("outcome")
+    for d in report["devices"]:
+        if d in report["rolled_back"]:
+            outcome = "rolled back"
+        elif d in report["applied"]:
+            outcome = "applied"
+        elif d in report["rejected"]:
+            outcome = f"rejected: {report['rejected'][d]}"
+        elif d in report["missing"]:
+            outcome = "no answer"
+        else:
+            outcome = "not updated"
+        table.add_row(d, "yes" if d in report["canaries"] else "", outcome)
+    console.print(table)
+    if report.get("verdict"):
+        console.print(f"canary verdict: {report['verdict']}")
+
+
+# ------------------------------------------------------------------------------------------------------- fleet
+
+
+def fleet_table(rows: list[dict[str, Any]], *, now: float | None = None, title: str = "fleet") -> Table:
+    """A table of devices: state, runtime, model version, last seen, latency p50/p95, accuracy, last update.
+
+    Compact enough for 80 columns (a log, a CI console); the model ids go in the caption.
+    """
+    from rich import box
+
+    now = time.time() if now is None else now
+    models = sorted({r["model_id"] for r in rows if r.get("model_id")})
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=f"model: {', '.join(models)}" if models else None)
+    right = {"ver", "seen", "p50 ms", "p95 ms", "acc"}
+    for column in ("device", "state", "runtime", "ver", "seen", "p50 ms", "p95 ms", "acc", "last update"):
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=column != "last update")
+
+    def num(v: Any, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    for r in rows:
+        seen = r.get("last_seen")
+        update = r.get("last_update") or {}
+        outcome = f"{update.get('outcome', '')} v{update.get('version')}" if update else ""
+        if update and update.get("outcome") != "applied":
+            outcome += f" ({update.get('reason', '')})"
+        table.add_row(
+            r["device_id"],
+            r.get("state") or "",
+            r.get("runtime") or "",
+            num(r.get("version"), "d"),
+            "" if seen is None else f"{max(0.0, now - seen):.0f}s",
+            num(r.get("latency_ms_p50"), ".3f"),
+            num(r.get("latency_ms_p95"), ".3f"),
+            num(r.get("accuracy"), ".3f"),
+            outcome,
+        )
+    return table
+
+
+@fleet_app.command("status")
+def fleet_status(
+    db: Annotated[Path, typer.Option(help="The fleet database (SQLite) a collector writes.")] = Path("fleet.db"),
+    broker_url: Annotated[
+        str | None,
+        typer.Option("--broker", help="Listen to this broker for --listen seconds first (the server user's URL)."),
+    ] = None,
+    listen: Annotated[float, typer.Option(help="Seconds to listen when --broker is given.")] = 3.0,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
+) -> None:
+    """Print the fleet: one row per device, then how much telemetry was received and lost.
+
+    Columns: state, runtime, model and version, last seen, latency p50/p95, accuracy, the last update's outcome.
+    Lost telemetry is counted from gaps in each device session's sequence numbers.
+    """
+    import os
+
+    from edge.agent.protocol import BrokerAddress
+    from edge.delivery.collector import FleetCollector, FleetStore
+    from edge.delivery.errors import DeliveryError, as_delivery_error
+
+    if broker_url is None and not db.exists():
+        raise DeliveryError(f"{db} does not exist: run `fedge fleet collect` (or pass --broker to listen now)")
+    store = FleetStore(db)
+    if broker_url is not None:
+        with as_delivery_error():
+            address = BrokerAddress.parse(broker_url)
+        collector = FleetCollector(
+            address, store, client_id=f"fedge-status-{os.getpid()}", ca_file=ca, clean_session=True
+        ).start()
+        try:
+            time.sleep(listen)
+        finally:
+            collector.stop()
+    console = Console()
+    console.print(fleet_table(store.devices(), title=f"fleet ({db})"))
+    seq = store.sequence_report()
+    console.print(
+        f"telemetry: {seq['received']} received, {seq['lost']} lost (gaps in sequence numbers), "
+        f"{seq['duplicates']} duplicates dropped; {len(store.malformed())} malformed messages"
+    )
+    store.close()
+
+
+@fleet_app.command("collect")
+def fleet_collect(
+    broker_url: Annotated[str, typer.Option("--broker", help="The broker (the server user's URL for Mosquitto).")],
+    db: Annotated[Path, typer.Option(help="The fleet database (SQLite) to write.")] = Path("fleet.db"),
+    client_id: Annotated[
+        str, typer.Option(help="MQTT client id: a persistent session keeps what arrives while it is away.")
+    ] = "fedge-collector",
+    ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
+) -> None:
+    """Keep every state, telemetry and update message of the fleet in SQLite until Ctrl-C.
+
+    QoS 1 with a persistent session: what the devices send while the collector is down arrives when it is back.
+    """
+    from edge.agent.protocol import BrokerAddress
+    from edge.delivery.collector import FleetCollector, FleetStore
+    from edge.delivery.errors import as_delivery_error
+
+    with as_delivery_error():
+        address = BrokerAddress.parse(broker_url)
+    _stop_on_sigterm()
+    collector = FleetCollector(address, FleetStore(db), client_id=client_id, ca_file=ca).start()
+    Console().print(f"collecting into {db}; Ctrl-C stops")
+    try:
+        _wait_forever()
+    finally:
+        collector.stop()
+        Console().print(f"{collector.received} messages received")
+
+
+# ------------------------------------------------------------------------------------------------------- demo
+
+
+def demo(
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="The experiment to train (`fedge experiments`).")
+    ] = "digits-dp",
+    num_clients: Annotated[int | None, typer.Option("--num-clients", "-n", help="Simulated clients.")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", "-r", help="Federated rounds.")] = None,
+    devices: Annotated[int, typer.Option(help="Device agents to start (separate processes; runtimes alternate).")] = 4,
+    runtimes: Annotated[
+        str, typer.Option(help="Runtimes the agents take in turn: onnx, tflite or onnx,tflite.")
+    ] = "onnx,tflite",
+    canary: Annotated[float, typer.Option(help="Share of the devices that get the int8 model first.")] = 0.25,
+    telemetry_seconds: Annotated[float, typer.Option(help="Seconds of telemetry collected after the rollout.")] = 8.0,
+    interval: Annotated[float, typer.Option(help="Seconds between two telemetry messages of an agent.")] = 1.0,
+    port: Annotated[int | None, typer.Option(help="Port of the embedded broker (default: a free one).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where the run goes (runs/<run-id>/).")] = Path("runs"),
+    from_run: Annotated[
+        Path | None, typer.Option(help="Skip training: package and deliver this finished run (runs/<run-id>/).")
+    ] = None,
+    latency_runs: Annotated[int, typer.Option(help="Timed calls per artifact when packaging.")] = 50,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """The whole pipeline on this machine: train with DP, export, deliver to device agents, collect telemetry.
+
+    A DP federated simulation on digits; compress and export (fp32 and int8, ONNX and TFLite); the embedded broker
+    as its own process; device agents as separate processes (both runtimes); rollout of the fp32 model, then a
+    staged (canary) rollout of the int8 model; telemetry; the fleet table. Everything goes under runs/<run-id>/
+    (edge/ holds keys, device stores, logs, fleet.db, rollouts.json, fleet.json, demo.json). Every process it starts
+    is stopped at the end, also on Ctrl-C. Exit code 1 unless every device ends on the int8 model.
+    """
+    from simulations.edge_demo import DemoOptions, run_demo
+
+    _stop_on_sigterm()
+    options = DemoOptions(
+        experiment=config,
+        num_clients=num_clients,
+        rounds=rounds,
+        devices=devices,
+        runtimes=tuple(_split([runtimes])),
+        canary_fraction=canary,
+        telemetry_s=telemetry_seconds,
+        report_interval_s=interval,
+        port=port,
+        runs_dir=runs_dir,
+        from_run=from_run,
+        latency_runs=latency_runs,
+        verbose=verbose,
+    )
+    summary = run_demo(options, console=Console())
+    if len(summary["on_int8"]) != devices:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the edge commands to the ``fedge`` app."""
+    app.command()(broker)
+    app.command()(agent)
+    app.command()(keygen)
+    app.command()(publish)
+    app.add_typer(fleet_app, name="fleet")
+    app.command()(demo)

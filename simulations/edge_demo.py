@@ -1,0 +1,417 @@
+"""``fedge demo``: the whole pipeline on one machine, from federated training to telemetry from devices.
+
+1. a DP federated simulation (Flower + Opacus) on scikit-learn's digits: :func:`simulations.simulate.run_experiment`;
+2. compress and export the global model (fp32 and int8; ONNX and TFLite), each artifact verified: :mod:`edge.export`;
+3. a signing key; the embedded broker (amqtt) as its own process; a fleet collector (SQLite);
+4. device agents as separate processes (``python -m edge.agent``), runtimes in turn (onnxruntime, LiteRT), each
+   running inference on the held-out samples the model never trained or calibrated on;
+5. rollout of the fp32 model (version 1) to every device, then a staged rollout of the int8 model (version 2):
+   canaries first, judged against their own fp32 reports, then everyone (or a rollback command);
+6. telemetry for a few seconds, the fleet table, and the records.
+
+Everything goes under ``runs/<run-id>/`` (the simulation's run record, ``artifacts/``, and ``edge/``: keys, device
+stores, logs, ``fleet.db``, ``rollouts.json``, ``fleet.json``, ``demo.json``). Every process it starts is stopped in
+a ``finally``, so also on Ctrl-C (and on SIGTERM, which the command turns into Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from shared_models.errors import FedgeError
+
+INT8, FP32 = "int8", "fp32"
+
+
+class DemoError(FedgeError):
+    """The demo cannot go on (bad options, a stage that did not finish)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions:
+    experiment: str = "digits-dp"
+    num_clients: int | None = None
+    rounds: int | None = None
+    devices: int = 4
+    runtimes: tuple[str, ...] = ("onnx", "tflite")
+    canary_fraction: float = 0.25
+    telemetry_s: float = 8.0
+    report_interval_s: float = 1.0
+    port: int | None = None
+    runs_dir: Path = Path("runs")
+    from_run: Path | None = None
+    latency_runs: int = 50
+    chunk_size: int = 16 * 1024
+    timeout_s: float = 90.0
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise DemoError("--devices must be at least 1")
+        if not self.runtimes or any(r not in ("onnx", "tflite") for r in self.runtimes):
+            raise DemoError(f"--runtimes must name onnx and/or tflite, got {','.join(self.runtimes) or 'nothing'}")
+        if not 0 <= self.canary_fraction < 1:
+            raise DemoError("--canary must be in [0, 1)")
+        if self.telemetry_s < 0 or self.report_interval_s <= 0:
+            raise DemoError("--telemetry-seconds must be >= 0 and --interval > 0")
+
+
+def _stage(console: Console, number: int, text: str) -> None:
+    console.rule(f"[bold][{number}/6][/] {text}", align="left")
+
+
+def train(options: DemoOptions, console: Console) -> Path:
+    """Stage 1: the federated simulation; returns its run directory."""
+    from simulations.experiment import apply_overrides, load_experiment
+    from simulations.simulate import run_experiment
+
+    experiment = load_experiment(options.experiment)
+    run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    overrides = [f"runs-dir={options.runs_dir}", f"run-id={run_id}"]
+    if options.rounds is not None:
+        overrides.append(f"num-server-rounds={options.rounds}")
+    apply_overrides(experiment, overrides)
+    if options.num_clients is not None:
+        experiment.num_supernodes = options.num_clients
+    summary = run_experiment(experiment, verbose=options.verbose)
+    console.print(
+        f"global model: accuracy {summary['initial-accuracy']:.3f} -> {summary['final-accuracy']:.3f} "
+        f"on the server's held-out split"
+    )
+    return Path(summary["run-dir"])
+
+
+def package(
+    run_dir: Path, options: DemoOptions, console: Console
+) -> tuple[dict[str, dict[str, Path]], list[Path], str]:
+    """Stage 2: fp32 and int8 artifacts in both formats, verified; the held-out samples for the devices.
+
+    Returns ``({precision: {format: path}}, one samples file per device, model id)``. Calibration uses one half of
+    the server's held-out split; the devices (and the reported accuracy) use the other half, a share each.
+    """
+    import numpy as np
+
+    from edge.compress.calibration import CalibrationSet
+    from edge.export.package import PackageInputs, PackageOptions
+    from edge.export.run_source import load_run_model, run_federated_data, split_held_out
+
+    model, info, config = load_run_model(run_dir)
+    held_out = run_federated_data(info, config).server_test_set()
+    tune, test = split_held_out(held_out, fraction=0.5, seed=0)
+    input_shape = tuple(int(d) for d in info["input-shape"])
+    formats = tuple(f for f in ("onnx", "tflite") if f in options.runtimes)
+    package_options = PackageOptions(
+        formats=formats, variants=(FP32, INT8), fine_tune_epochs=0, latency_runs=options.latency_runs
+    )
+    inputs = PackageInputs(
+        model=model,
+        model_name=str(info["model"]),
+        input_shape=input_shape,
+        num_classes=int(info["num-classes"]),
+        test=test,
+        tune=tune,
+        calibration=CalibrationSet.from_dataset(tune, input_shape=input_shape, limit=256, seed=0),
+        source={"run-id": run_dir.name, "run-dir": str(run_dir), "tune-on": "held-out", "test-samples": len(test)},
+    )
+    paths = {p: {f: run_dir / "artifacts" / f"{p}.{f}" for f in formats} for p in (FP32, INT8)}
+    wanted = [path for by_format in paths.values() for path in by_format.values()]
+    if options.from_run is not None and all(p.is_file() and Path(f"{p}.json").is_file() for p in wanted):
+        console.print(f"reusing the artifacts in {run_dir / 'artifacts'} (delete them to export again)")
+    else:
+        _export(inputs, package_options, run_dir, console)
+    for path in wanted:
+        if not path.is_file():
+            raise DemoError(f"packaging did not write {path}")
+    samples = []  # each device gets its own share of the evaluation half, as devices see their own data
+    for i in range(options.devices):
+        path = run_dir / "edge" / "samples" / f"dev-{i + 1:02d}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        x, y = test.x[i :: options.devices], test.y[i :: options.devices]
+        if len(x) == 0:
+            raise DemoError(f"{len(test)} held-out samples are too few for {options.devices} devices")
+        np.savez(path, x=x.astype(np.float32), y=y.astype(np.int64))
+        samples.append(path)
+    model_id = str(info["model"]).lower().replace("_", "-")
+    return paths, samples, model_id
+
+
+def _export(inputs: Any, package_options: Any, run_dir: Path, console: Console) -> None:
+    from edge.export.package import package_model, plan_steps
+
+    total = plan_steps(package_options)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=False
+    ) as progress:
+        task = progress.add_task("packaging", total=total)
+        result = package_model(
+            inputs,
+            run_dir / "artifacts",
+            package_options,
+            on_step=lambda d: progress.update(task, advance=1, description=d),
+        )
+        progress.update(task, completed=total, description="artifacts verified")
+    for a in result.artifacts:
+        console.print(
+            f"  {a['file']:<14} {a['size-bytes'] / 1024:7.1f} KiB  accuracy {a['metrics']['accuracy']:.4f}  "
+            f"agreement with float {a['metrics']['top1-agreement']:.4f}"
+        )
+
+
+class AgentProcesses:
+    """The device agents, one process each (``python -m edge.agent``), logs in ``edge/logs/``."""
+
+    def __init__(self) -> None:
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._logs: list[Any] = []
+
+    def start(
+        self,
+        device_id: str,
+        *,
+        runtime: str,
+        broker_url: str,
+        store: Path,
+        trust: Path,
+        samples: Path,
+        interval: float,
+        log: Path,
+    ) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")  # noqa: SIM115 (closed in stop)
+        self._logs.append(out)
+        self.processes[device_id] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge.agent",
+                "--broker",
+                broker_url,
+                "--device-id",
+                device_id,
+                "--store",
+                str(store),
+                "--runtime",
+                runtime,
+                "--trust",
+                str(trust),
+                "--data",
+                str(samples),
+                "--interval",
+                str(interval),
+                "--samples",
+                "32",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def dead(self) -> dict[str, int]:
+        return {d: p.returncode for d, p in self.processes.items() if p.poll() is not None}
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the agent publishes its clean "disconnected" state), then SIGKILL for any that hangs."""
+        for p in self.processes.values():
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + timeout
+        for p in self.processes.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+
+
+def _rollout(collector, publisher, models, devices, policy, console: Console, label: str):
+    from edge.delivery.rollout import StagedRollout
+
+    report = StagedRollout(
+        publisher=publisher,
+        collector=collector,
+        models=models,
+        policy=policy,
+        progress=lambda message: console.print(f"  {message}"),
+    ).run(devices)
+    applied = len(report.applied)
+    console.print(
+        f"  {label}: [bold]{report.status}[/] ({applied}/{len(devices)} applied in {report.seconds:.1f} s)"
+        + (f"; canary verdict: {report.verdict}" if report.verdict else "")
+    )
+    return report
+
+
+def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[str, Any]:
+    """Run the demo; return its summary (also written to ``runs/<run-id>/edge/demo.json``)."""
+    from edge.delivery.brokers import EmbeddedBrokerProcess, free_port
+    from edge.delivery.client import ServerClient
+    from edge.delivery.collector import FleetCollector, FleetStore
+    from edge.delivery.keys import SigningKey, write_keypair
+    from edge.delivery.publisher import ModelPublisher, load_artifact, sign_artifact
+    from edge.delivery.rollout import RolloutPolicy
+    from simulations.edge_cmd import fleet_table
+
+    console = console or Console()
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+
+    _stage(console, 1, "federated training with differential privacy (Flower + Opacus)")
+    if options.from_run is not None:
+        run_dir = Path(options.from_run)
+        console.print(f"using the finished run {run_dir}")
+    else:
+        run_dir = train(options, console)
+    timings["train_s"] = time.monotonic() - started
+    edge_dir = run_dir / "edge"
+    if edge_dir.exists():  # a previous demo on this run: its devices' stores would refuse versions 1 and 2 again
+        console.print(f"replacing the previous demo's {edge_dir}")
+        shutil.rmtree(edge_dir)
+
+    _stage(console, 2, "compress and export (fp32, int8; ONNX, TFLite), each artifact verified")
+    t = time.monotonic()
+    artifacts, samples, model_id = package(run_dir, options, console)
+    timings["package_s"] = time.monotonic() - t
+
+    key = SigningKey.generate()
+    _, public = write_keypair(key, edge_dir / "keys" / "server", overwrite=True)
+    port = options.port or free_port()
+    broker_url = f"mqtt://127.0.0.1:{port}"
+    runtimes = {f"dev-{i + 1:02d}": options.runtimes[i % len(options.runtimes)] for i in range(options.devices)}
+    devices = sorted(runtimes)
+
+    broker = EmbeddedBrokerProcess(port, log_file=edge_dir / "logs" / "broker.log")
+    agents = AgentProcesses()
+    collector = None
+    client = None
+    reports = []
+    try:
+        _stage(console, 3, f"embedded MQTT broker on {broker_url} (its own process), fleet collector")
+        t = time.monotonic()
+        broker.start(timeout=30)
+        collector = FleetCollector(broker.address(), FleetStore(edge_dir / "fleet.db"), client_id="demo-collector")
+        collector.start(timeout=15)
+        client = ServerClient("demo-publisher", broker.address()).connect(timeout=15)
+        publisher = ModelPublisher(client, key, timeout=options.timeout_s)
+
+        _stage(console, 4, f"{len(devices)} device agents as separate processes")
+        for d, device_samples in zip(devices, samples, strict=True):
+            agents.start(
+                d,
+                runtime=runtimes[d],
+                broker_url=broker_url,
+                store=edge_dir / "devices" / d,
+                trust=public,
+                samples=device_samples,
+                interval=options.report_interval_s,
+                log=edge_dir / "logs" / f"{d}.log",
+            )
+            console.print(f"  {d}: {runtimes[d]} (pid {agents.processes[d].pid})")
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as p:
+            task = p.add_task("waiting for the agents' birth messages", total=None)
+            ok = collector.wait_until(
+                lambda s: (
+                    len([r for r in s.devices() if r.get("state") in ("waiting", "ready")]) >= len(devices)
+                    or bool(agents.dead())
+                ),
+                options.timeout_s,
+            )
+            p.update(task, description=f"{len(collector.store.devices())} agents online")
+        if agents.dead() or not ok:
+            raise DemoError(f"agents did not come online (exited: {agents.dead() or 'none'}); see {edge_dir / 'logs'}")
+        timings["start_s"] = time.monotonic() - t
+
+        _stage(console, 5, "rollout: fp32 (v1) to every device, then int8 (v2) canaries first")
+        t = time.monotonic()
+        signed = {}
+        for version, precision in ((1, FP32), (2, INT8)):
+            signed[precision] = {
+                fmt: sign_artifact(
+                    load_artifact(path, model_id=model_id, version=version), key, chunk_size=options.chunk_size
+                )
+                for fmt, path in artifacts[precision].items()
+            }
+        policy = RolloutPolicy(
+            canary_fraction=0.0, apply_timeout_s=options.timeout_s, health_timeout_s=options.timeout_s
+        )
+        reports.append(_rollout(collector, publisher, signed[FP32], devices, policy, console, "fp32 v1"))
+        if reports[-1].status != "completed":
+            raise DemoError(f"the fp32 rollout did not complete: {reports[-1].to_dict()}")
+        # the canaries need reports on v1 to be judged against
+        collector.wait_until(lambda s: all(s.reports_since(d, 1, 0) >= 2 for d in devices), options.timeout_s)
+        policy = RolloutPolicy(
+            canary_fraction=options.canary_fraction,
+            health_reports=2,
+            apply_timeout_s=options.timeout_s,
+            health_timeout_s=options.timeout_s,
+        )
+        reports.append(_rollout(collector, publisher, signed[INT8], devices, policy, console, "int8 v2"))
+        timings["rollout_s"] = time.monotonic() - t
+
+        _stage(console, 6, f"telemetry for {options.telemetry_s:g} s")
+        t = time.monotonic()
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as p:
+            task = p.add_task("collecting telemetry", total=options.telemetry_s)
+            end = time.monotonic() + options.telemetry_s
+            while time.monotonic() < end:
+                time.sleep(0.25)
+                p.update(
+                    task,
+                    completed=min(options.telemetry_s, options.telemetry_s - (end - time.monotonic())),
+                    description=f"collecting telemetry ({collector.received} messages)",
+                )
+        timings["telemetry_s"] = time.monotonic() - t
+        console.print(fleet_table(collector.store.devices(), title="the fleet"))
+    finally:
+        agents.stop()
+        if client is not None:
+            client.close()
+        if collector is not None:
+            collector.wait_until(lambda s: all(r.get("state") in ("disconnected", "lost") for r in s.devices()), 5)
+            collector.stop()
+        broker.stop()
+
+    store = collector.store
+    rows = store.devices()
+    sequence = store.sequence_report()
+    console.print(
+        f"telemetry: {sequence['received']} messages received, {sequence['lost']} lost, "
+        f"{sequence['duplicates']} duplicates dropped"
+    )
+    on_int8 = [r["device_id"] for r in rows if r.get("version") == 2]
+    timings["total_s"] = time.monotonic() - started
+    summary = {
+        "run_dir": str(run_dir),
+        "broker": broker_url,
+        "devices": runtimes,
+        "model_id": model_id,
+        "artifacts": {p: {f: str(path) for f, path in by.items()} for p, by in artifacts.items()},
+        "rollouts": [r.to_dict() for r in reports],
+        "on_int8": on_int8,
+        "telemetry": sequence,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+    }
+    (edge_dir / "rollouts.json").write_text(json.dumps(summary["rollouts"], indent=2) + "\n", encoding="utf-8")
+    (edge_dir / "fleet.json").write_text(json.dumps({"devices": rows, "telemetry": sequence}, indent=2) + "\n")
+    (edge_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    store.close()
+    if len(on_int8) != len(devices):
+        console.print(f"[yellow]{len(on_int8)} of {len(devices)} devices run the int8 model[/]")
+    else:
+        console.print(f"[green]all {len(devices)} devices run the int8 model[/]")
+    console.print(f"everything is under {run_dir}")
+    return summary
