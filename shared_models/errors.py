@@ -27,5 +27,9 @@ class DatasetError(SharedModelsError):
     """A data set that cannot be loaded: unknown name, missing file, malformed contents."""
 
 
+class SchemaMismatchError(DatasetError):
+    """A node's table whose columns do not match the federation's schema (names, count, or the model's inputs)."""
+
+
 class PartitionError(SharedModelsError):
     """A partitioning request that cannot be met (bad alpha, more partitions than samples, ...)."""

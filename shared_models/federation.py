@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from shared_models.data import ArrayDataset, load_dataset, train_test_split
+from shared_models.data import ArrayDataset, CsvFormat, load_dataset, train_test_split
 from shared_models.errors import DatasetError, PartitionError
 from shared_models.partition import partition_indices
 
@@ -30,6 +30,11 @@ class FederatedData:
     shards_per_partition: int = 2
     test_fraction: float = 0.2
     seed: int = 0
+    csv_header: bool = True
+    csv_columns: tuple[str, ...] = ()
+    label_binarize_at: float = 0.0
+    num_classes: int = 0
+    standardize: bool = True
 
     def __post_init__(self) -> None:
         if self.partitioner == "dirichlet" and not self.alpha > 0:
@@ -47,10 +52,26 @@ class FederatedData:
             shards_per_partition=int(config.get("shards-per-client", 2)),
             test_fraction=float(config.get("test-fraction", 0.2)),
             seed=int(config.get("seed", 0)),
+            csv_header=bool(config.get("csv-header", True)),
+            csv_columns=tuple(c.strip() for c in str(config.get("csv-columns", "")).split(",") if c.strip()),
+            label_binarize_at=float(config.get("label-binarize-at", 0.0)),
+            num_classes=int(config.get("num-classes", 0)),
+            standardize=bool(config.get("standardize", True)),
+        )
+
+    @property
+    def csv_format(self) -> CsvFormat:
+        return CsvFormat(
+            label_column=self.label_column,
+            header=self.csv_header,
+            columns=self.csv_columns,
+            binarize_at=self.label_binarize_at,
+            num_classes=self.num_classes,
+            standardize=self.standardize,
         )
 
     def _load(self, data_path: str | None = None) -> ArrayDataset:
-        return load_dataset(self.dataset, data_path=data_path or self.data_path, label_column=self.label_column)
+        return load_dataset(self.dataset, data_path=data_path or self.data_path, csv_format=self.csv_format)
 
     def split(self) -> tuple[ArrayDataset, ArrayDataset]:
         """(train pool, server test set) of a pooled data set."""
@@ -70,7 +91,8 @@ class FederatedData:
     def client_train_set(self, partition_id: int, num_partitions: int, *, node_data_path: str = "") -> ArrayDataset:
         """This client's training data.
 
-        With the ``natural`` partitioner the client's data is its own file (``node_data_path``), used whole.
+        With the ``natural`` partitioner the client's data is its own file (``node_data_path``), used whole: its
+        missing values are imputed and its features standardized with that file's own statistics only.
         """
         if self.partitioner == "natural":
             if not node_data_path:

@@ -42,11 +42,19 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "trimmed-beta": 0.2,
     "krum-malicious": 0,
     "round-timeout": 0.0,
+    "min-replies": 1,
+    "straggler-timeout": 0.0,
+    "resume-from": "",
     "stream-aggregation": True,
     "model": "digits-cnn",
     "dataset": "digits",
     "data-path": "",
     "label-column": "label",
+    "csv-header": True,
+    "csv-columns": "",
+    "label-binarize-at": 0.0,
+    "num-classes": 0,
+    "standardize": True,
     "partitioner": "iid",
     "alpha": 0.5,
     "shards-per-client": 2,
@@ -153,7 +161,7 @@ def resolve_paths(experiment: Experiment) -> None:
     """Relative data and run paths are taken from the project root (where pyproject.toml lives) if they exist
     there, else from the current directory, and made absolute: the simulation's workers may run elsewhere."""
     cfg = experiment.run_config
-    for key in ("data-path", "runs-dir"):
+    for key in ("data-path", "runs-dir", "resume-from"):
         value = str(cfg.get(key, ""))
         if not value:
             continue
