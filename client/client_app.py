@@ -3,22 +3,29 @@
 The reply to a train message carries the updated arrays and a MetricRecord with ``train-loss``, ``num-examples``,
 ``epsilon`` (cumulative over the run), ``delta`` and the DP settings used. A client whose next round would exceed
 its budget replies without arrays: a MetricRecord with ``refused`` = 1 and a ConfigRecord ``refusal`` that says
-why; the server records it and aggregates the others.
+why; the server records it and aggregates the others. A node that cannot take part (its table does not match the
+federation's schema, its data cannot be read) replies with an Error that says why, before any training; the
+server counts it as failed and goes on with the others.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from torch import nn
 
 from client.config import ClientConfig
 from client.errors import PrivacyBudgetExhaustedError
 from client.privacy import load_accountant, make_private, plan_round, save_accountant
+from client.state_file import restore_state, save_state, state_file
 from shared_models.data import ArrayDataset
+from shared_models.errors import FedgeError, SchemaMismatchError
 from shared_models.models import build_model
 from shared_models.training import evaluate as evaluate_model
 from shared_models.training import train_epochs
@@ -27,11 +34,24 @@ from shared_models.training import train_epochs
 for _message in ("Secure RNG turned off", "Full backward hook is firing", "Optimal order is the largest alpha"):
     warnings.filterwarnings("ignore", message=_message)
 
+log = logging.getLogger("fedge.client")
 app = ClientApp()
 
 
 def _local_model(config: ClientConfig, data: ArrayDataset, arrays: ArrayRecord) -> nn.Module:
+    """The global model on this node's device; refused if this node's data does not fit it."""
     model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes)
+    local = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    incoming = {k: tuple(a.shape) for k, a in arrays.items()}
+    if local != incoming:
+        differing = sorted(k for k in set(local) | set(incoming) if local.get(k) != incoming.get(k))
+        key = differing[0]
+        raise SchemaMismatchError(
+            f"this node's data ({data.name}: inputs of shape {data.input_shape}, {data.num_classes} classes) does "
+            f"not fit the federation's model: {key!r} would be {local.get(key)} here but is {incoming.get(key)} in "
+            "the global model. The node's table does not match the federation's schema (feature columns, "
+            "label classes); give it a file with the same columns as the other nodes"
+        )
     model.load_state_dict(arrays.to_torch_state_dict())
     return model.to(config.device)
 
@@ -69,7 +89,7 @@ def train_locally(
                     "metrics": MetricRecord(
                         {"refused": 1, "epsilon": spent, "delta": privacy.target_delta, "num-examples": 0}
                     ),
-                    "refusal": ConfigRecord({"reason": str(e), "partition-id": config.partition_id}),
+                    "refusal": ConfigRecord({"reason": str(e), **config.identity}),
                 }
             )
         train_model, optimizer, loader, criterion = make_private(
@@ -97,27 +117,53 @@ def train_locally(
         {
             "arrays": ArrayRecord(model.cpu().state_dict()),
             "metrics": MetricRecord(metrics),
-            "client": ConfigRecord({"partition-id": config.partition_id, "device": str(config.device)}),
+            "client": ConfigRecord({**config.identity, "device": str(config.device)}),
         }
     )
 
 
+def _reply(msg: Message, work: Callable[[], RecordDict]) -> Message:
+    """The reply to ``msg``: the content ``work`` returns, or, if this node cannot take part, an Error saying why.
+
+    fedge's own errors (a table that does not fit the federation, an unreadable file or privacy state) are replies,
+    not crashes: the server logs the reason, counts the node as failed for the round, and goes on without it.
+    """
+    try:
+        return Message(content=work(), reply_to=msg)
+    except FedgeError as e:
+        reason = f"{type(e).__name__}: {e}"
+        log.error("this node cannot take part in the %s round: %s", msg.metadata.message_type, reason)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    config = ClientConfig.from_context(context)
-    server_config = msg.content.config_records.get("config", ConfigRecord())
-    content = train_locally(config, msg.content["arrays"], server_config, context.state)
-    return Message(content=content, reply_to=msg)
+    def work() -> RecordDict:
+        config = ClientConfig.from_context(context)
+        saved = state_file(config.state_dir, config.run_key) if config.state_dir else None
+        if saved is not None:
+            restore_state(context.state, saved)
+        server_config = msg.content.config_records.get("config", ConfigRecord())
+        content = train_locally(config, msg.content["arrays"], server_config, context.state)
+        if saved is not None:
+            save_state(context.state, saved)  # before the reply leaves: ε spent is never forgotten
+        return content
+
+    return _reply(msg, work)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the global model on this client's own data."""
-    config = ClientConfig.from_context(context)
-    data = config.data.client_train_set(
-        config.partition_id, config.num_partitions, node_data_path=config.node_data_path
-    )
-    model = _local_model(config, data, msg.content["arrays"])
-    result = evaluate_model(model, data, device=config.device)
-    metrics = MetricRecord({"eval-loss": result.loss, "eval-accuracy": result.accuracy, "num-examples": len(data)})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    def work() -> RecordDict:
+        config = ClientConfig.from_context(context)
+        data = config.data.client_train_set(
+            config.partition_id, config.num_partitions, node_data_path=config.node_data_path
+        )
+        model = _local_model(config, data, msg.content["arrays"])
+        result = evaluate_model(model, data, device=config.device)
+        metrics = MetricRecord({"eval-loss": result.loss, "eval-accuracy": result.accuracy, "num-examples": len(data)})
+        return RecordDict({"metrics": metrics})
+
+    return _reply(msg, work)

@@ -53,9 +53,19 @@ class ClientConfig:
     momentum: float
     privacy: PrivacyConfig
     device: torch.device
+    state_dir: str = ""
+    run_key: str = ""
+    node_name: str = ""
+
+    @property
+    def identity(self) -> dict[str, int | str]:
+        """Who this client is in the server's ledger: its node name on a real node, its partition in simulation."""
+        return {"partition-id": self.partition_id, **({"node-name": self.node_name} if self.node_name else {})}
 
     @classmethod
     def from_context(cls, context: Context) -> ClientConfig:
+        """Run settings from the run config; this node's facts (``data-path``, ``device``, ``state-dir``,
+        ``node-name``, ``partition-id``, ``num-partitions``) from the node config."""
         run, node = context.run_config, context.node_config
         local_epochs, batch_size = int(run.get("local-epochs", 1)), int(run.get("batch-size", 32))
         if local_epochs < 1 or batch_size < 1:
@@ -80,6 +90,9 @@ class ClientConfig:
                 planned_rounds=int(run.get("num-server-rounds", 1)),
             ),
             device=choose_device(str(node.get("device", run.get("device", "auto")))),
+            state_dir=str(node.get("state-dir", "")),
+            node_name=str(node.get("node-name", "")),
+            run_key=str(run.get("run-id", "")) or f"flower-run-{context.run_id}",
         )
 
 

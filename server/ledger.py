@@ -14,6 +14,8 @@ from typing import Any
 class ClientPrivacy:
     epsilon: float = 0.0
     rounds: list[int] = field(default_factory=list)
+    epsilons: list[float] = field(default_factory=list)
+    """The ε reported after each round in ``rounds`` (cumulative): it only grows while the accountant is intact."""
     refused_rounds: list[int] = field(default_factory=list)
     last_refusal: str = ""
 
@@ -32,6 +34,7 @@ class PrivacyLedger:
         entry = self._client(client_id)
         entry.rounds.append(server_round)
         if epsilon is not None:
+            entry.epsilons.append(float(epsilon))
             entry.epsilon = max(entry.epsilon, float(epsilon))
 
     def record_refusal(self, client_id: str, server_round: int, epsilon: float | None, reason: str) -> None:
@@ -59,6 +62,7 @@ class PrivacyLedger:
                 cid: {
                     "epsilon": c.epsilon,
                     "rounds": c.rounds,
+                    "epsilons": c.epsilons,
                     "refused-rounds": c.refused_rounds,
                     "last-refusal": c.last_refusal,
                 }
@@ -71,7 +75,11 @@ class PrivacyLedger:
         ledger = cls(float(state["target-epsilon"]), float(state["delta"]), bool(state.get("enabled", True)))
         for cid, c in state.get("clients", {}).items():
             ledger.clients[cid] = ClientPrivacy(
-                float(c["epsilon"]), list(c["rounds"]), list(c["refused-rounds"]), str(c.get("last-refusal", ""))
+                epsilon=float(c["epsilon"]),
+                rounds=list(c["rounds"]),
+                epsilons=[float(e) for e in c.get("epsilons", [])],
+                refused_rounds=list(c["refused-rounds"]),
+                last_refusal=str(c.get("last-refusal", "")),
             )
         return ledger
 

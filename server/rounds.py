@@ -7,6 +7,11 @@ It plays the part of ``Strategy.start`` (same calls: ``configure_train`` / ``agg
   aggregation is a weighted mean, folded into a running sum at once, so the server holds one model's worth of
   arrays instead of one per client (at 1,000 clients that is most of the server's memory);
 - a refusal (privacy budget spent) or a failed reply is logged and skipped, and the round goes on with the rest;
+- real nodes die and straggle: a round waits at most ``round_timeout`` seconds, and once ``min_replies`` nodes have
+  trained it waits at most ``straggler_timeout`` more for the rest; a node that did not answer is counted
+  (``timed_out``) and skipped, and its message expires with the round so a node that comes back late does not
+  train (and spend privacy budget on) a round that is over. A round with fewer than ``min_replies`` trained
+  replies leaves the global model unchanged;
 - a callback after every round (central evaluation, checkpoint, metrics, progress) and a first round other than 1
   (resume).
 """
@@ -72,15 +77,20 @@ class RoundOutcome:
     replied: int = 0
     refused: int = 0
     failed: int = 0
+    timed_out: int = 0
     sampled: int = 0
     seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+    """Why each failed node failed (node id -> the reason in its error reply)."""
 
 
 def _client_id(msg: Message) -> str:
-    for record_name in ("client", "refusal"):
-        record = msg.content.config_records.get(record_name)
-        if record is not None and "partition-id" in record:
-            return str(record["partition-id"])
+    """The client's name in the ledger: a real node's ``node-name``, else its simulated partition, else its node id."""
+    for key in ("node-name", "partition-id"):
+        for record_name in ("client", "refusal"):
+            record = msg.content.config_records.get(record_name)
+            if record is not None and key in record:
+                return str(record[key])
     return str(msg.metadata.src_node_id)
 
 
@@ -95,6 +105,8 @@ class RoundLoop:
         ledger: PrivacyLedger,
         stream: bool,
         round_timeout: float | None = None,
+        min_replies: int = 0,
+        straggler_timeout: float | None = None,
         poll_interval: float = 0.05,
     ) -> None:
         self.strategy = strategy
@@ -102,24 +114,44 @@ class RoundLoop:
         self.ledger = ledger
         self.stream = stream
         self.round_timeout = round_timeout
+        self.min_replies = max(0, int(min_replies))
+        self.straggler_timeout = straggler_timeout
         self.poll_interval = poll_interval
+        self.unanswered = 0
 
-    def _collect(self, messages: Iterable[Message]) -> Iterator[Message]:
-        """Push, then pull replies as they come until all are in or the round times out."""
+    def _collect(self, messages: Iterable[Message], enough: Callable[[], bool] = lambda: False) -> Iterator[Message]:
+        """Push, then pull replies as they come until all are in or the round's time is up.
+
+        The time is up at ``round_timeout``, or ``straggler_timeout`` after ``enough()`` first holds. The number
+        of nodes that never answered is left in ``self.unanswered``.
+        """
+        messages = list(messages)
+        if self.round_timeout is not None:
+            for msg in messages:
+                msg.metadata.ttl = self.round_timeout  # expires with the round on the SuperLink
         pending = set(self.grid.push_messages(messages))
         sent = len(pending)
-        deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
-        while pending and (deadline is None or time.monotonic() < deadline):
+        start = time.monotonic()
+        deadline = None if self.round_timeout is None else start + self.round_timeout
+        straggler_deadline = None
+        while pending:
+            now = time.monotonic()
+            if straggler_deadline is None and self.straggler_timeout is not None and enough():
+                straggler_deadline = now + self.straggler_timeout
+            if (deadline is not None and now >= deadline) or (
+                straggler_deadline is not None and now >= straggler_deadline
+            ):
+                break
             got = list(self.grid.pull_messages(pending))
             for reply in got:
                 pending.discard(reply.metadata.reply_to_message_id)
                 yield reply
             if not got:
                 time.sleep(self.poll_interval)
+        self.unanswered = len(pending)
         if pending:
-            log.warning(
-                "%d of %d nodes did not reply before the round timeout; going on without them", len(pending), sent
-            )
+            why = "the round timeout" if straggler_deadline is None else "the straggler timeout"
+            log.warning("%d of %d nodes did not reply before %s; going on without them", len(pending), sent, why)
 
     def train_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RoundOutcome:
         start = time.monotonic()
@@ -129,10 +161,13 @@ class RoundLoop:
         dtypes = {k: a.numpy().dtype for k, a in arrays.items()} if self.stream else {}
         mean = StreamingMean() if self.stream else None
         held: list[Message] = []
-        for reply in self._collect(messages):
+        min_replies = self.min_replies
+        for reply in self._collect(messages, enough=lambda: min_replies > 0 and outcome.replied >= min_replies):
             if reply.has_error():
                 outcome.failed += 1
-                log.warning("node %s failed this round: %s", reply.metadata.src_node_id, reply.error.reason)
+                node = str(reply.metadata.src_node_id)
+                outcome.failures[node] = reply.error.reason
+                log.warning("node %s failed round %d: %s", node, server_round, reply.error.reason)
                 continue
             content = reply.content
             metrics = next(iter(content.metric_records.values()), MetricRecord())
@@ -153,9 +188,18 @@ class RoundLoop:
                 mean.add(next(iter(content.array_records.values())), metrics)
             else:
                 held.append(reply)
+        outcome.timed_out = self.unanswered
         if mean is not None and mean.count:
             held = [Message(content=mean.as_reply_content(dtypes), dst_node_id=0, message_type="train")]
-        if held:
+        if outcome.replied < min_replies:
+            log.warning(
+                "round %d: %d nodes trained, fewer than the %d required (min-replies); the global model is unchanged",
+                server_round,
+                outcome.replied,
+                min_replies,
+            )
+            held = []
+        elif held:
             new_arrays, train_metrics = self.strategy.aggregate_train(server_round, held)
             if new_arrays is not None:
                 outcome.arrays = new_arrays

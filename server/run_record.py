@@ -9,7 +9,11 @@ Layout::
       model.json           what the checkpoints hold (model name, input shape, classes, data set)
       model.pt             the final global model (a torch state_dict)
       checkpoints/round-NNN.pt
+      resume.pt            what the server needs to go on after the last finished round (server/resume.py)
       accuracy.png, epsilon.png
+
+A resumed run (``rounds`` given) goes on in the same directory: its earlier rounds are kept and config.json, the
+run's own settings, is left as it was.
 """
 
 from __future__ import annotations
@@ -43,11 +47,19 @@ def _finite(value: float) -> float | None:
 
 
 class RunRecord:
-    def __init__(self, directory: Path, *, config: dict[str, Any], model_info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        config: dict[str, Any],
+        model_info: dict[str, Any],
+        rounds: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.dir = directory
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        self.rounds: list[dict[str, Any]] = []
-        _write_json(self.dir / "config.json", config)
+        self.rounds: list[dict[str, Any]] = list(rounds or [])
+        if rounds is None or not (self.dir / "config.json").is_file():
+            _write_json(self.dir / "config.json", config)
         _write_json(self.dir / "model.json", model_info)
 
     def save_checkpoint(self, server_round: int, state_dict: dict[str, torch.Tensor]) -> Path:

@@ -1,4 +1,8 @@
-"""The Flower ServerApp: build the strategy, run the rounds, evaluate centrally, keep the run record."""
+"""The Flower ServerApp: build the strategy, run the rounds, evaluate centrally, keep the run record.
+
+After every round the server saves what it needs to go on exactly where it stopped (``server/resume.py``); a run
+config with ``resume-from`` = a run directory continues that run from the round after its last saved one.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from server.config import ServerConfig
 from server.ledger import PrivacyLedger
+from server.resume import (
+    ResumeError,
+    ServerState,
+    load_server_state,
+    load_strategy_state,
+    save_server_state,
+    strategy_state,
+)
 from server.rounds import RoundLoop, RoundOutcome
 from server.run_record import RunRecord
 from server.strategies import MEAN_BASED, build_strategy
@@ -32,6 +44,10 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
     model = build_model(config.model, input_shape=test_set.input_shape, num_classes=test_set.num_classes)
     strategy = build_strategy(config.strategy, config.raw)
     ledger = PrivacyLedger(config.target_epsilon, config.target_delta, enabled=config.dp)
+    saved = load_server_state(config.resume_from) if config.resume_from is not None else None
+    if saved is not None:
+        ledger = PrivacyLedger.from_state_dict(saved.ledger) if saved.ledger else ledger
+        load_strategy_state(strategy, saved.strategy)
     record = RunRecord(
         config.run_dir,
         config=config.raw,
@@ -45,6 +61,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             "test-fraction": config.data.test_fraction,
             "seed": config.data.seed,
         },
+        rounds=saved.rounds if saved is not None else None,
     )
     loop = RoundLoop(
         strategy=strategy,
@@ -52,6 +69,8 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         ledger=ledger,
         stream=config.stream_aggregation and config.strategy in MEAN_BASED,
         round_timeout=config.round_timeout,
+        min_replies=config.min_replies,
+        straggler_timeout=config.straggler_timeout,
     )
 
     def central_eval(arrays: ArrayRecord) -> tuple[float, float]:
@@ -59,15 +78,30 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         result = evaluate(model, test_set)
         return result.loss, result.accuracy
 
-    initial = ArrayRecord(model.state_dict())
-    loss0, acc0 = central_eval(initial)
-    record.add_round({"round": 0, "central-loss": loss0, "central-accuracy": acc0}, ledger)
-    record.save_checkpoint(0, model.state_dict())
+    if saved is None:
+        initial = ArrayRecord(model.state_dict())
+        loss0, acc0 = central_eval(initial)
+        record.add_round({"round": 0, "central-loss": loss0, "central-accuracy": acc0}, ledger)
+        record.save_checkpoint(0, model.state_dict())
+        first_round = 1
+    else:
+        try:
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in saved.arrays.items()})
+        except RuntimeError as e:
+            raise ResumeError(
+                f"the saved global model in {config.run_dir} does not fit model {config.model!r} on this data: {e}"
+            ) from e
+        initial = ArrayRecord(model.state_dict())
+        acc0 = record.rounds[0]["central-accuracy"]
+        first_round = saved.server_round + 1
+        random.setstate(saved.python_random)
+        torch.set_rng_state(saved.torch_random)
     console = Console(stderr=True)
     console.print(
         f"[bold]fedge[/] run {config.run_dir.name}: {config.strategy} x {config.num_rounds} rounds, model "
         f"{config.model}, data {config.data.dataset} ({config.data.partitioner}), DP "
         f"{'on, target ε=' + format(config.target_epsilon, 'g') if config.dp else 'off'}; initial accuracy {acc0:.3f}"
+        + (f"; resumed after round {first_round - 1}" if saved is not None else "")
     )
     progress = Progress(
         TextColumn("[bold]round"),
@@ -78,7 +112,12 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         console=console,
         disable=not config.progress,
     )
-    task = progress.add_task("rounds", total=config.num_rounds, status=f"acc {acc0:.3f}")
+    task = progress.add_task(
+        "rounds",
+        total=config.num_rounds,
+        completed=first_round - 1,
+        status=f"acc {record.rounds[-1]['central-accuracy']:.3f}",
+    )
 
     def after_round(outcome: RoundOutcome) -> None:
         loss, acc = central_eval(outcome.arrays)
@@ -92,16 +131,33 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             "clients-trained": outcome.replied,
             "clients-refused": outcome.refused,
             "clients-failed": outcome.failed,
+            "clients-timed-out": outcome.timed_out,
+            "failures": outcome.failures,
             "epsilon-max": ledger.max_epsilon if config.dp else None,
             "epsilon-mean": ledger.mean_epsilon if config.dp else None,
             "seconds": outcome.seconds,
             **{f"federated-{k}": v for k, v in outcome.evaluate_metrics.items()},
         }
+        if saved is not None and outcome.server_round == first_round:
+            entry["resumed"] = True
         record.add_round(entry, ledger)
+        save_server_state(
+            config.run_dir,
+            ServerState(
+                server_round=outcome.server_round,
+                arrays={k: a.numpy() for k, a in outcome.arrays.items()},
+                strategy=strategy_state(strategy),
+                ledger=ledger.state_dict(),
+                python_random=random.getstate(),
+                torch_random=torch.get_rng_state(),
+                rounds=record.rounds,
+            ),
+        )
         eps = f"  ε max {ledger.max_epsilon:.2f}" if config.dp else ""
         refused = f"  {outcome.refused} refused" if outcome.refused else ""
         failed = f"  {outcome.failed} failed" if outcome.failed else ""
-        status = f"acc {acc:.3f}{eps}  {outcome.replied}/{outcome.sampled} trained{refused}{failed}"
+        late = f"  {outcome.timed_out} timed out" if outcome.timed_out else ""
+        status = f"acc {acc:.3f}{eps}  {outcome.replied}/{outcome.sampled} trained{refused}{failed}{late}"
         progress.update(task, advance=1, status=status)
         progress.console.print(
             f"round {outcome.server_round:>3}/{config.num_rounds}: {status}  ({outcome.seconds:.1f}s)"
@@ -111,6 +167,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         final = loop.run(
             initial,
             num_rounds=config.num_rounds,
+            first_round=first_round,
             train_config=lambda r: ConfigRecord({"server-round": r}),
             after_round=after_round,
         )

@@ -1,0 +1,61 @@
+"""The node's privacy state on disk, so that it survives a restart of the node.
+
+Flower keeps a ClientApp's ``Context.state`` in the SuperNode's memory: it lasts as long as the SuperNode process
+and the Flower run. The accountant's history must outlive both: a hospital's node that restarts mid-run, or a run
+that the server resumes (a new Flower run), must go on spending from the ε already spent, never from zero.
+
+With a state directory in the node config (``state-dir``), the records below are mirrored to
+``<state-dir>/runs/<run key>/node-state.json`` after every round (written atomically) and read back before the next.
+The run key is fedge's run id (``run-id`` in the run config, kept by ``fedge run --resume``), so a new run starts
+fresh and a resumed one continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from flwr.app import ConfigRecord, RecordDict
+
+from client.errors import ClientError
+from client.privacy import CALIBRATION_KEY, STATE_KEY
+
+PERSISTED_KEYS = (STATE_KEY, CALIBRATION_KEY)
+FILE_NAME = "node-state.json"
+
+
+def state_file(state_dir: str | Path, run_key: str) -> Path:
+    """Where one run's state of this node lives."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_key) or "default"
+    return Path(state_dir).expanduser() / "runs" / safe / FILE_NAME
+
+
+def restore_state(state: RecordDict, path: Path) -> None:
+    """Put the records saved in ``path`` (if any) into ``state``; the file wins over memory, being never older."""
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ClientError(
+            f"cannot read this node's saved privacy state {path}: {e}. Refusing to train rather than restart the "
+            "privacy accounting from zero; restore the file from a backup, or delete it only if this run's data "
+            "was never used"
+        ) from e
+    for key in PERSISTED_KEYS:
+        if key in saved:
+            state[key] = ConfigRecord(dict(saved[key]))
+
+
+def save_state(state: RecordDict, path: Path) -> None:
+    """Write the persisted records of ``state`` to ``path`` through a temporary file and a rename."""
+    payload = {key: dict(state[key]) for key in PERSISTED_KEYS if key in state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
