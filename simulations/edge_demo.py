@@ -298,10 +298,13 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
     collector = None
     client = None
     reports = []
+    pids: dict[str, int] = {}
     try:
-        _stage(console, 3, f"embedded MQTT broker on {broker_url} (its own process), fleet collector")
+        _stage(console, 3, f"embedded MQTT broker on {broker_url}, fleet collector")
         t = time.monotonic()
         broker.start(timeout=30)
+        pids["broker"] = broker.process.pid
+        console.print(f"  broker: amqtt (pid {broker.process.pid}, its own process)")
         collector = FleetCollector(broker.address(), FleetStore(edge_dir / "fleet.db"), client_id="demo-collector")
         collector.start(timeout=15)
         client = ServerClient("demo-publisher", broker.address()).connect(timeout=15)
@@ -319,6 +322,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
                 interval=options.report_interval_s,
                 log=edge_dir / "logs" / f"{d}.log",
             )
+            pids[d] = agents.processes[d].pid
             console.print(f"  {d}: {runtimes[d]} (pid {agents.processes[d].pid})")
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as p:
             task = p.add_task("waiting for the agents' birth messages", total=None)
@@ -397,6 +401,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
         "run_dir": str(run_dir),
         "broker": broker_url,
         "devices": runtimes,
+        "pids": pids,
         "model_id": model_id,
         "artifacts": {p: {f: str(path) for f, path in by.items()} for p, by in artifacts.items()},
         "rollouts": [r.to_dict() for r in reports],

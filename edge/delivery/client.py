@@ -93,7 +93,11 @@ class ServerClient:
         (across reconnections: paho resends what was not acknowledged)."""
         # paho keeps a QoS 1 message published while disconnected and sends it on reconnection, with the same
         # message id: so wait for the acknowledgements (on_publish), not for is_published(), which raises then.
-        pending = {self.publish(t, p, retain=r).mid for t, p, r in messages}
+        self.wait_for_acks({self.publish(t, p, retain=r).mid for t, p, r in messages}, timeout)
+
+    def wait_for_acks(self, mids: set[int], timeout: float = 60.0) -> None:
+        """Wait until the broker acknowledged every QoS 1 message id in ``mids`` (from :meth:`publish`)."""
+        pending = set(mids)
         deadline = time.monotonic() + timeout
         while True:
             with self._acked_lock:

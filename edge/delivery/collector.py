@@ -9,6 +9,7 @@ sequence numbers are the messages lost on the way.
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 import threading
 import time
@@ -38,6 +39,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS malformed (received REAL, topic TEXT, reason TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
 """
+
+_TOUCH = (
+    "INSERT INTO devices (device_id, last_seen) VALUES (?, ?) "
+    "ON CONFLICT(device_id) DO UPDATE SET last_seen = max(coalesce(last_seen, 0), excluded.last_seen)"
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class FleetStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._pending_touch: dict[str, float] | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -81,7 +88,26 @@ class FleetStore:
 
     def record(self, topic: str, payload: bytes, received: float | None = None) -> str | None:
         """Store one device message; return its kind, or ``None`` for a malformed one (kept in ``malformed``)."""
-        received = time.time() if received is None else received
+        with self._lock:
+            return self._record(topic, payload, time.time() if received is None else received)
+
+    def record_many(self, messages: list[tuple[str, bytes, float]]) -> list[str | None]:
+        """Store (topic, payload, received) messages in one transaction: one disk write for the lot."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._pending_touch = {}  # telemetry's last-seen, written once per device at the end of the batch
+            try:
+                kinds = [self._record(t, p, r) for t, p, r in messages]
+                self._db.executemany(_TOUCH, list(self._pending_touch.items()))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._pending_touch = None
+            self._db.execute("COMMIT")
+            return kinds
+
+    def _record(self, topic: str, payload: bytes, received: float) -> str | None:
         parsed = parse_topic(topic)
         try:
             if parsed is None or parsed.kind not in ("state", "telemetry", "events"):
@@ -90,19 +116,13 @@ class FleetStore:
                 return None  # a cleared retained state
             msg = parse_device_message(parsed, payload)
         except AgentError as e:
-            with self._lock:
-                self._db.execute("INSERT INTO malformed VALUES (?, ?, ?)", (received, topic[:200], str(e)[:300]))
+            self._db.execute("INSERT INTO malformed VALUES (?, ?, ?)", (received, topic[:200], str(e)[:300]))
             return None
-        with self._lock:
-            getattr(self, f"_record_{parsed.kind}")(parsed.device_id, msg, received)
+        getattr(self, f"_record_{parsed.kind}")(parsed.device_id, msg, received)
         return parsed.kind
 
     def _touch(self, device_id: str, received: float) -> None:
-        self._db.execute(
-            "INSERT INTO devices (device_id, last_seen) VALUES (?, ?) "
-            "ON CONFLICT(device_id) DO UPDATE SET last_seen = max(coalesce(last_seen, 0), excluded.last_seen)",
-            (device_id, received),
-        )
+        self._db.execute(_TOUCH, (device_id, received))
 
     def _record_state(self, device_id: str, msg: dict[str, Any], received: float) -> None:
         self._touch(device_id, received)
@@ -118,7 +138,10 @@ class FleetStore:
         self._db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", (*fields.values(), device_id))
 
     def _record_telemetry(self, device_id: str, msg: dict[str, Any], received: float) -> None:
-        self._touch(device_id, received)
+        if self._pending_touch is not None:
+            self._pending_touch[device_id] = max(received, self._pending_touch.get(device_id, 0.0))
+        else:
+            self._touch(device_id, received)
         cur = self._db.execute(
             "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -235,7 +258,12 @@ class FleetStore:
 
 
 class FleetCollector:
-    """Subscribes to every device's state, telemetry and events and writes them to a :class:`FleetStore`."""
+    """Subscribes to every device's state, telemetry and events and writes them to a :class:`FleetStore`.
+
+    Messages are written in batches (one SQLite transaction each) by a writer thread, and acknowledged to the broker
+    only once written (paho's manual acks): a collector that dies between receiving and writing gets the message
+    again from its persistent session, never loses it. A QoS 1 redelivery stored twice is dropped by the database.
+    """
 
     def __init__(
         self,
@@ -245,28 +273,58 @@ class FleetCollector:
         client_id: str = "fedge-collector",
         ca_file: Path | None = None,
         clean_session: bool = False,
+        max_batch: int = 2000,
     ) -> None:
         self.store = store
         self.received = 0
+        self.max_batch = max_batch
         self.client = ServerClient(
             client_id,
             broker,
-            on_message=self._on_message,
             subscriptions=FLEET_FILTERS,
             ca_file=ca_file,
             clean_session=clean_session,
         )
+        self.client.client.manual_ack_set(True)
+        self.client.client.on_message = self._on_message
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._write_loop, name=f"collector-{client_id}", daemon=True)
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        self.store.record(topic, payload)
-        self.received += 1
+    def _on_message(self, client, userdata, message) -> None:
+        self._queue.put((message.topic, bytes(message.payload), time.time(), message.mid, message.qos))
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self.store.record_many([(t, p, r) for t, p, r, _, _ in batch])
+            self.received += len(batch)
+            for _, _, _, mid, qos in batch:
+                if qos > 0:
+                    self.client.client.ack(mid, qos)
 
     def start(self, timeout: float = 10.0) -> FleetCollector:
+        self._writer.start()
         self.client.connect(timeout)
         return self
 
     def stop(self) -> None:
+        """Disconnect, then write what was already received (unacknowledged: the broker keeps it for next time)."""
         self.client.close()
+        self._stop.set()
+        if self._writer.is_alive():
+            self._writer.join(10)
 
     def wait_until(self, predicate, timeout: float, poll: float = 0.05) -> bool:
         """Poll ``predicate(store)`` until it is true or ``timeout`` passes; return whether it became true."""

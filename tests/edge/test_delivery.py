@@ -152,3 +152,12 @@ def test_canary_choice_is_stable_and_sized():
     chosen = choose_canaries(devices, 0.1, 1, salt="5")
     assert len(chosen) == 2 and chosen == choose_canaries(list(reversed(devices)), 0.1, 1, salt="5")
     assert choose_canaries(devices[:3], 0.1, 1) != [] and choose_canaries(devices, 1.0, 1) == []
+
+
+def test_collector_batch_is_one_transaction_with_the_same_rules(tmp_path):
+    store = FleetStore(tmp_path / "fleet.db")
+    batch = [("fedge/v1/devices/d1/telemetry", telemetry("d1", seq), 100.0 + seq) for seq in (1, 2, 2, 4)]
+    batch.append(("fedge/v1/devices/d1/telemetry", b"{broken", 200.0))
+    assert store.record_many(batch) == ["telemetry"] * 4 + [None]
+    assert store.sequence_report() == {"received": 3, "lost": 1, "duplicates": 1}
+    assert store.device("d1")["last_seen"] == 104.0 and len(store.malformed()) == 1

@@ -331,3 +331,60 @@ def test_rollout_on_the_embedded_broker_with_agent_processes(env, embedded, tmp_
     assert collector.wait_until(lambda s: all(r["state"] in ("disconnected", "lost") for r in s.devices()), 10), (
         collector.store.devices()
     )
+
+
+@needs_mosquitto
+def test_fedge_publish_and_fleet_status_on_mosquitto(env, mosquitto, tmp_path):
+    """The commands a person runs: `fedge keygen`, agents trusting its key, `fedge publish`, `fedge fleet status`."""
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["keygen", str(tmp_path / "keys" / "server")]).exit_code == 0
+    collector = env.collector(mosquitto)
+    devices = ["dev-a", "dev-b", "dev-c"]
+    agents = {}
+    for d in devices:
+        config = AgentConfig(
+            device_id=d,
+            broker=mosquitto.setup.address(d),
+            store=tmp_path / "cli-stores" / d,
+            trusted_keys=(tmp_path / "keys" / "server.pub",),
+            data=write_samples(tmp_path / "samples.npz"),
+            report_interval_s=0.3,
+            samples_per_report=20,
+        )
+        agents[d] = AgentService(config).start()
+    try:
+        assert collector.wait_until(lambda s: len(s.devices()) == 3, 20)
+        (tmp_path / "digits.onnx").write_bytes(onnx_model())
+        server_url = mosquitto.setup.address(SERVER_USER).url(with_password=True)
+        common = [
+            "--broker",
+            server_url,
+            "--key",
+            str(tmp_path / "keys" / "server.key"),
+            "--db",
+            str(tmp_path / "p.db"),
+        ]
+        first = runner.invoke(
+            app, ["publish", str(tmp_path / "digits.onnx"), *common, "--version", "1", "--canary", "0"]
+        )
+        assert first.exit_code == 0, first.output
+        assert "completed" in first.output
+        assert wait_for(lambda: all(a.agent.version == 1 for a in agents.values()), 10)
+        assert collector.wait_until(lambda s: all(s.reports_since(d, 1, 0) >= 2 for d in devices), 20)
+        second = runner.invoke(
+            app, ["publish", str(tmp_path / "digits.onnx"), *common, "--version", "2", "--canary", "0.3"]
+        )
+        assert second.exit_code == 0, second.output
+        assert "canaries healthy" in second.output
+        assert all(a.agent.version == 2 for a in agents.values())
+        status = runner.invoke(app, ["fleet", "status", "--db", str(tmp_path / "p.db"), "--broker", server_url])
+        assert status.exit_code == 0, status.output
+        rows = [line for line in status.output.splitlines() if line.strip().startswith("dev-")]
+        assert len(rows) == 3 and all(" 2 " in r and "ready" in r for r in rows), status.output
+    finally:
+        for a in agents.values():
+            a.stop()
