@@ -120,6 +120,12 @@ def experiments() -> None:
     Console().print(table)
 
 
+# fedge package: compress and export a run's model (edge/compress, edge/export).
+from simulations.package_cmd import package  # noqa: E402
+
+app.command()(package)
+
+
 def main() -> None:
     """Console entry point: run the app, turning fedge's own errors into one clear line."""
     try:

@@ -12,6 +12,7 @@ The model is traced at batch 1 (what a device runs). Needs the ``fedge[tflite]``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import warnings
@@ -34,6 +35,10 @@ TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 
 def _litert_torch() -> Any:
+    # torchao (imported by litert-torch) logs a warning per optional CUDA kernel it cannot load on a CPU machine,
+    # and torch one about an Enum it registers: neither concerns an export, both would clutter the console.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import litert_torch
     except ImportError as e:

@@ -1,0 +1,170 @@
+"""``fedge package``: turn a run's trained model into verified edge artifacts (ONNX, TFLite) with a report.
+
+The logic lives in :mod:`edge.export.package`; this module only reads the options, picks the data and shows
+progress. Registered on the ``fedge`` app in :mod:`simulations.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+TUNE_CHOICES = ("held-out", "pool")
+
+
+def package(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(help="A finished run directory (runs/<run-id>/, with model.pt, model.json and config.json)."),
+    ],
+    formats: Annotated[
+        list[str] | None,
+        typer.Option("--format", "-f", help="Artifact format: onnx, tflite (repeatable; default: both)."),
+    ] = None,
+    variants: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            "-V",
+            help=(
+                "What to build (repeatable): a precision (fp32, int8, dynamic, fp16, tflite only) of the trained "
+                "model, or KIND-PRECISION with KIND one of pruned (unstructured), channels (channel pruning), "
+                "student (distilled), e.g. pruned-int8, student. "
+                "Default: fp32, int8, pruned-int8, channels-int8, student, student-int8."
+            ),
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where the artifacts go (default: RUN_DIR/artifacts/).")
+    ] = None,
+    sparsity: Annotated[
+        float, typer.Option(help="Fraction of weights zeroed by global magnitude pruning (pruned-*), in [0, 1).")
+    ] = 0.5,
+    channels: Annotated[
+        float,
+        typer.Option(help="Fraction of each layer's channels removed by channel pruning (channels-*), in [0, 1)."),
+    ] = 0.5,
+    fine_tune_epochs: Annotated[
+        int, typer.Option(help="Epochs of fine-tuning after pruning, on the tuning data (0: none).")
+    ] = 1,
+    student: Annotated[
+        str | None, typer.Option(help="Registry model to use as the student (default: the teacher at --student-width).")
+    ] = None,
+    student_width: Annotated[
+        float | None, typer.Option(help="The student's width multiplier of the teacher, in (0, 1) (default 0.4).")
+    ] = None,
+    distill_epochs: Annotated[int, typer.Option(help="Epochs of distillation for student-*.")] = 5,
+    temperature: Annotated[
+        float, typer.Option(help="Distillation temperature T (softens the teacher's labels).")
+    ] = 4.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the teacher's soft labels against the true labels.")] = 0.7,
+    tune_on: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Data for calibration, fine-tuning and distillation: 'held-out' (half of the server's held-out "
+                "split; the other half measures accuracy), 'pool' (the clients' pooled training data, for "
+                "simulations; accuracy on the whole held-out split), or an .npz file with arrays x and y."
+            )
+        ),
+    ] = "held-out",
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="A .npy/.npz file of calibration samples for int8 (default: samples of the tuning data)."),
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(help="Calibration samples used for int8 (at most).")] = 256,
+    latency_runs: Annotated[
+        int, typer.Option(help="Timed single-sample calls per artifact (1 thread); the median is reported.")
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Seed for the data split, pruning fine-tune and distillation.")] = 0,
+) -> None:
+    """Compress and export a run's model; verify every artifact against the float model; write a report.
+
+    Writes RUN_DIR/artifacts/: one file per variant and format (int8.onnx, pruned-int8.tflite, ...), a JSON
+    description next to each (format, dtype, input/output shape, dtype and quantization parameters, sha256, size,
+    accuracy, agreement with the float model, latency), report.md (a table of all) and accuracy-size.png.
+    """
+    from edge.compress.calibration import CalibrationSet
+    from edge.export.errors import CheckpointError
+    from edge.export.package import PackageInputs, PackageOptions, package_model, plan_steps
+    from edge.export.run_source import load_labelled_file, load_run_model, run_federated_data, split_held_out
+
+    options = PackageOptions(
+        formats=tuple(formats) if formats else ("onnx", "tflite"),
+        **({"variants": tuple(variants)} if variants else {}),
+        sparsity=sparsity,
+        channel_amount=channels,
+        fine_tune_epochs=fine_tune_epochs,
+        student=student,
+        student_width=student_width,
+        distill_epochs=distill_epochs,
+        temperature=temperature,
+        alpha=alpha,
+        latency_runs=latency_runs,
+        seed=seed,
+    )
+    model, info, config = load_run_model(run_dir)
+    fed = run_federated_data(info, config)
+    held_out = fed.server_test_set()
+    if tune_on == "held-out":
+        tune, test = split_held_out(held_out, fraction=0.5, seed=seed)
+    elif tune_on == "pool":
+        if fed.partitioner == "natural":
+            raise CheckpointError("a run with the 'natural' partitioner has no pooled data; use --tune-on held-out")
+        tune, test = fed.split()[0], held_out
+    else:
+        tune, test = load_labelled_file(tune_on, num_classes=held_out.num_classes), held_out
+    input_shape = tuple(int(d) for d in info["input-shape"])
+    if calibration is not None:
+        calib = CalibrationSet.from_file(calibration, input_shape=input_shape, limit=calibration_size, seed=seed)
+    else:
+        calib = CalibrationSet.from_dataset(tune, input_shape=input_shape, limit=calibration_size, seed=seed)
+    inputs = PackageInputs(
+        model=model,
+        model_name=str(info["model"]),
+        input_shape=input_shape,
+        num_classes=int(info["num-classes"]),
+        test=test,
+        tune=tune,
+        calibration=calib,
+        source={
+            "run-id": Path(run_dir).resolve().name,
+            "run-dir": str(run_dir),
+            "tune-on": tune_on,
+            "test-samples": len(test),
+            "tune-samples": len(tune),
+        },
+    )
+    out_dir = out or Path(run_dir) / "artifacts"
+    console = Console()
+    with Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("packaging", total=plan_steps(options))
+        result = package_model(
+            inputs, out_dir, options, on_step=lambda d: progress.update(task, advance=1, description=d)
+        )
+        progress.update(task, completed=plan_steps(options), description="done")
+    table = Table(title=f"artifacts in {out_dir}")
+    for column in ("file", "dtype", "KiB", "accuracy", "agreement", "max |Δ|", "latency ms"):
+        table.add_column(column, justify="left" if column in ("file", "dtype") else "right", no_wrap=column == "file")
+    for a in result.artifacts:
+        m = a["metrics"]
+        table.add_row(
+            a["file"],
+            a["dtype"],
+            f"{a['size-bytes'] / 1024:.1f}",
+            f"{m['accuracy']:.4f}",
+            f"{m['top1-agreement']:.4f}",
+            f"{m['max-abs-diff']:.3g}",
+            f"{m['latency-ms']:.3f}",
+        )
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"report: {result.report}")
