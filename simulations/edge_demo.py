@@ -379,6 +379,9 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
                 )
         timings["telemetry_s"] = time.monotonic() - t
         console.print(fleet_table(collector.store.devices(), title="the fleet"))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: stopping the broker and {len(agents.processes)} agents[/]")
+        raise
     finally:
         agents.stop()
         if client is not None:

@@ -113,5 +113,5 @@ def test_ctrl_c_stops_every_process_the_demo_started(demo_run):
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, "".join(seen) + rest
-    assert "interrupted" in rest
+    assert "interrupted: stopping the broker and 3 agents" in rest
     assert wait_gone(pids) == []
