@@ -234,6 +234,30 @@ def _export(
     return {"precision": variant.precision, "exporter": "torch.onnx.export(dynamo=True)", "dynamic-batch": True, **info}
 
 
+#: A compressed float model this much less accurate than the original gets a note in the report.
+ACCURACY_DROP_NOTE = 0.05
+
+_REMEDY = {
+    "pruned": "prune less (--sparsity) or fine-tune longer (--fine-tune-epochs)",
+    "channels": "remove fewer channels (--channels) or fine-tune longer (--fine-tune-epochs)",
+    "student": "distil longer (--distill-epochs), on more data (--tune-on pool) or use a wider student",
+}
+
+
+def _accuracy_notes(
+    reference_logits: dict[str, np.ndarray], inputs: PackageInputs, options: PackageOptions
+) -> list[str]:
+    """Say so when a compressed model (before any quantization) lost much of the original's accuracy."""
+    accuracy = {k: float((v.argmax(axis=1) == inputs.test.y).mean()) for k, v in reference_logits.items()}
+    tune = len(inputs.tune) if inputs.tune is not None else 0
+    return [
+        f"the {kind} model reaches {accuracy[kind]:.3f} against the original's {accuracy['base']:.3f} "
+        f"(tuned on {tune} samples): {_REMEDY[kind]}"
+        for kind in options.kinds
+        if kind != "base" and accuracy["base"] - accuracy[kind] > ACCURACY_DROP_NOTE
+    ]
+
+
 def package_model(
     inputs: PackageInputs,
     out_dir: str | Path,
@@ -249,7 +273,7 @@ def package_model(
     models, compression = _build_kinds(inputs, options, step)
     reference_logits = {kind: predict(model, inputs.test.x) for kind, model in models.items()}
     original = reference_logits["base"].argmax(axis=1)
-    notes: list[str] = []
+    notes = _accuracy_notes(reference_logits, inputs, options)
     built: list[tuple[Variant, str, Path, ArtifactRunner, dict[str, Any], dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="fedge-package-") as tmp:
         float_onnx: dict[str, Path] = {}

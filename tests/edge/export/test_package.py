@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.compress.calibration import CalibrationSet
@@ -167,3 +168,24 @@ def test_fedge_package_end_to_end_on_a_simulated_run(tmp_path):
     report = (out / "report.md").read_text()
     assert all(f"| {v} | {f} |" in report for v in ("fp32", "int8", "student-fp32") for f in ("onnx", "tflite"))
     assert "int8.tflite" in done.stdout
+
+
+def test_a_compressed_model_that_lost_accuracy_gets_a_note_with_a_remedy():
+    from edge.export.package import _accuracy_notes
+
+    train, test = digits_split()
+    right = np.eye(10, dtype=np.float32)[test.y]
+    wrong = np.roll(right, 1, axis=1)
+    half = np.where(np.arange(len(test))[:, None] % 2 == 0, right, wrong)
+    inputs = PackageInputs(
+        model=trained_digits_cnn(),
+        model_name="digits-cnn",
+        input_shape=INPUT_SHAPE,
+        num_classes=10,
+        test=test,
+        tune=train,
+    )
+    options = PackageOptions(variants=("fp32", "student", "pruned-int8"))
+    notes = _accuracy_notes({"base": right, "student": half, "pruned": right}, inputs, options)
+    assert len(notes) == 1
+    assert "the student model reaches 0.50" in notes[0] and "--distill-epochs" in notes[0]
