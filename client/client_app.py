@@ -22,7 +22,6 @@ from torch import nn
 
 from client.config import ClientConfig
 from client.errors import PrivacyBudgetExhaustedError
-from client.privacy import load_accountant, make_private, plan_round, save_accountant
 from client.state_file import restore_state, save_state, state_file
 from shared_models.data import ArrayDataset
 from shared_models.errors import FedgeError, SchemaMismatchError
@@ -72,6 +71,10 @@ def train_locally(
     privacy = config.privacy
     accountant = None
     if privacy.enabled:
+        # Imported here, not at the top: Flower starts a fresh process per message, and Opacus takes seconds to
+        # import; evaluation, refusals and non-private runs never need it.
+        from client.privacy import load_accountant, make_private, plan_round, save_accountant
+
         accountant = load_accountant(state)
         try:
             plan = plan_round(

@@ -126,6 +126,12 @@ from simulations.package_cmd import package  # noqa: E402
 app.command()(package)
 
 
+# real nodes: fedge server, node, run, certs, node-keys (simulations/deploy_cmd.py)
+from simulations.deploy_cmd import register as register_deploy_commands  # noqa: E402
+
+register_deploy_commands(app)
+
+
 def main() -> None:
     """Console entry point: run the app, turning fedge's own errors into one clear line."""
     try:

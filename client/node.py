@@ -1,0 +1,90 @@
+"""A real node: ``flower-supernode`` with this node's facts in its ``node_config``.
+
+The node config carries what only the node knows: where its data is (``data-path``), which device to train on
+(``device``: auto picks CUDA when present), its name in the server's ledger (``node-name``) and where its privacy
+state survives restarts (``state-dir``, see ``client/state_file.py``). The run's settings come from the server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.errors import ClientError
+
+# flower-supernode's exit codes (flwr.common.exit.ExitCode) that mean the SuperLink said no.
+REFUSED_EXIT_CODES = {305: "the SuperLink refused the connection or could not be reached"}
+AUTH_KEY_EXIT_CODE = 302
+
+
+class NodeError(ClientError):
+    """A node that cannot start: its data, its key, or the SuperLink's answer."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSettings:
+    superlink: str
+    data_path: Path
+    name: str
+    device: str = "auto"
+    state_dir: Path | None = None
+    ca_certificate: Path | None = None
+    auth_key: Path | None = None
+    insecure: bool = False
+    runtime_port: int = 9094
+    max_wait_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.data_path.is_file():
+            raise NodeError(f"this node's data file {self.data_path} does not exist; pass --data with its CSV file")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", self.name):
+            raise NodeError(f"node name {self.name!r}: use letters, digits, '.', '_' and '-' only")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise NodeError(f"device {self.device!r}: use auto, cpu or cuda")
+        if not self.insecure and (self.ca_certificate is None or not self.ca_certificate.is_file()):
+            raise NodeError(
+                "a TLS connection needs the federation's CA certificate (--ca, from `fedge certs`); "
+                "pass --insecure only on a trusted test network"
+            )
+        if self.auth_key is not None and not self.auth_key.is_file():
+            raise NodeError(f"private key {self.auth_key} does not exist; make one with `fedge node-keys`")
+
+    def node_config(self) -> str:
+        values: dict[str, str] = {"data-path": str(self.data_path.resolve()), "device": self.device}
+        values["node-name"] = self.name
+        if self.state_dir is not None:
+            values["state-dir"] = str(self.state_dir.resolve())
+        return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+
+    def command(self, executable: str) -> list[str]:
+        cmd = [executable, "--superlink", self.superlink, "--node-config", self.node_config()]
+        cmd += ["--port", str(self.runtime_port)]
+        if self.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--root-certificates", str(self.ca_certificate)]
+        if self.auth_key is not None:
+            cmd += ["--auth-supernode-private-key", str(self.auth_key)]
+        if self.max_wait_time is not None:
+            cmd += ["--max-wait-time", str(self.max_wait_time)]
+        return cmd
+
+
+def flower_exit_code(log: str, *, default: int) -> int:
+    """The Flower exit code a SuperNode printed (``Exit Code: 305``); the process itself exits with 1."""
+    found = re.findall(r"Exit Code: (\d+)", log)
+    return int(found[-1]) if found else default
+
+
+def explain_exit(code: int, settings: NodeSettings) -> str:
+    """What a SuperNode's exit code means for the person running the node, and what to do."""
+    if code == AUTH_KEY_EXIT_CODE:
+        return f"flower-supernode could not read the private key {settings.auth_key}; make one with `fedge node-keys`"
+    if code in REFUSED_EXIT_CODES:
+        return (
+            f"{REFUSED_EXIT_CODES[code]} at {settings.superlink}. If the SuperLink is up, this node's public key is "
+            "not on its allow-list: ask the server's operator to add it (`fedge server --allow NODE.pub`)"
+        )
+    return f"flower-supernode exited with code {code}; rerun with --verbose to see Flower's log"
