@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,9 @@ STOCK_REFERENCE = {
 @dataclass
 class TreeSample:
     peak_rss: int = 0
+    peak_pss: int = 0
+    at_peak: list[dict[str, Any]] = field(default_factory=list)
+    """The largest processes (by PSS) at the moment the summed PSS peaked: name, RSS and PSS in MiB."""
     peak_processes: int = 0
     own_cpu_s: float = 0.0
     root_cpu_s: float = 0.0
@@ -71,7 +74,11 @@ class TreeSample:
 
 
 class ProcessTreeSampler:
-    """Samples, in a background thread, the summed RSS of this process and all its descendants (recursively).
+    """Samples, in a background thread, the summed RSS and PSS of this process and all its descendants (recursively).
+
+    RSS counts a page shared by several processes (torch's libraries, Ray's shared-memory object store) once per
+    process, as ``ps`` and stock measurements do; PSS (proportional set size, from ``/proc/PID/smaps_rollup``) splits
+    each shared page between the processes that map it, so the summed PSS is what the tree really holds.
 
     Also counts the CPU seconds the rest of the machine used meanwhile (system busy time minus this tree's), so a
     timing taken while someone else was computing can be told apart.
@@ -100,16 +107,24 @@ class ProcessTreeSampler:
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             procs = [root]
-        rss = 0
+        rss = pss = 0
+        rows = []
         for proc in procs:
             try:
                 with proc.oneshot():
-                    rss += proc.memory_info().rss
+                    memory = proc.memory_full_info()
                     cpu = proc.cpu_times()
+                    name = " ".join(proc.cmdline()[:3])[-60:] or proc.name()
                 self._cpu_by_pid[proc.pid] = cpu.user + cpu.system
             except psutil.Error:
                 continue
+            rss += memory.rss
+            pss += getattr(memory, "pss", memory.rss)
+            rows.append({"process": name, "rss-mib": round(memory.rss / 2**20), "pss-mib": round(memory.pss / 2**20)})
         self.result.peak_rss = max(self.result.peak_rss, rss)
+        if pss > self.result.peak_pss:
+            self.result.peak_pss = pss
+            self.result.at_peak = sorted(rows, key=lambda r: -r["pss-mib"])[:8]
         self.result.peak_processes = max(self.result.peak_processes, len(procs))
 
     def _run(self) -> None:
@@ -273,6 +288,8 @@ def simulate_round(config: str, num_clients: int, overrides: list[str], *, inter
         "round-1-s": rounds[1]["seconds"],
         "round-2-s": rounds[2]["seconds"],
         "peak-rss-bytes": s.peak_rss,
+        "peak-pss-bytes": s.peak_pss,
+        "largest-processes-at-peak": s.at_peak,
         "peak-processes": s.peak_processes,
         "run-wall-s": round(s.wall_s, 2),
         "foreign-cpu-s": round(s.foreign_cpu_s, 2),
@@ -402,6 +419,13 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
         rows.append(Row(f"{tag}: peak RSS of process tree, holding all replies", hold_mem, "GiB"))
+        stream_pss = max(r["peak-pss-bytes"] for r in results["stream"]) / GIB
+        hold_pss = max(r["peak-pss-bytes"] for r in results["hold"]) / GIB
+        rows.append(
+            Row.compare(
+                f"{tag}: peak PSS of process tree, streaming mean", stream_pss, "GiB", "holding all replies", hold_pss
+            )
+        )
         per_count[str(num_clients)] = {"partitioner": partitioner, "partitioner-note": why, "runs": results}
 
     cfg = base.run_config
@@ -430,8 +454,9 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "timed": "round 2 of a 2-round simulation (server RoundLoop 'seconds': configure, push, train, collect, "
         "aggregate); floor after one untimed warm-up call; medians over repeats",
-        "memory": "peak summed RSS of the simulation's own process and all its descendants over the whole run, "
-        f"sampled every {args.sample_interval} s",
+        "memory": "peak summed RSS (shared pages once per process) and peak summed PSS (shared pages split) of the "
+        f"simulation's own process and all its descendants over the whole run, sampled every {args.sample_interval} s; "
+        "largest-processes-at-peak: the biggest processes when the PSS peaked",
         "stock-flower-1.41-reference": STOCK_REFERENCE,
         "per-client-count": per_count,
     }
