@@ -11,8 +11,11 @@ server counts it as failed and goes on with the others.
 from __future__ import annotations
 
 import logging
+import os
+import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -139,8 +142,21 @@ def _reply(msg: Message, work: Callable[[], RecordDict]) -> Message:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
+def _process_age() -> float:
+    """Seconds since this process started (Linux), else NaN: in a deployment, what starting a fresh ClientApp
+    process for this message cost before our handler ran (interpreter, imports, Flower's set-up)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    startup, started = _process_age(), time.perf_counter()
+
     def work() -> RecordDict:
         config = ClientConfig.from_context(context)
         saved = state_file(config.state_dir, config.run_key) if config.state_dir else None
@@ -150,6 +166,9 @@ def train(msg: Message, context: Context) -> Message:
         content = train_locally(config, msg.content["arrays"], server_config, context.state)
         if saved is not None:
             save_state(context.state, saved)  # before the reply leaves: ε spent is never forgotten
+        if "metrics" in content.metric_records:
+            content["metrics"]["startup-seconds"] = startup
+            content["metrics"]["handler-seconds"] = time.perf_counter() - started
         return content
 
     return _reply(msg, work)

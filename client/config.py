@@ -75,7 +75,7 @@ class ClientConfig:
             data=FederatedData.from_run_config(run),
             partition_id=int(node.get("partition-id", 0)),
             num_partitions=int(node.get("num-partitions", 1)),
-            node_data_path=str(node.get("data-path", "")),
+            node_data_path=_node_data_path(run, node),
             local_epochs=local_epochs,
             batch_size=batch_size,
             learning_rate=float(run.get("learning-rate", 0.05)),
@@ -94,6 +94,20 @@ class ClientConfig:
             node_name=str(node.get("node-name", "")),
             run_key=str(run.get("run-id", "")) or f"flower-run-{context.run_id}",
         )
+
+
+def _node_data_path(run: dict, node: dict) -> str:
+    """The node's own file: ``data-path`` in its node config; in a simulation of real nodes, the run config's
+    ``node-data-paths`` entry for this partition (one file per simulated node)."""
+    if node.get("data-path"):
+        return str(node["data-path"])
+    paths = [p.strip() for p in str(run.get("node-data-paths", "")).split(",") if p.strip()]
+    if paths and "partition-id" in node:
+        index = int(node["partition-id"])
+        if not 0 <= index < len(paths):
+            raise ClientConfigError(f"node-data-paths lists {len(paths)} files but this is simulated node {index}")
+        return paths[index]
+    return ""
 
 
 def choose_device(name: str) -> torch.device:

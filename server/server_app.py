@@ -136,6 +136,9 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             "epsilon-max": ledger.max_epsilon if config.dp else None,
             "epsilon-mean": ledger.mean_epsilon if config.dp else None,
             "seconds": outcome.seconds,
+            # where a round's time goes on real nodes (weighted means over the nodes that trained)
+            "client-startup-seconds": outcome.train_metrics.get("startup-seconds"),
+            "client-handler-seconds": outcome.train_metrics.get("handler-seconds"),
             **{f"federated-{k}": v for k, v in outcome.evaluate_metrics.items()},
         }
         if saved is not None and outcome.server_round == first_round:

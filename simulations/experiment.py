@@ -55,6 +55,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "label-binarize-at": 0.0,
     "num-classes": 0,
     "standardize": True,
+    "node-data-paths": "",
     "partitioner": "iid",
     "alpha": 0.5,
     "shards-per-client": 2,
@@ -161,16 +162,20 @@ def resolve_paths(experiment: Experiment) -> None:
     """Relative data and run paths are taken from the project root (where pyproject.toml lives) if they exist
     there, else from the current directory, and made absolute: the simulation's workers may run elsewhere."""
     cfg = experiment.run_config
-    for key in ("data-path", "runs-dir", "resume-from"):
-        value = str(cfg.get(key, ""))
-        if not value:
-            continue
-        candidate = Path(value).expanduser()
-        if not candidate.is_absolute():
-            from_cwd = Path.cwd() / candidate
-            from_root = PROJECT_ROOT / candidate
-            candidate = from_cwd if (from_cwd.exists() or not from_root.exists()) else from_root
-        cfg[key] = str(candidate.resolve())
+    for key in ("data-path", "runs-dir", "resume-from", "node-data-paths"):
+        values = [v.strip() for v in str(cfg.get(key, "")).split(",")] if key == "node-data-paths" else [cfg.get(key)]
+        resolved = []
+        for value in values:
+            if not value:
+                continue
+            candidate = Path(str(value)).expanduser()
+            if not candidate.is_absolute():
+                from_cwd = Path.cwd() / candidate
+                from_root = PROJECT_ROOT / candidate
+                candidate = from_cwd if (from_cwd.exists() or not from_root.exists()) else from_root
+            resolved.append(str(candidate.resolve()))
+        if resolved:
+            cfg[key] = ",".join(resolved)
 
 
 def validate(experiment: Experiment) -> None:
@@ -193,10 +198,21 @@ def validate(experiment: Experiment) -> None:
         )
     data = FederatedData.from_run_config(cfg)
     if data.partitioner == "natural":
-        raise ExperimentError("the 'natural' partitioner is for real nodes with their own files (fedge node)")
-    pool, test = data.split()
-    # Recompute the first client's share: this checks the partitioner's settings on the real labels.
-    data.client_train_set(0, experiment.num_supernodes)
+        # Real nodes bring their own files (fedge node --data); a simulation of them names one file per node.
+        paths = [p for p in str(cfg.get("node-data-paths", "")).split(",") if p.strip()]
+        if len(paths) != experiment.num_supernodes:
+            raise ExperimentError(
+                "the 'natural' partitioner gives each node its own file: on real nodes with fedge node --data, in a "
+                f"simulation with node-data-paths (one file per simulated node; {len(paths)} given for "
+                f"{experiment.num_supernodes} nodes)"
+            )
+        test = data.server_test_set()
+        for path in paths:
+            data.client_train_set(0, 1, node_data_path=path)  # each file loads and fits the schema
+    else:
+        pool, test = data.split()
+        # Recompute the first client's share: this checks the partitioner's settings on the real labels.
+        data.client_train_set(0, experiment.num_supernodes)
     from shared_models.models import build_model
 
     build_model(str(cfg["model"]), input_shape=test.input_shape, num_classes=test.num_classes)

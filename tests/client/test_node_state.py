@@ -106,3 +106,19 @@ def test_refused_node_is_told_about_the_allow_list(tmp_path):
     assert code == 305 and "allow-list" in explain_exit(code, settings)
     assert flower_exit_code("no code here", default=1) == 1
     assert np.isscalar(code)
+
+
+def test_simulated_natural_nodes_take_their_file_from_the_run_config():
+    from flwr.app import Context
+
+    from client.errors import ClientConfigError
+
+    run = {"dataset": "csv", "partitioner": "natural", "node-data-paths": "a.csv, b.csv"}
+
+    def ctx(node):
+        return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=run)
+
+    assert ClientConfig.from_context(ctx({"partition-id": 1, "num-partitions": 2})).node_data_path == "b.csv"
+    assert ClientConfig.from_context(ctx({"data-path": "/own.csv"})).node_data_path == "/own.csv"
+    with pytest.raises(ClientConfigError, match="lists 2 files"):
+        ClientConfig.from_context(ctx({"partition-id": 2, "num-partitions": 3}))
