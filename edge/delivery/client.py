@@ -67,10 +67,13 @@ class ServerClient:
         return self._connected.is_set()
 
     def connect(self, timeout: float = 10.0) -> ServerClient:
-        try:
-            self.client.connect_async(self.broker.host, self.broker.port, keepalive=10)
+        try:  # the first connection at once, so a broker that is not there is said at once (paho retries after)
+            self.client.connect(self.broker.host, self.broker.port, keepalive=10)
         except (OSError, ValueError) as e:
-            raise BrokerError(f"cannot reach the broker at {self.broker.url()}: {e}") from e
+            raise BrokerError(
+                f"cannot reach the broker at {self.broker.url()}: {e}; start one (`fedge broker`, or Mosquitto) "
+                "or fix --broker"
+            ) from e
         self.client.loop_start()
         deadline = time.monotonic() + timeout
         while not self._connected.wait(0.1):

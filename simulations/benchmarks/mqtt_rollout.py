@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kind, r in results.items():
         med = statistics.median(r["seconds"])
-        rows.append(Row(f"{kind}: publish -> {args.agents} agents run it (median)", round(med, 3), "s"))
+        per = -(-args.agents // args.processes)
+        fleet = f"{args.agents} agents ({args.processes} processes x {per}, one connection each)"
+        rows.append(Row(f"{kind}: publish -> {fleet} run the {size / 1e6:.2f} MB model (median)", round(med, 3), "s"))
         rows.append(Row(f"{kind}: slowest of {args.rounds} rollouts", round(max(r["seconds"]), 3), "s"))
     if "mosquitto" in results and "embedded" in results:
         m, e = (statistics.median(results[k]["seconds"]) for k in ("mosquitto", "embedded"))

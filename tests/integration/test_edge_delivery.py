@@ -131,7 +131,7 @@ def all_on(collector, devices, version) -> bool:
 
 
 @needs_mosquitto
-def test_staged_rollout_to_several_agents_on_mosquitto(env, mosquitto):
+def test_staged_rollout_to_several_agents_on_mosquitto(mosquitto, env):
     collector = env.collector(mosquitto)
     devices = ["dev-a", "dev-b", "dev-c"]
     for d in devices:
@@ -151,7 +151,7 @@ def test_staged_rollout_to_several_agents_on_mosquitto(env, mosquitto):
 
 
 @needs_mosquitto
-def test_canary_worse_than_previous_version_is_rolled_back(env, mosquitto):
+def test_canary_worse_than_previous_version_is_rolled_back(mosquitto, env):
     collector = env.collector(mosquitto)
     devices = ["dev-a", "dev-b", "dev-c"]
     agents = {d: env.agent(mosquitto, d) for d in devices}
@@ -181,7 +181,7 @@ ATTACKS = {
 
 @needs_mosquitto
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_attack_over_the_broker_is_rejected_and_the_old_model_keeps_serving(env, mosquitto, attack):
+def test_attack_over_the_broker_is_rejected_and_the_old_model_keeps_serving(mosquitto, env, attack):
     collector = env.collector(mosquitto)
     agent = env.agent(mosquitto, "dev-a")
     publisher = env.publisher(mosquitto)
@@ -200,7 +200,7 @@ def test_attack_over_the_broker_is_rejected_and_the_old_model_keeps_serving(env,
 
 
 @needs_mosquitto
-def test_acl_a_device_cannot_publish_to_another_devices_or_model_topics(env, mosquitto):
+def test_acl_a_device_cannot_publish_to_another_devices_or_model_topics(mosquitto, env):
     seen: list[tuple[str, bytes]] = []
     watcher = ServerClient(
         "watcher",
@@ -239,7 +239,7 @@ def test_a_device_cannot_log_in_with_a_wrong_password(mosquitto):
 
 
 @needs_mosquitto
-def test_broker_restart_mid_rollout_and_telemetry_loses_nothing(env, mosquitto):
+def test_broker_restart_mid_rollout_and_telemetry_loses_nothing(mosquitto, env):
     collector = env.collector(mosquitto)
     devices = ["dev-a", "dev-b"]
     agents = {d: env.agent(mosquitto, d) for d in devices}
@@ -266,7 +266,7 @@ def test_broker_restart_mid_rollout_and_telemetry_loses_nothing(env, mosquitto):
     assert report["received"] >= 8
 
 
-def test_rollout_on_the_embedded_broker_with_agent_processes(env, embedded, tmp_path):
+def test_rollout_on_the_embedded_broker_with_agent_processes(embedded, env, tmp_path):
     """The demo's set-up: amqtt as its own process, agents as `python -m edge.agent` processes, both runtimes."""
     pytest.importorskip("ai_edge_litert")
     from tests.edge.helpers import tflite_model
@@ -334,7 +334,7 @@ def test_rollout_on_the_embedded_broker_with_agent_processes(env, embedded, tmp_
 
 
 @needs_mosquitto
-def test_fedge_publish_and_fleet_status_on_mosquitto(env, mosquitto, tmp_path):
+def test_fedge_publish_and_fleet_status_on_mosquitto(mosquitto, env, tmp_path):
     """The commands a person runs: `fedge keygen`, agents trusting its key, `fedge publish`, `fedge fleet status`."""
     from typer.testing import CliRunner
 
