@@ -97,6 +97,7 @@ class DeviceAgent:
         self.window = TelemetryWindow(clock())
         self.last_update: dict[str, Any] | None = None
         self._reported: deque[str] = deque(maxlen=64)  # digests of rejected payloads already reported
+        self.ignored = 0  # device reports (state, telemetry, events) that reached this device: dropped unanswered
         self._load_current()
 
     # ------------------------------------------------------------------------------------------------- state
@@ -196,6 +197,13 @@ class DeviceAgent:
         parsed = parse_topic(topic)
         if parsed is None:
             raise UnknownTopicError(f"message on an unknown topic {topic[:120]!r}")
+        if parsed.kind in ("state", "telemetry", "events"):
+            # what devices report to the server (another device's, or this one's own echo): never answered, or a
+            # broker that forwards it by mistake (amqtt 0.11 does, now and then) would set devices answering
+            # each other's answers
+            self.ignored += 1
+            log.debug("%s: ignored a device report on %s", self.device_id, topic[:120])
+            return
         if parsed.kind == "chunk":
             self._on_chunk(parsed.model_id, parsed.version, parsed.format, parsed.index, payload)
         elif parsed.device_id != self.device_id:

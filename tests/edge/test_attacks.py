@@ -210,3 +210,12 @@ def test_verification_core_policy_checks(clock):
         assembler.add(manifest.chunks + 5, b"x")
     with pytest.raises(OversizedPayloadError):
         assembler.add(0, b"x" * (manifest.chunk_size + 1))
+
+
+def test_device_reports_are_dropped_without_an_answer(running_v1):
+    """Another device's state (a broker forwarding it by mistake) must not start devices answering each other."""
+    before = list(running_v1.transport.published)
+    for topic in ("fedge/v1/devices/dev-2/state", "fedge/v1/devices/dev-2/events", "fedge/v1/devices/dev-1/state"):
+        running_v1.handle(topic, b'{"type": "state", "device_id": "dev-2", "state": "ready"}')
+    assert running_v1.transport.published == before
+    assert running_v1.ignored == 3 and running_v1.version == 1
