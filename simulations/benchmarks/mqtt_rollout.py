@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
 
+    load_at_start = [round(v, 2) for v in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="fedge-bench-rollout-") as tmp:
         tmp = Path(tmp)
         model_path = args.model or build_model(tmp / "mnist-cnn-int8.onnx")
@@ -228,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": {k: [round(s, 4) for s in r["seconds"]] for k, r in results.items()},
         "timed": "first chunk published -> the collector holds an 'applied' event of the new version from every agent",
         "nice": os.nice(0),
+        "load_average_1_5_15_min_at_start": load_at_start,
+        "load_average_1_5_15_min_at_end": [round(v, 2) for v in os.getloadavg()],
+        "note": "2 cores shared with other work: the load average says how much",
     }
     write_results("mqtt_rollout", rows, out=args.out, settings=settings)
     return 0

@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         args.devices = args.devices_list
         return worker(args)
 
+    load_at_start = [round(v, 2) for v in os.getloadavg()]
     kinds = ["mosquitto", "embedded"] if args.broker == "both" else [args.broker]
     with tempfile.TemporaryDirectory(prefix="fedge-bench-telemetry-") as tmp:
         results = {k: measure(k, args, Path(tmp) / k) for k in kinds}
@@ -196,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "timed": "'go' to every sender -> the collector has stored the last message (SQLite)",
         "nice": os.nice(0),
+        "load_average_1_5_15_min_at_start": load_at_start,
+        "load_average_1_5_15_min_at_end": [round(v, 2) for v in os.getloadavg()],
+        "note": "2 cores shared with other work: the load average says how much",
     }
     write_results("mqtt_telemetry", rows, out=args.out, settings=settings)
     return 0
