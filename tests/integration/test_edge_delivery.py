@@ -388,3 +388,47 @@ def test_fedge_publish_and_fleet_status_on_mosquitto(mosquitto, env, tmp_path):
     finally:
         for a in agents.values():
             a.stop()
+
+
+@needs_mosquitto
+def test_rollout_over_tls_and_a_client_without_the_ca_is_refused(tmp_path):
+    """Mosquitto with a TLS listener (plus password file and ACL): the agent and the server verify the broker's
+    certificate against the CA; a client that does not trust that CA never connects."""
+    from tests.edge.helpers import write_tls_files
+
+    ca, cert, key = write_tls_files(tmp_path / "tls")
+    setup = write_mosquitto_files(
+        tmp_path / "mosquitto", port=free_port(), devices=["dev-a"], tls_files=(ca, cert, key)
+    )
+    broker = MosquittoProcess(setup).start()
+    started = []
+    try:
+        server = setup.address(SERVER_USER)
+        assert server.tls and server.url().startswith("mqtts://")
+        with pytest.raises(BrokerError):
+            ServerClient("no-ca", server, clean_session=True).connect(timeout=5)  # the system CAs do not know it
+        collector = FleetCollector(server, FleetStore(tmp_path / "fleet.db"), ca_file=ca).start()
+        started.append(collector.stop)
+        agent = AgentService(
+            AgentConfig(
+                device_id="dev-a",
+                broker=setup.address("dev-a"),
+                store=tmp_path / "store",
+                trusted_keys=(write_public_key(signing_key(), tmp_path / "server.pub"),),
+                data=write_samples(tmp_path / "samples.npz"),
+                report_interval_s=0.3,
+                ca_file=ca,
+            )
+        ).start()
+        started.append(agent.stop)
+        client = ServerClient("tls-publisher", server, ca_file=ca).connect()
+        started.append(client.close)
+        publisher = ModelPublisher(client, signing_key(), timeout=30)
+        publisher.publish_chunks(model(1))
+        publisher.assign(model(1), ["dev-a"])
+        assert wait_for(lambda: agent.agent.version == 1, 20)
+        assert collector.wait_until(lambda s: s.reports_since("dev-a", 1, 0) >= 2, 20)
+    finally:
+        for stop in reversed(started):
+            stop()
+        broker.stop()
