@@ -76,9 +76,10 @@ def train_locally(
     if privacy.enabled:
         # Imported here, not at the top: Flower starts a fresh process per message, and Opacus takes seconds to
         # import; evaluation, refusals and non-private runs never need it.
-        from client.privacy import load_accountant, make_private, plan_round, save_accountant
+        from client.privacy import epsilon_after_round, load_accountant, make_private, plan_round, save_accountant
 
         accountant = load_accountant(state)
+        history_before = list(accountant.history)
         try:
             plan = plan_round(
                 privacy,
@@ -115,7 +116,7 @@ def train_locally(
     )
     if accountant is not None:
         save_accountant(state, accountant)
-        metrics["epsilon"] = accountant.get_epsilon(privacy.target_delta)
+        metrics["epsilon"] = epsilon_after_round(accountant, plan, history_before, privacy.target_delta)
     metrics.update(
         {"train-loss": loss, "num-examples": len(data), "steps": steps, "delta": privacy.target_delta, "refused": 0}
     )

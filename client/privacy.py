@@ -107,6 +107,31 @@ def plan_round(
     return RoundPlan(sigma, sample_rate, steps, after)
 
 
+def _merged(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """Consecutive entries with the same noise and sample rate as one (Opacus merges them as it steps)."""
+    out: list[tuple[float, float, int]] = []
+    for sigma, rate, steps in history:
+        if out and out[-1][0] == sigma and out[-1][1] == rate:
+            out[-1] = (sigma, rate, out[-1][2] + steps)
+        else:
+            out.append((float(sigma), float(rate), int(steps)))
+    return out
+
+
+def epsilon_after_round(
+    accountant: RDPAccountant, plan: RoundPlan, history_before: list[tuple[float, float, int]], delta: float
+) -> float:
+    """ε after a round: the plan's figure when the accountant took exactly the planned steps, else recomputed.
+
+    The RDP arithmetic takes about a second; plan_round has just done it for the same history, and on real nodes
+    every round runs in a fresh process, so it is not paid twice.
+    """
+    planned = [*history_before, (plan.noise_multiplier, plan.sample_rate, plan.steps)]
+    if _merged(list(accountant.history)) == _merged(planned):
+        return plan.epsilon_after
+    return accountant.get_epsilon(delta)
+
+
 def make_private(
     model: nn.Module,
     optimizer,

@@ -122,3 +122,24 @@ def test_simulated_natural_nodes_take_their_file_from_the_run_config():
     assert ClientConfig.from_context(ctx({"data-path": "/own.csv"})).node_data_path == "/own.csv"
     with pytest.raises(ClientConfigError, match="lists 2 files"):
         ClientConfig.from_context(ctx({"partition-id": 2, "num-partitions": 3}))
+
+
+def test_epsilon_after_round_is_the_accountants_own():
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(1.1, 0.1, 20)]
+    before = list(accountant.history)
+    plan = privacy.plan_round(
+        PrivacyConfig(noise_multiplier=1.1, target_epsilon=50),
+        accountant,
+        num_examples=100,
+        batch_size=10,
+        local_epochs=2,
+    )
+    for _ in range(plan.steps):  # what Opacus records, one optimizer step at a time
+        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
+    reused = privacy.epsilon_after_round(accountant, plan, before, 1e-5)
+    assert reused == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)  # one step more than planned
+    assert privacy.epsilon_after_round(accountant, plan, before, 1e-5) == accountant.get_epsilon(1e-5) > reused
