@@ -196,6 +196,13 @@ def register(app: typer.Typer) -> None:
         max_wait_time: Annotated[
             float | None, typer.Option(help="Give up after this many seconds without the server (default: never).")
         ] = None,
+        threads: Annotated[
+            int,
+            typer.Option(
+                help="CPU threads per training process (0: torch's default, one per core). Use 1 when several "
+                "nodes share a small machine: small models train faster without threads fighting for cores."
+            ),
+        ] = 0,
     ) -> None:
         """Join a federation as a node (flower-supernode) with this node's data, device and key."""
         import subprocess
@@ -218,9 +225,14 @@ def register(app: typer.Typer) -> None:
             runtime_port=runtime_port,
             max_wait_time=max_wait_time,
         )
+        if threads < 0:
+            raise NodeError(f"--threads must be >= 0, got {threads}")
+        env = flower_env()
+        if threads:  # inherited by every ClientApp process the SuperNode starts
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         proc = subprocess.Popen(
             settings.command(flower_executable("flower-supernode")),
-            env=flower_env(),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

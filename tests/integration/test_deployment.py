@@ -119,6 +119,8 @@ class Federation:
                 str(self.root / "nodes" / name),
                 "--runtime-port",
                 str(runtime_port),
+                "--threads",
+                "1",  # four nodes share the machine, as Ray's one-thread actors do in simulation
             ],
         )
 
