@@ -96,8 +96,8 @@ def load_artifact(path: Path, *, model_id: str | None = None, version: int | Non
     exported = str(side.get("schema", "")).startswith(EXPORT_SCHEMA)
     if model_id is None:
         model_id = side.get("model_id")
-    if model_id is None and exported and side.get("model") and side.get("variant"):
-        model_id = f"{side['model']}-{side['variant']}".lower().replace("_", "-")
+    if model_id is None and exported and side.get("model"):  # one lineage: the variant goes in the meta
+        model_id = str(side["model"]).lower().replace("_", "-")
     model_id = model_id or path.stem.split(".")[0].lower().replace("_", "-")
     version = version if version is not None else side.get("version", int(time.time()))
     if exported:  # edge.export's description is large (quantization parameters...): carry only the summary

@@ -161,3 +161,33 @@ def test_collector_batch_is_one_transaction_with_the_same_rules(tmp_path):
     assert store.record_many(batch) == ["telemetry"] * 4 + [None]
     assert store.sequence_report() == {"received": 3, "lost": 1, "duplicates": 1}
     assert store.device("d1")["last_seen"] == 104.0 and len(store.malformed()) == 1
+
+
+def test_artifact_metadata_from_an_edge_export_description(tmp_path):
+    """edge.export writes a large description beside each artifact: the manifest carries only its summary."""
+    path = tmp_path / "int8.onnx"
+    path.write_bytes(onnx_model())
+    description = {
+        "schema": "fedge-artifact/1",
+        "file": "int8.onnx",
+        "format": "onnx",
+        "variant": "int8",
+        "dtype": "int8",
+        "model": "digits-cnn",
+        "size-bytes": len(path.read_bytes()),
+        "quantization": {"scales": list(range(5000))},  # far over the manifest's metadata bound
+        "metrics": {"accuracy": 0.91, "latency-ms": 0.05},
+        "source": {"run-id": "demo-1"},
+    }
+    (tmp_path / "int8.onnx.json").write_text(json.dumps(description))
+    art = load_artifact(path, version=3)
+    assert (art.model_id, art.version) == ("digits-cnn", 3)
+    assert art.meta == {
+        "model": "digits-cnn",
+        "variant": "int8",
+        "dtype": "int8",
+        "size_bytes": description["size-bytes"],
+        "accuracy": 0.91,
+        "latency_ms": 0.05,
+        "run_id": "demo-1",
+    }
