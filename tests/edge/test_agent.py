@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -180,3 +181,22 @@ def test_agent_imports_no_torch_flwr_opacus_or_shared_models():
 def test_agent_command_line_help_runs_without_the_fedge_cli():
     out = subprocess.run([sys.executable, "-m", "edge.agent", "--help"], capture_output=True, text=True, check=True)
     assert "--device-id" in out.stdout and "--runtime" in out.stdout
+
+
+@functools.cache
+def _v2_transfer():
+    return signed(onnx_model(), 2)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(-1, 5), payload=st.binary(max_size=1500))
+def test_random_chunks_during_a_transfer_never_crash(running_v1, index, payload):
+    """The chunk handler with a transfer under way (the one that checks length, hash, order): random bytes as any
+    chunk are rejected, the running model stays."""
+    model = _v2_transfer()
+    if running_v1.pending is None:
+        running_v1.handle("fedge/v1/devices/dev-1/manifest", model.envelope)
+    assert running_v1.pending is not None
+    topic = f"fedge/v1/models/digits/2/onnx/{index}" if index >= 0 else "fedge/v1/models/digits/2/onnx/x"
+    running_v1.handle(topic, payload)
+    assert running_v1.version == 1 and running_v1.runner is not None
