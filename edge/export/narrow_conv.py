@@ -11,6 +11,12 @@ The rewrite stacks the kernel's rows into channels: pad the input, take the ``kh
 channels. The weights are the same numbers rearranged, so the output is identical (to float rounding); the int8
 kernel now pads ``kh * cin`` = 5 channels to 8 at 5 taps instead of 1 to 8 at 25, and the layer runs 3x faster.
 Only convolutions with fewer than 8 input channels, no groups, dilation 1 and numeric padding are rewritten.
+
+What the rewrite cannot fix: on x86 with AVX2 but no VNNI, XNNPACK's int8 convolution kernels multiply 16-bit
+sign-extended values and run at about the rate of its float kernels, so a compute-bound layer (the MNIST CNN's
+``Conv2d(32, 64, 5)``: 10M multiply-adds) is no faster in int8; int8 wins on memory-bound layers (the 3136x512
+fully connected layer at batch 1 runs 4x faster). ``simulations/benchmarks/compress_export.py`` times each layer
+alone to show it. onnxruntime's int8 kernels (u8 x s8 ``vpmaddubsw``) do gain on AVX2.
 """
 
 from __future__ import annotations
