@@ -73,6 +73,7 @@ def plot_accuracy_size(artifacts: Sequence[dict[str, Any]], path: str | Path, *,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = {"onnx": "o", "tflite": "s"}
@@ -84,6 +85,9 @@ def plot_accuracy_size(artifacts: Sequence[dict[str, Any]], path: str | Path, *,
         for a, x, y in zip(rows, xs, ys, strict=True):
             ax.annotate(a["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("file size (KiB, log scale)")
     ax.set_ylabel("accuracy (test split)")
     ax.grid(alpha=0.3, which="both")

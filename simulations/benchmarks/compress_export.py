@@ -253,8 +253,10 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": time.perf_counter() - started,
     }
     write_results(NAME, rows, out=args.out, settings=settings)
-    print(summary_table(result.artifacts, latency))
-    print(layer_table(layers))
+    tables = summary_table(result.artifacts, latency) + "\n" + layer_table(layers)
+    print(tables)
+    markdown = args.out.with_suffix(".md")
+    markdown.write_text(markdown.read_text(encoding="utf-8") + tables + "\n", encoding="utf-8")
 
 
 def collect_rows(
