@@ -85,6 +85,7 @@ def explain_exit(code: int, settings: NodeSettings) -> str:
     if code in REFUSED_EXIT_CODES:
         return (
             f"{REFUSED_EXIT_CODES[code]} at {settings.superlink}. If the SuperLink is up, this node's public key is "
-            "not on its allow-list: ask the server's operator to add it (`fedge server --allow NODE.pub`)"
+            "not on its allow-list: ask the server's operator to add it (`fedge server --allow NODE.pub`). A node "
+            "restarted right after a crash is also refused until its old session expires: try again in a minute"
         )
     return f"flower-supernode exited with code {code}; rerun with --verbose to see Flower's log"

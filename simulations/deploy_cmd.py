@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import sys
 import tempfile
 import threading
@@ -69,6 +70,37 @@ def _run_config(
 
     FederatedData.from_run_config(cfg)  # bad partitioner settings fail here, not on the server
     return cfg
+
+
+def _run_supernode(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``flower-supernode`` in the foreground, passing its log through; (exit code, last lines of its log)."""
+    from server.processes import stop_tree
+
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its group holds the flower-superexec it starts, even once orphaned
+    )
+    tail: list[str] = []
+
+    def relay() -> None:  # Flower's log, passed through; its exit codes are only in the text
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail[:] = [*tail[-49:], line]
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait()
+    finally:
+        stop_tree(proc, kill=True)  # the flower-superexec child outlives the SuperNode
+        reader.join(timeout=5)
+    return code, "".join(tail)
 
 
 def register(app: typer.Typer) -> None:
@@ -196,6 +228,13 @@ def register(app: typer.Typer) -> None:
         max_wait_time: Annotated[
             float | None, typer.Option(help="Give up after this many seconds without the server (default: never).")
         ] = None,
+        join_attempts: Annotated[
+            int,
+            typer.Option(
+                help="Tries to join before giving up when the SuperLink refuses: a node restarted right after a "
+                "crash is refused until its old session expires (about a minute)."
+            ),
+        ] = 4,
         threads: Annotated[
             int,
             typer.Option(
@@ -205,12 +244,10 @@ def register(app: typer.Typer) -> None:
         ] = 0,
     ) -> None:
         """Join a federation as a node (flower-supernode) with this node's data, device and key."""
-        import subprocess
 
-        from client.node import NodeError, NodeSettings, explain_exit, flower_exit_code
+        from client.node import REFUSED_EXIT_CODES, NodeError, NodeSettings, explain_exit, flower_exit_code
         from server.credentials import check_private_key
         from server.deployment import flower_env, flower_executable
-        from server.processes import stop_tree
 
         node_name = name or data.stem.replace("processed.", "")
         settings = NodeSettings(
@@ -230,32 +267,15 @@ def register(app: typer.Typer) -> None:
         env = flower_env()
         if threads:  # inherited by every ClientApp process the SuperNode starts
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        proc = subprocess.Popen(
-            settings.command(flower_executable("flower-supernode")),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # its group holds the flower-superexec it starts, even once orphaned
-        )
-        tail: list[str] = []
-
-        def relay() -> None:  # Flower's log, passed through; its exit codes are only in the text
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-                tail[:] = [*tail[-49:], line]
-
-        reader = threading.Thread(target=relay, daemon=True)
-        reader.start()
-        try:
-            code = proc.wait()
-        finally:
-            stop_tree(proc, kill=True)  # the flower-superexec child outlives the SuperNode
-            reader.join(timeout=5)
+        for attempt in range(1, max(1, join_attempts) + 1):
+            code, log = _run_supernode(settings.command(flower_executable("flower-supernode")), env)
+            flower_code = flower_exit_code(log, default=code)
+            if flower_code not in REFUSED_EXIT_CODES or attempt >= join_attempts:
+                break
+            err.print(f"the SuperLink refused this node (attempt {attempt} of {join_attempts}); retrying in 20 s")
+            time.sleep(20)
         if code:
-            raise NodeError(explain_exit(flower_exit_code("".join(tail), default=code), settings))
+            raise NodeError(explain_exit(flower_code, settings))
 
     @app.command("run")
     def run(

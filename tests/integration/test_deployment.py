@@ -98,7 +98,7 @@ class Federation:
         )
         self.wait_for(lambda: "SuperLink up" in self.log("server"), 120, "the SuperLink to start", "server")
 
-    def start_node(self, name: str, data: Path, runtime_port: int) -> subprocess.Popen:
+    def start_node(self, name: str, data: Path, runtime_port: int, *extra: str) -> subprocess.Popen:
         return self.start(
             name,
             [
@@ -121,6 +121,7 @@ class Federation:
                 str(runtime_port),
                 "--threads",
                 "1",  # four nodes share the machine, as Ray's one-thread actors do in simulation
+                *extra,
             ],
         )
 
@@ -177,7 +178,7 @@ def deployment(tmp_path_factory):
         for name, file in HOSPITALS.items():
             fed.start_node(name, DATA / file, _free_port())
         fed.start_node("mismatched", mismatched, _free_port())
-        rogue = fed.start_node("rogue", DATA / HOSPITALS["va"], _free_port())
+        rogue = fed.start_node("rogue", DATA / HOSPITALS["va"], _free_port(), "--join-attempts", "1")
         run_dir = fed.runs / "hd"
         settings = [
             "--set",
@@ -212,7 +213,8 @@ def deployment(tmp_path_factory):
         offsets = fed.log_sizes()
         fed.start_server()  # same database: the allow-list survives, the keys are already registered
         fed.start_node("va", DATA / HOSPITALS["va"], _free_port())  # rejoins with its accountant on disk
-        fed.wait_for(lambda: fed.connected(members, offsets), 180, "the nodes to reconnect", "server")
+        # a node killed a moment ago is refused until its old session expires; fedge node tries again
+        fed.wait_for(lambda: fed.connected(members, offsets), 240, "the nodes to reconnect", "va")
         resumed = subprocess.run(
             _fedge("run", *common, "--resume", str(run_dir)),
             cwd=fed.project_root,
