@@ -66,7 +66,9 @@ def train_locally(
         config.partition_id, config.num_partitions, node_data_path=config.node_data_path
     )
     model = _local_model(config, data, arrays)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
+    server_round = int(server_config.get("server-round", 1))
+    lr = config.learning_rate_at(server_round)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum)
     criterion = nn.CrossEntropyLoss()
     loader = data.loader(config.batch_size, shuffle=True, seed=int(server_config.get("server-round", 0)))
     proximal_mu = float(server_config.get("proximal-mu", 0.0))

@@ -56,6 +56,12 @@ class ClientConfig:
     state_dir: str = ""
     run_key: str = ""
     node_name: str = ""
+    learning_rate_decay: float = 1.0
+    """The learning rate of round r is ``learning_rate * learning_rate_decay ** (r - 1)``: DP-SGD's noisy steps
+    settle better when they shrink towards the end of the run."""
+
+    def learning_rate_at(self, server_round: int) -> float:
+        return self.learning_rate * self.learning_rate_decay ** max(0, server_round - 1)
 
     @property
     def identity(self) -> dict[str, int | str]:
@@ -70,6 +76,12 @@ class ClientConfig:
         local_epochs, batch_size = int(run.get("local-epochs", 1)), int(run.get("batch-size", 32))
         if local_epochs < 1 or batch_size < 1:
             raise ClientConfigError("local-epochs and batch-size must be at least 1")
+        lr, decay = float(run.get("learning-rate", 0.05)), float(run.get("learning-rate-decay", 1.0))
+        if lr <= 0 or decay <= 0:
+            raise ClientConfigError(
+                f"learning-rate and learning-rate-decay must be > 0, got {lr} and {decay} "
+                "(a decay of 1 keeps the learning rate fixed; 0.9 shrinks it by 10% a round)"
+            )
         return cls(
             model=str(run.get("model", "digits-cnn")),
             data=FederatedData.from_run_config(run),
@@ -78,7 +90,8 @@ class ClientConfig:
             node_data_path=_node_data_path(run, node),
             local_epochs=local_epochs,
             batch_size=batch_size,
-            learning_rate=float(run.get("learning-rate", 0.05)),
+            learning_rate=lr,
+            learning_rate_decay=decay,
             momentum=float(run.get("momentum", 0.0)),
             privacy=PrivacyConfig(
                 enabled=bool(run.get("dp", True)),

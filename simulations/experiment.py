@@ -64,6 +64,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "local-epochs": 3,
     "batch-size": 64,
     "learning-rate": 0.5,
+    "learning-rate-decay": 1.0,
     "momentum": 0.0,
     "dp": True,
     "dp-mode": "ghost",
