@@ -59,6 +59,7 @@ def _run(args, settings: list[str]) -> dict[str, Any]:
             f"batch-size={args.batch_size}",
             f"learning-rate={args.learning_rate}",
             f"momentum={args.momentum}",
+            f"learning-rate-decay={args.learning_rate_decay}",
             f"max-grad-norm={args.max_grad_norm}",
             f"target-epsilon={args.target_epsilon}",
             f"target-delta={args.delta}",
@@ -73,13 +74,29 @@ def _run(args, settings: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(NAME, __doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="mnist-cnn", help="registry model (mnist-cnn, mnist-small-cnn)")
+    parser.add_argument(
+        "--model",
+        default="mnist-small-cnn",
+        help="registry model: mnist-small-cnn (114K parameters, the default: DP noise grows with the parameter "
+        "count) or mnist-cnn (1.66M)",
+    )
     parser.add_argument("--num-clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=0.5)
+    parser.add_argument("--learning-rate", type=float, default=0.6)
+    parser.add_argument(
+        "--learning-rate-decay", type=float, default=0.88, help="the DP run's learning rate shrinks by this each round"
+    )
     parser.add_argument("--momentum", type=float, default=0.0)
+    parser.add_argument(
+        "--public-learning-rate",
+        type=float,
+        default=0.05,
+        help="learning rate of the non-private run (DP-SGD's clipped, noisy steps want a far larger one; without "
+        "clipping the small CNN diverges at 0.5)",
+    )
+    parser.add_argument("--public-momentum", type=float, default=0.9, help="momentum of the non-private run")
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--target-epsilon", type=float, default=3.0)
     parser.add_argument("--delta", type=float, default=1e-5)
@@ -87,7 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     private = _run(args, ["dp=true"])
-    public = _run(args, ["dp=false"])
+    public = _run(
+        args,
+        [
+            "dp=false",
+            "learning-rate-decay=1.0",
+            f"learning-rate={args.public_learning_rate}",
+            f"momentum={args.public_momentum}",
+        ],
+    )
 
     from flwr.app import RecordDict
 
@@ -135,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
             "batch-size": args.batch_size,
             "learning-rate": args.learning_rate,
             "momentum": args.momentum,
+            "learning-rate-decay": args.learning_rate_decay,
+            "non-private-learning-rate": args.public_learning_rate,
+            "non-private-momentum": args.public_momentum,
             "max-grad-norm": args.max_grad_norm,
             "target-epsilon": args.target_epsilon,
             "delta": args.delta,
