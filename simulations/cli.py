@@ -133,11 +133,26 @@ register_deploy_commands(app)
 
 
 def main() -> None:
-    """Console entry point: run the app, turning fedge's own errors into one clear line."""
+    """Console entry point: run the app, turning fedge's own errors into one clear line.
+
+    SIGTERM and SIGHUP (``kill``, a closed terminal) act like Ctrl-C, so every command stops the processes it
+    started (SuperLink, SuperNodes and their superexec children, brokers, agents) on its way out.
+    """
+    import signal
+
+    def _interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         app()
     except FedgeError as e:
         err.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except OSError as e:  # a file or folder that cannot be read or written: say which, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        err.print(f"[bold red]error:[/] {e.strerror or e}{where}; check the path and its permissions")
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -272,12 +272,22 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
     _stage(console, 1, "federated training with differential privacy (Flower + Opacus)")
     if options.from_run is not None:
         run_dir = Path(options.from_run)
+        missing = [name for name in ("config.json", "model.json", "model.pt") if not (run_dir / name).is_file()]
+        if missing:
+            raise DemoError(
+                f"--from-run {run_dir} is not a finished fedge run (no {', '.join(missing)}); give a directory "
+                "under runs/ that `fedge simulate` wrote"
+            )
         console.print(f"using the finished run {run_dir}")
     else:
         run_dir = train(options, console)
     timings["train_s"] = time.monotonic() - started
     edge_dir = run_dir / "edge"
     if edge_dir.exists():  # a previous demo on this run: its devices' stores would refuse versions 1 and 2 again
+        if not any((edge_dir / name).exists() for name in ("demo.json", "fleet.db", "devices", "keys")):
+            raise DemoError(
+                f"{edge_dir} exists but is not a previous demo's output; move it away and run the demo again"
+            )
         console.print(f"replacing the previous demo's {edge_dir}")
         shutil.rmtree(edge_dir)
 

@@ -67,3 +67,23 @@ def test_override_types_are_checked():
         from simulations.experiment import apply_overrides
 
         apply_overrides(exp, ["num-server-rounds=many"])
+
+
+def test_a_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = _fedge("certs", "--out", str(blocker / "certs"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "a-file" in result.stderr
+
+
+def test_demo_from_a_folder_that_is_not_a_run_is_refused_and_nothing_is_deleted(tmp_path):
+    from simulations.edge_demo import DemoError, DemoOptions, run_demo
+
+    precious = tmp_path / "edge" / "agent.py"
+    precious.parent.mkdir()
+    precious.write_text("source code")
+    with pytest.raises(DemoError, match="not a finished fedge run"):
+        run_demo(DemoOptions(from_run=tmp_path))
+    assert precious.read_text() == "source code"
