@@ -61,9 +61,13 @@ class NodeKey:
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if private:
+    if private:  # created 0600: a private key is never readable by others, not even for a moment
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(path, 0o600)
+    else:
+        path.write_bytes(data)
 
 
 def _san(host: str) -> x509.GeneralName:
@@ -117,7 +121,11 @@ def make_test_certificates(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        # localhost and 127.0.0.1 always: `fedge server` registers the allow-list with its own SuperLink over loopback
+        .add_extension(
+            x509.SubjectAlternativeName([_san(h) for h in dict.fromkeys([*hosts, "localhost", "127.0.0.1"])]),
+            critical=False,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

@@ -171,7 +171,13 @@ def start_superlink(
     finally:
         if out is not None:
             out.close()
-    wait_for_port(settings.address, timeout=timeout, process=proc)
+    try:
+        wait_for_port(settings.address, timeout=timeout, process=proc)
+    except BaseException:
+        from server.processes import stop_tree
+
+        stop_tree(proc, kill=True)  # a SuperLink that never listened is not left behind
+        raise
     return proc
 
 
@@ -239,7 +245,10 @@ def register_nodes(settings: SuperLinkSettings, public_keys: list[Path], *, time
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            for other in pending.values():  # every pending registration, not just this one
+                if other.poll() is None:
+                    other.kill()
+                other.wait()
             raise DeploymentError(f"registering {key} with the SuperLink took over {timeout:.0f}s") from None
         node_id = _registration_result(key, stdout or "", stderr or "")
         results[key] = node_id or "registered before"
