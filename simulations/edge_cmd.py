@@ -258,12 +258,12 @@ def publish(
             targets = _split(devices)
             if not targets:
                 raise RolloutError("--no-wait needs --devices (without waiting, nobody is asked who is online)")
-            for model in models.values():
-                publisher.publish_chunks(model)
-            if len(models) != 1:
+            if len(models) != 1:  # checked before anything is published: no stray retained chunks
                 raise RolloutError(
                     "--no-wait assigns one artifact; for several formats, let the rollout match runtimes"
                 )
+            for model in models.values():
+                publisher.publish_chunks(model)
             publisher.assign(next(iter(models.values())), targets)
             console.print(f"assigned to {len(targets)} devices")
             return

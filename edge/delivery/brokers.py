@@ -68,8 +68,8 @@ class BrokerProcess:
         try:
             wait_for_port(self.host, self.port, timeout, self.process)
         except BrokerError as e:
+            self.stop()  # first: reading the pipe of a broker that is still running would wait for ever
             err = self.process.stderr.read().decode(errors="replace")[-1000:] if self.process.stderr else ""
-            self.stop()
             raise BrokerError(f"{e}: {err or self.log_tail()}") from e
         return self
 

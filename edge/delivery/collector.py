@@ -9,6 +9,7 @@ sequence numbers are the messages lost on the way.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -20,6 +21,8 @@ from typing import Any
 from edge.agent.errors import AgentError
 from edge.agent.protocol import FLEET_FILTERS, BrokerAddress, parse_device_message, parse_topic
 from edge.delivery.client import ServerClient
+
+_log = logging.getLogger("fedge.collector")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -277,6 +280,7 @@ class FleetCollector:
     ) -> None:
         self.store = store
         self.received = 0
+        self.write_errors = 0
         self.max_batch = max_batch
         self.client = ServerClient(
             client_id,
@@ -308,11 +312,24 @@ class FleetCollector:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self.store.record_many([(t, p, r) for t, p, r, _, _ in batch])
+            try:
+                self.store.record_many([(t, p, r) for t, p, r, _, _ in batch])
+            except Exception as e:  # noqa: BLE001 - one bad message or a database error must not end the writer
+                self._record_one_by_one(batch, e)
             self.received += len(batch)
             for _, _, _, mid, qos in batch:
                 if qos > 0:
                     self.client.client.ack(mid, qos)
+
+    def _record_one_by_one(self, batch: list, error: Exception) -> None:
+        """The batch failed: store what can be stored, and say what could not (and why) instead of going quiet."""
+        self.write_errors += 1
+        _log.error("collector: writing %d messages failed (%s); retrying one by one", len(batch), error)
+        for topic, payload, received_at, _, _ in batch:
+            try:
+                self.store.record_many([(topic, payload, received_at)])
+            except Exception as e:  # noqa: BLE001
+                _log.error("collector: could not store the message on %s (%d bytes): %s", topic, len(payload), e)
 
     def start(self, timeout: float = 10.0) -> FleetCollector:
         self._writer.start()
