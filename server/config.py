@@ -28,6 +28,7 @@ class ServerConfig:
     round_timeout: float | None
     min_replies: int
     straggler_timeout: float | None
+    max_in_flight: int
     resume_from: Path | None
     stream_aggregation: bool
     progress: bool
@@ -60,6 +61,9 @@ class ServerConfig:
         min_replies = int(run.get("min-replies", 1))
         if min_replies < 0:
             raise ServerConfigError(f"min-replies must be >= 0, got {min_replies}")
+        max_in_flight = int(run.get("max-in-flight", 0))
+        if max_in_flight < 0:
+            raise ServerConfigError(f"max-in-flight must be >= 0 (0 = every message at once), got {max_in_flight}")
         return cls(
             num_rounds=num_rounds,
             strategy=strategy,
@@ -72,6 +76,7 @@ class ServerConfig:
             round_timeout=timeout if timeout > 0 else None,
             min_replies=min_replies,
             straggler_timeout=straggler if straggler > 0 else None,
+            max_in_flight=max_in_flight,
             resume_from=resume_from,
             stream_aggregation=bool(run.get("stream-aggregation", True)),
             progress=bool(run.get("progress", True)),

@@ -71,6 +71,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         round_timeout=config.round_timeout,
         min_replies=config.min_replies,
         straggler_timeout=config.straggler_timeout,
+        max_in_flight=config.max_in_flight,
     )
 
     def central_eval(arrays: ArrayRecord) -> tuple[float, float]:

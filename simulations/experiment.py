@@ -42,6 +42,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "trimmed-beta": 0.2,
     "krum-malicious": 0,
     "round-timeout": 0.0,
+    "max-in-flight": 0,
     "min-replies": 1,
     "straggler-timeout": 0.0,
     "resume-from": "",

@@ -172,3 +172,62 @@ def test_ledger_state_round_trips():
     assert again.state_dict() == ledger.state_dict()
     assert list(ledger.state_dict()["clients"]) == ["2", "10"]
     assert ledger.max_epsilon == 2.0
+
+
+class _WindowGrid(ScriptedGrid):
+    """Answers every message, and remembers the most messages that were ever waiting on it at once."""
+
+    def __init__(self, nodes, behaviour):
+        super().__init__(nodes, behaviour)
+        self.counter, self.waiting, self.most_waiting = 0, set(), 0
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            self.counter += 1
+            mid = f"w{self.counter}"
+            msg.metadata.__dict__["_message_id"] = mid
+            reply = Message(content=self.behaviour(msg.metadata.dst_node_id, msg), reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+            self.outbox[mid] = reply
+            self.waiting.add(mid)
+            ids.append(mid)
+        self.most_waiting = max(self.most_waiting, len(self.waiting))
+        return ids
+
+    def pull_messages(self, message_ids):
+        # one reply per pull, as a slow simulation would hand them back
+        for m in list(message_ids):
+            if m in self.outbox:
+                self.waiting.discard(m)
+                return [self.outbox.pop(m)]
+        return []
+
+
+@pytest.mark.parametrize("window, expected_most", [(0, 12), (3, 3), (50, 12)])
+def test_max_in_flight_bounds_what_waits_on_the_superlink_and_every_node_still_trains(window, expected_most):
+    nodes = list(range(1, 13))
+    grid = _WindowGrid(nodes, lambda node, msg: _content(float(node), 10, pid=node))
+    loop = RoundLoop(
+        strategy=FedAvg(fraction_evaluate=0.0, min_available_nodes=12),
+        grid=grid,
+        ledger=PrivacyLedger(3.0, 1e-5),
+        stream=True,
+        max_in_flight=window,
+        poll_interval=0.0,
+    )
+    start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
+    outcome = loop.train_round(1, start, ConfigRecord())
+    assert grid.most_waiting == expected_most
+    assert (outcome.replied, outcome.sampled, outcome.timed_out) == (12, 12, 0)
+    np.testing.assert_allclose(outcome.arrays["w"].numpy(), np.full((3, 2), 6.5), rtol=1e-6)  # mean of 1..12
+
+
+def test_a_negative_max_in_flight_is_refused():
+    from flwr.app import Context
+
+    from server.config import ServerConfig
+
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"max-in-flight": -1})
+    with pytest.raises(ServerConfigError, match="max-in-flight"):
+        ServerConfig.from_context(context)
