@@ -73,7 +73,7 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> dict[str
     if not cfg.get("run-id"):
         cfg["run-id"] = f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     validate(experiment)
-    if int(cfg.get("max-in-flight", 0)) == 0 and experiment.ray_address is None:
+    if int(cfg.get("max-in-flight", 0)) == 0 and not experiment.ray_address:
         # Feed the simulation engine a few messages per Ray actor at a time instead of all at once: its search
         # for each node's next message scans every stored message (see server/rounds.py).
         actors = max(1, int((os.cpu_count() or 1) / max(experiment.client_num_cpus, 0.01)))
