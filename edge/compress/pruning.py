@@ -153,6 +153,29 @@ class PruningResult:
         }
 
 
+def _census(model: nn.Module) -> tuple[int, int, dict]:
+    """What a pruning result compares before and after: parameters, non-zero weights, layer shapes."""
+    return count_parameters(model), count_nonzero(model), layer_shapes(model)
+
+
+def _result(pruned: nn.Module, kind: str, amount: float, before: tuple, loss: float | None) -> PruningResult:
+    pruned.eval()
+    parameters, nonzero, shapes = _census(pruned)
+    return PruningResult(
+        model=pruned,
+        kind=kind,
+        amount=amount,
+        sparsity=sparsity_of(pruned),
+        parameters_before=before[0],
+        parameters_after=parameters,
+        nonzero_before=before[1],
+        nonzero_after=nonzero,
+        shapes_before=before[2],
+        shapes_after=shapes,
+        fine_tune_loss=loss,
+    )
+
+
 def prune_unstructured(model: nn.Module, *, sparsity: float, fine_tune: FineTune | None = None) -> PruningResult:
     """Zero the ``sparsity`` fraction of smallest-magnitude weights, ranked across all conv and linear layers.
 
@@ -161,7 +184,7 @@ def prune_unstructured(model: nn.Module, *, sparsity: float, fine_tune: FineTune
     """
     sparsity = check_amount(sparsity)
     pruned = copy.deepcopy(model).eval()
-    before = (count_parameters(pruned), count_nonzero(pruned), layer_shapes(pruned))
+    before = _census(pruned)
     targets = [(m, "weight") for m in pruned.modules() if isinstance(m, PRUNABLE)]
     if not targets:
         raise PruningError("the model has no convolution or linear layer to prune")
@@ -174,20 +197,7 @@ def prune_unstructured(model: nn.Module, *, sparsity: float, fine_tune: FineTune
             prune.remove(module, name)
     elif fine_tune is not None:
         loss = fine_tune.run(pruned)
-    pruned.eval()
-    return PruningResult(
-        model=pruned,
-        kind="unstructured",
-        amount=sparsity,
-        sparsity=sparsity_of(pruned),
-        parameters_before=before[0],
-        parameters_after=count_parameters(pruned),
-        nonzero_before=before[1],
-        nonzero_after=count_nonzero(pruned),
-        shapes_before=before[2],
-        shapes_after=layer_shapes(pruned),
-        fine_tune_loss=loss,
-    )
+    return _result(pruned, "unstructured", sparsity, before, loss)
 
 
 # ------------------------------------------------------------------------------------------- channel pruning
@@ -382,7 +392,7 @@ def prune_channels(model: nn.Module, *, amount: float, fine_tune: FineTune | Non
     """
     amount = check_amount(amount, "the channel pruning amount")
     pruned = copy.deepcopy(model).eval()
-    before = (count_parameters(pruned), count_nonzero(pruned), layer_shapes(pruned))
+    before = _census(pruned)
     groups = _channel_groups(pruned)
     if not groups:
         raise PruningError(
@@ -406,20 +416,7 @@ def prune_channels(model: nn.Module, *, amount: float, fine_tune: FineTune | Non
                 consumer = pruned.get_submodule(name)
                 _set_module(pruned, name, _shrink_in(consumer, keep, flattened=flattened, channels=channels))
     loss = fine_tune.run(pruned) if fine_tune is not None else None
-    pruned.eval()
-    return PruningResult(
-        model=pruned,
-        kind="channels",
-        amount=amount,
-        sparsity=sparsity_of(pruned),
-        parameters_before=before[0],
-        parameters_after=count_parameters(pruned),
-        nonzero_before=before[1],
-        nonzero_after=count_nonzero(pruned),
-        shapes_before=before[2],
-        shapes_after=layer_shapes(pruned),
-        fine_tune_loss=loss,
-    )
+    return _result(pruned, "channels", amount, before, loss)
 
 
 __all__ = [
