@@ -95,3 +95,24 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
         help="directory of the MNIST IDX files (default: ../shared/data/mnist)",
     )
     return parser
+
+
+def loopback_broker(kind: str, work: Path, devices: list[str]) -> tuple[Any, Any]:
+    """An MQTT broker for a benchmark on a free loopback port, not yet started: ``mosquitto`` (password file, ACL,
+    one login per device) or the embedded amqtt broker as its own process. Returns ``(broker, server address)``;
+    every device's URL goes to ``work/credentials.json``."""
+    from edge.delivery.brokers import EmbeddedBrokerProcess, free_port
+    from edge.delivery.mosquitto import SERVER_USER, MosquittoProcess, write_mosquitto_files
+
+    port = free_port()
+    if kind == "mosquitto":
+        setup = write_mosquitto_files(work / "mosquitto", port=port, devices=devices)
+        broker: Any = MosquittoProcess(setup)
+        urls = {u: setup.address(u).url(with_password=True) for u in setup.passwords}
+        server = setup.address(SERVER_USER)
+    else:
+        broker = EmbeddedBrokerProcess(port, log_file=work / "broker.log")
+        urls = {d: f"mqtt://127.0.0.1:{port}" for d in devices}
+        server = broker.address()
+    (work / "credentials.json").write_text(json.dumps(urls))
+    return broker, server

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from simulations.benchmarks.common import Row, write_results
+from simulations.benchmarks.common import Row, loopback_broker, write_results
 
 
 def build_model(path: Path) -> Path:
@@ -117,26 +117,14 @@ class Fleet:
 
 
 def measure(kind: str, args: argparse.Namespace, model_path: Path, work: Path) -> dict:
-    from edge.delivery.brokers import EmbeddedBrokerProcess, free_port
     from edge.delivery.client import ServerClient
     from edge.delivery.collector import FleetCollector, FleetStore
     from edge.delivery.keys import SigningKey, write_keypair
-    from edge.delivery.mosquitto import SERVER_USER, MosquittoProcess, write_mosquitto_files
     from edge.delivery.publisher import ModelPublisher, load_artifact, sign_artifact
 
     work.mkdir(parents=True)
     devices = [f"bench-{i:03d}" for i in range(args.agents)]
-    port = free_port()
-    if kind == "mosquitto":
-        setup = write_mosquitto_files(work / "mosquitto", port=port, devices=devices)
-        broker = MosquittoProcess(setup)
-        urls = {u: setup.address(u).url(with_password=True) for u in setup.passwords}
-        server = setup.address(SERVER_USER)
-    else:
-        broker = EmbeddedBrokerProcess(port, log_file=work / "broker.log")
-        urls = {d: f"mqtt://127.0.0.1:{port}" for d in devices}
-        server = broker.address()
-    (work / "credentials.json").write_text(json.dumps(urls))
+    broker, server = loopback_broker(kind, work, devices)
     key = SigningKey.generate()
     _, public = write_keypair(key, work / "server")
     broker.start(timeout=30)

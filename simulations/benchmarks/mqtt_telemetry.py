@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from simulations.benchmarks.common import Row, write_results
+from simulations.benchmarks.common import Row, loopback_broker, write_results
 
 
 def telemetry_payload(device: str, seq: int) -> bytes:
@@ -96,23 +96,11 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def measure(kind: str, args: argparse.Namespace, work: Path) -> dict:
-    from edge.delivery.brokers import EmbeddedBrokerProcess, free_port
     from edge.delivery.collector import FleetCollector, FleetStore
-    from edge.delivery.mosquitto import SERVER_USER, MosquittoProcess, write_mosquitto_files
 
     work.mkdir(parents=True)
     devices = [f"tel-{i:03d}" for i in range(args.devices)]
-    port = free_port()
-    if kind == "mosquitto":
-        setup = write_mosquitto_files(work / "mosquitto", port=port, devices=devices)
-        broker = MosquittoProcess(setup)
-        urls = {u: setup.address(u).url(with_password=True) for u in setup.passwords}
-        server = setup.address(SERVER_USER)
-    else:
-        broker = EmbeddedBrokerProcess(port, log_file=work / "broker.log")
-        urls = {d: f"mqtt://127.0.0.1:{port}" for d in devices}
-        server = broker.address()
-    (work / "credentials.json").write_text(json.dumps(urls))
+    broker, server = loopback_broker(kind, work, devices)
     broker.start(timeout=30)
     procs: list[subprocess.Popen] = []
     collector = None
