@@ -27,6 +27,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -118,6 +119,7 @@ class Topic:
     index: int = -1
 
 
+@lru_cache(maxsize=8192)  # a fleet sends on the same few topics over and over; Topic is immutable
 def parse_topic(topic: str) -> Topic | None:
     """Parse a fedge topic; ``None`` for anything that is not one."""
     parts = topic.split("/")

@@ -8,9 +8,9 @@ sequence numbers are the messages lost on the way.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -81,7 +81,8 @@ class FleetStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
-        self._pending_touch: dict[str, float] | None = None
+        self._pending_touch: dict[str, float] | None = None  # last-seen per device, written once per batch
+        self._pending_telemetry: list[tuple] | None = None  # telemetry rows, inserted together per batch
 
     def close(self) -> None:
         with self._lock:
@@ -95,18 +96,21 @@ class FleetStore:
             return self._record(topic, payload, time.time() if received is None else received)
 
     def record_many(self, messages: list[tuple[str, bytes, float]]) -> list[str | None]:
-        """Store (topic, payload, received) messages in one transaction: one disk write for the lot."""
+        """Store (topic, payload, received) messages in one transaction: one disk write for the lot. Telemetry
+        rows and last-seen times go in with one ``executemany`` each at the end of the batch."""
         with self._lock:
             self._db.execute("BEGIN")
-            self._pending_touch = {}  # telemetry's last-seen, written once per device at the end of the batch
+            self._pending_touch = {}
+            self._pending_telemetry = []
             try:
                 kinds = [self._record(t, p, r) for t, p, r in messages]
+                self._insert_telemetry(self._pending_telemetry)
                 self._db.executemany(_TOUCH, list(self._pending_touch.items()))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             finally:
-                self._pending_touch = None
+                self._pending_touch = self._pending_telemetry = None
             self._db.execute("COMMIT")
             return kinds
 
@@ -145,30 +149,40 @@ class FleetStore:
             self._pending_touch[device_id] = max(received, self._pending_touch.get(device_id, 0.0))
         else:
             self._touch(device_id, received)
-        cur = self._db.execute(
-            "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                device_id,
-                msg["session"],
-                msg["seq"],
-                msg.get("ts"),
-                received,
-                msg.get("model_id"),
-                msg.get("version"),
-                msg["inferences"],
-                msg["errors"],
-                msg["labelled"],
-                msg["correct"],
-                msg.get("latency_ms_p50"),
-                msg.get("latency_ms_p95"),
-                msg.get("mean_confidence"),
-                msg.get("accuracy"),
-                json.dumps(msg.get("histogram")),
-            ),
+        row = (
+            device_id,
+            msg["session"],
+            msg["seq"],
+            msg.get("ts"),
+            received,
+            msg.get("model_id"),
+            msg.get("version"),
+            msg["inferences"],
+            msg["errors"],
+            msg["labelled"],
+            msg["correct"],
+            msg.get("latency_ms_p50"),
+            msg.get("latency_ms_p95"),
+            msg.get("mean_confidence"),
+            msg.get("accuracy"),
+            json.dumps(msg.get("histogram")),
         )
-        if cur.rowcount == 0:
+        if self._pending_telemetry is not None:
+            self._pending_telemetry.append(row)
+        else:
+            self._insert_telemetry([row])
+
+    def _insert_telemetry(self, rows: list[tuple]) -> None:
+        """Insert telemetry rows; a (device, session, seq) already stored is a QoS 1 redelivery: counted, not kept."""
+        if not rows:
+            return
+        cur = self._db.executemany(
+            "INSERT OR IGNORE INTO telemetry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+        if cur.rowcount < len(rows):
             self._db.execute(
-                "INSERT INTO counters VALUES ('duplicates', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1"
+                "INSERT INTO counters VALUES ('duplicates', ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                (len(rows) - cur.rowcount,) * 2,
             )
 
     def _record_events(self, device_id: str, msg: dict[str, Any], received: float) -> None:
@@ -291,35 +305,34 @@ class FleetCollector:
         )
         self.client.client.manual_ack_set(True)
         self.client.client.on_message = self._on_message
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox: collections.deque = collections.deque()
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name=f"collector-{client_id}", daemon=True)
 
     def _on_message(self, client, userdata, message) -> None:
-        self._queue.put((message.topic, bytes(message.payload), time.time(), message.mid, message.qos))
+        self._inbox.append((message.topic, bytes(message.payload), time.time(), message.mid, message.qos))
 
     def _write_loop(self) -> None:
+        # The paho thread appends to a deque (thread-safe for one appender and one popper); this thread takes
+        # what has arrived in batches and sleeps briefly when there is none: cheaper per message than a Queue.
+        inbox = self._inbox
         while True:
-            try:
-                first = self._queue.get(timeout=0.05)
-            except queue.Empty:
+            waiting = len(inbox)
+            if not waiting:
                 if self._stop.is_set():
                     return
+                time.sleep(0.005)
                 continue
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = [inbox.popleft() for _ in range(min(waiting, self.max_batch))]
             try:
                 self.store.record_many([(t, p, r) for t, p, r, _, _ in batch])
             except Exception as e:  # noqa: BLE001 - one bad message or a database error must not end the writer
                 self._record_one_by_one(batch, e)
             self.received += len(batch)
+            ack = self.client.client.ack
             for _, _, _, mid, qos in batch:
                 if qos > 0:
-                    self.client.client.ack(mid, qos)
+                    ack(mid, qos)
 
     def _record_one_by_one(self, batch: list, error: Exception) -> None:
         """The batch failed: store what can be stored, and say what could not (and why) instead of going quiet."""

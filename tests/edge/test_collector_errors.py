@@ -27,11 +27,11 @@ def test_a_failing_write_does_not_stop_the_writer():
     collector._writer.start()
     try:
         for device in ("a", "bad", "c"):
-            collector._queue.put((f"fedge/devices/{device}/telemetry", b"{}", time.time(), 0, 0))
+            collector._inbox.append((f"fedge/devices/{device}/telemetry", b"{}", time.time(), 0, 0))
         deadline = time.monotonic() + 10
         while collector.received < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        collector._queue.put(("fedge/devices/d/telemetry", b"{}", time.time(), 0, 0))  # and it keeps going
+        collector._inbox.append(("fedge/devices/d/telemetry", b"{}", time.time(), 0, 0))  # and it keeps going
         while collector.received < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
