@@ -30,6 +30,7 @@ class ServerClient:
         ca_file: Path | None = None,
         clean_session: bool = False,
         max_inflight: int = 1000,
+        buffered_reads: bool = False,
     ) -> None:
         self.broker = broker
         self.subscriptions = subscriptions
@@ -37,7 +38,12 @@ class ServerClient:
         self._connected = threading.Event()
         self._refused: str | None = None
         self.client = make_client(
-            client_id, broker, clean_session=clean_session, ca_file=ca_file, max_inflight=max_inflight
+            client_id,
+            broker,
+            clean_session=clean_session,
+            ca_file=ca_file,
+            max_inflight=max_inflight,
+            buffered_reads=buffered_reads,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self._connected.clear()

@@ -302,6 +302,7 @@ class FleetCollector:
             subscriptions=FLEET_FILTERS,
             ca_file=ca_file,
             clean_session=clean_session,
+            buffered_reads=True,
         )
         self.client.client.manual_ack_set(True)
         self.client.client.on_message = self._on_message

@@ -432,3 +432,52 @@ def test_rollout_over_tls_and_a_client_without_the_ca_is_refused(tmp_path):
         for stop in reversed(started):
             stop()
         broker.stop()
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("read_size", [100, 65536])
+def test_collector_stores_a_telemetry_burst_once_through_buffered_reads(mosquitto, env, monkeypatch, read_size):
+    """The collector reads its socket in blocks (BufferedReadClient): every message of a burst is stored exactly
+    once whether packets straddle the blocks (100 bytes: every ~450-byte message does) or many fit in one, and the
+    large blocks really save reads (far fewer recv calls than messages)."""
+    import paho.mqtt.client as mqtt
+
+    from edge.agent.link import BufferedReadClient
+    from edge.agent.protocol import telemetry_topic
+
+    monkeypatch.setattr(BufferedReadClient, "READ_SIZE", read_size)
+    socket_reads = {"collector": 0}
+    plain_recv = mqtt.Client._sock_recv
+
+    def counting_recv(self, bufsize):
+        if isinstance(self, BufferedReadClient):
+            socket_reads["collector"] += 1
+        return plain_recv(self, bufsize)
+
+    monkeypatch.setattr(mqtt.Client, "_sock_recv", counting_recv)
+    collector = env.collector(mosquitto)
+    n = 1500
+    messages = []
+    for device in ("dev-a", "dev-b"):
+        for seq in range(1, n + 1):
+            body = {"type": "telemetry", "device_id": device, "session": "s", "seq": seq, "ts": time.time()}
+            body.update(inferences=10, errors=0, labelled=10, correct=9, latency_ms_p50=0.4, histogram=[1] * 10)
+            body["pad"] = "x" * 300
+            messages.append((device, json.dumps(body).encode()))
+    senders = {
+        d: ServerClient(f"burst-{d}", env.address(mosquitto, d), clean_session=True).connect() for d in DEVICES[:2]
+    }
+    try:
+        for device, client in senders.items():
+            client.publish_all([(telemetry_topic(device), p, False) for d, p in messages if d == device], timeout=60)
+    finally:
+        for client in senders.values():
+            client.close()
+    assert wait_for(lambda: collector.received >= 2 * n, timeout=60), f"stored {collector.received} of {2 * n}"
+    report = collector.store.sequence_report()
+    assert report == {"received": 2 * n, "lost": 0, "duplicates": 0}
+    assert collector.store.malformed() == []
+    if read_size == 65536:
+        assert socket_reads["collector"] < n / 2, socket_reads  # at least ~3 reads per message unbuffered
+    else:
+        assert socket_reads["collector"] > 2 * n * 4  # each ~450-byte message took several 100-byte reads
