@@ -17,6 +17,28 @@ sign-extended values and run at about the rate of its float kernels, so a comput
 ``Conv2d(32, 64, 5)``: 10M multiply-adds) is no faster in int8; int8 wins on memory-bound layers (the 3136x512
 fully connected layer at batch 1 runs 4x faster). ``simulations/benchmarks/compress_export.py`` times each layer
 alone to show it. onnxruntime's int8 kernels (u8 x s8 ``vpmaddubsw``) do gain on AVX2.
+
+What was tried to make that convolution faster in int8, each timed alone (``Conv2d(32, 64, 5)`` + ReLU + pool,
+1 thread, batch 1, interleaved with its fp32 ``.tflite`` in the same run on the 2-core AMD EPYC Zen3, AVX2 and FMA,
+no AVX-512 or VNNI; int8 / fp32 latency, the whole model in brackets, against 0.96x (0.83x) for the plain layer):
+
+- row-stacked like the first convolution (a ``(1, 5)`` convolution over 160 channels): 0.91x (0.81x);
+- fully unrolled (25 ``SLICE`` + ``CONCATENATION``, then a 1x1 ``CONV_2D`` over 800 channels): 1.03x (0.87x);
+- the same patches into ``FULLY_CONNECTED``: 1.31x (1.02x) - the same GEMM kernel, and the quantizer leaves what
+  follows the reshape back to NCHW (ReLU, pooling) in float; patches by ``index_select`` become ``GATHER_ND``,
+  which XNNPACK does not take: 7.5x. ``torch.matmul`` (``BATCH_MATMUL``) stays float: the PT2E quantizer
+  annotates only convolutions, linear layers, add and pooling;
+- per-tensor weights: 0.95x (0.83x); uint8 activations: the converter writes UINT8 tensors with zero point -128,
+  which XNNPACK refuses; int16 activations x int8 weights: not delegated, 21x;
+- ``Interpreter(experimental_default_delegate_latest_features=True)``: 0.95x (0.83x); without the delegate (ruy):
+  2.1x (2.0x).
+
+``perf`` shows why: every int8 variant runs ``xnn_qs8_qc8w_igemm`` (or ``_gemm``) ``_3x8c8__avx2``, 12
+``vpmaddwd`` and 7 ``vpmovsxbw`` per 192 multiply-adds, against ``xnn_f32_igemm_5x16__fma3`` in float. XNNPACK's
+unsigned-by-signed (``vpmaddubsw``) kernels on AVX2 exist only for 4- and 2-bit weights (``qc4w``/``qc2w``, fully
+connected layers): with 8-bit weights a pair of products can overflow int16, which XNNPACK does not risk and
+onnxruntime does. So even if every other layer cost nothing, int8 would stay at about 0.74x the float model
+(conv2 270 us + fc1 40 us + fc2 2 us against 421 us); 0.6x needs a faster kernel (AVX-VNNI, or 4-bit weights).
 """
 
 from __future__ import annotations
