@@ -70,6 +70,13 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
         path.write_bytes(data)
 
 
+def _refuse_overwrite(paths: Sequence[Path], overwrite: bool, consequence: str) -> None:
+    """Keys and certificates are never replaced silently: an existing one is refused unless ``overwrite``."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise CredentialsError(f"{', '.join(existing)} already exist(s): {consequence} (pass --force to replace)")
+
+
 def _san(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
@@ -78,12 +85,21 @@ def _san(host: str) -> x509.GeneralName:
 
 
 def make_test_certificates(
-    directory: str | Path, *, hosts: Sequence[str] = ("localhost", "127.0.0.1"), days: int = 365
+    directory: str | Path,
+    *,
+    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    days: int = 365,
+    overwrite: bool = False,
 ) -> TlsFiles:
-    """A CA (``ca.crt``/``ca.key``) and a SuperLink certificate (``server.pem``/``server.key``) for ``hosts``."""
+    """A CA (``ca.crt``/``ca.key``) and a SuperLink certificate (``server.pem``/``server.key``) for ``hosts``;
+    files already in ``directory`` are refused unless ``overwrite``."""
     if not hosts:
         raise CredentialsError("the server certificate needs at least one host name or IP address the nodes dial")
     directory = Path(directory)
+    names = ("ca.crt", "ca.key", "server.pem", "server.key")
+    _refuse_overwrite(
+        [directory / n for n in names], overwrite, "a new CA would make every node's copy of ca.crt stop working"
+    )
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedge test federation CA")])
@@ -139,16 +155,24 @@ def make_test_certificates(
     return files
 
 
-def make_node_keys(directory: str | Path, names: Sequence[str]) -> list[NodeKey]:
-    """One ECDSA P-384 key pair per node name, in the OpenSSH format Flower's SuperNode authentication reads."""
-    keys = []
+def make_node_keys(directory: str | Path, names: Sequence[str], *, overwrite: bool = False) -> list[NodeKey]:
+    """One ECDSA P-384 key pair per node name, in the OpenSSH format Flower's SuperNode authentication reads;
+    a pair already in ``directory`` is refused unless ``overwrite`` (nothing is written then)."""
     for name in names:
         if not NODE_NAME.match(name):
             raise CredentialsError(
                 f"node name {name!r} is not usable as a file name; use letters, digits, '.', '_' and '-' only"
             )
+    directory = Path(directory)
+    _refuse_overwrite(
+        [directory / f"{n}.{ext}" for n in names for ext in ("key", "pub")],
+        overwrite,
+        "a new key would not match the public key on the server's allow-list",
+    )
+    keys = []
+    for name in names:
         key = ec.generate_private_key(ec.SECP384R1())
-        node = NodeKey(name, Path(directory) / f"{name}.key", Path(directory) / f"{name}.pub")
+        node = NodeKey(name, directory / f"{name}.key", directory / f"{name}.pub")
         _write(
             node.private,
             key.private_bytes(

@@ -116,6 +116,10 @@ def register(app: typer.Typer) -> None:
             typer.Option("--host", help="Name or IP address the nodes dial to reach the server (repeatable)."),
         ] = None,
         days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
+        force: Annotated[
+            bool,
+            typer.Option("--force", help="Replace certificates already in --out (nodes then need the new ca.crt)."),
+        ] = False,
     ) -> None:
         """Make a test CA and a SuperLink TLS certificate signed by it (give ca.crt to every node and to `fedge run`).
 
@@ -123,7 +127,7 @@ def register(app: typer.Typer) -> None:
         """
         from server.credentials import make_test_certificates
 
-        files = make_test_certificates(out_dir, hosts=host or ["localhost", "127.0.0.1"], days=days)
+        files = make_test_certificates(out_dir, hosts=host or ["localhost", "127.0.0.1"], days=days, overwrite=force)
         out.print(f"CA certificate (share with nodes): {files.ca_certificate}")
         out.print(f"server certificate and key (keep on the server): {files.server_certificate}, {files.server_key}")
 
@@ -131,6 +135,9 @@ def register(app: typer.Typer) -> None:
     def node_keys(
         names: Annotated[list[str], typer.Argument(help="One name per node, e.g. hospital-a hospital-b iot-1.")],
         out_dir: Annotated[Path, typer.Option("--out", help="Directory for NAME.key and NAME.pub.")] = Path("keys"),
+        force: Annotated[
+            bool, typer.Option("--force", help="Replace key pairs already in --out (update the allow-list too).")
+        ] = False,
     ) -> None:
         """Make one ECDSA P-384 key pair per node for SuperNode authentication.
 
@@ -139,7 +146,7 @@ def register(app: typer.Typer) -> None:
         """
         from server.credentials import make_node_keys
 
-        for key in make_node_keys(out_dir, names):
+        for key in make_node_keys(out_dir, names, overwrite=force):
             out.print(f"{key.name}: private {key.private} (node only), public {key.public} (server allow-list)")
 
     @app.command("server")

@@ -81,3 +81,21 @@ def test_flower_connection_names_the_ca(tmp_path):
     assert conf["superlink"]["fedge"]["root-certificates"].endswith("ca.crt")
     with pytest.raises(DeploymentError, match="HOST:PORT"):
         split_address("localhost")
+
+
+def test_existing_certificates_and_keys_are_not_replaced_without_overwrite(tmp_path):
+    files = make_test_certificates(tmp_path / "certs")
+    ca = files.ca_certificate.read_bytes()
+    with pytest.raises(CredentialsError, match="already exist.*--force"):
+        make_test_certificates(tmp_path / "certs")
+    assert files.ca_certificate.read_bytes() == ca  # nothing lost
+    assert make_test_certificates(tmp_path / "certs", overwrite=True).ca_certificate.read_bytes() != ca
+
+    (a,) = make_node_keys(tmp_path / "keys", ["hospital-a"])
+    public = a.public.read_bytes()
+    with pytest.raises(CredentialsError, match="hospital-a.key"):
+        make_node_keys(tmp_path / "keys", ["hospital-b", "hospital-a"])
+    assert a.public.read_bytes() == public
+    assert not (tmp_path / "keys" / "hospital-b.key").exists(), "refused as a whole: nothing half-written"
+    (b,) = make_node_keys(tmp_path / "keys", ["hospital-b"])  # a new node beside the old ones is fine
+    assert b.public.exists() and a.public.read_bytes() == public
