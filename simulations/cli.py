@@ -15,6 +15,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from shared_models.errors import FedgeError  # noqa: E402
@@ -30,6 +31,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+
+# Which extra brings a module a command needs: everything but the CLI itself is optional (see pyproject.toml).
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "flwr", "opacus", "sklearn", "matplotlib", "ray"), "train"),
+    **dict.fromkeys(("onnx", "onnxscript"), "export"),
+    "litert_torch": "tflite",
+    **dict.fromkeys(("paho", "cryptography", "onnxruntime", "ai_edge_litert"), "agent"),
+    **dict.fromkeys(("dacite", "passlib", "yaml", "transitions", "websockets"), "broker"),
+}
+
+
+def missing_extra_message(error: ModuleNotFoundError) -> str | None:
+    """For a module one of fedge's extras brings, the line that says which extra to install; else ``None``."""
+    root = (error.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(root)
+    if extra is None:
+        return None
+    return (
+        f'this command needs {root}, which comes with the {extra!r} extra: pip install "fedge[{extra}]" '
+        f'(from a checkout: pip install -e ".[{extra}]")'
+    )
 
 
 @app.command()
@@ -148,11 +170,17 @@ def main() -> None:
     try:
         app()
     except FedgeError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        sys.exit(2)
+    except ModuleNotFoundError as e:  # an extra that is not installed (a device has only fedge[agent])
+        message = missing_extra_message(e)
+        if message is None:
+            raise
+        err.print(f"[bold red]error:[/] {escape(message)}")
         sys.exit(2)
     except OSError as e:  # a file or folder that cannot be read or written: say which, no traceback
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        err.print(f"[bold red]error:[/] {e.strerror or e}{where}; check the path and its permissions")
+        err.print(f"[bold red]error:[/] {escape(str(e.strerror or e) + where)}; check the path and its permissions")
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

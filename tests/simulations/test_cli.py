@@ -87,3 +87,41 @@ def test_demo_from_a_folder_that_is_not_a_run_is_refused_and_nothing_is_deleted(
     with pytest.raises(DemoError, match="not a finished fedge run"):
         run_demo(DemoOptions(from_run=tmp_path))
     assert precious.read_text() == "source code"
+
+
+# A fresh interpreter in which the training stack and the exporters are not installed (what a device has after
+# `pip install "fedge[agent]"`): importing any of them fails as it would there.
+_WITHOUT_TRAINING = """
+import importlib.abc, sys
+BANNED = {"torch", "flwr", "opacus", "sklearn", "matplotlib", "ray", "onnx", "onnxscript", "litert_torch"}
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BANNED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["fedge", *sys.argv[1:]]
+from simulations.cli import main
+main()
+"""
+
+
+def _fedge_without_training(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TRAINING, *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_device_and_delivery_commands_run_without_the_training_extra(tmp_path):
+    assert "--device-id" in _fedge_without_training("agent", "--help").stdout
+    assert "--canary" in _fedge_without_training("publish", "--help").stdout
+    keygen = _fedge_without_training("keygen", str(tmp_path / "server"))
+    assert keygen.returncode == 0, keygen.stderr
+    assert (tmp_path / "server.key").exists() and (tmp_path / "server.pub").exists()
+
+
+def test_a_command_that_needs_a_missing_extra_says_which_one():
+    result = _fedge_without_training("simulate", "--rounds", "1")
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "comes with the 'train' extra: pip install \"fedge[train]\"" in message, result.stderr
+    assert "Traceback" not in result.stderr
