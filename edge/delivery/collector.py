@@ -316,14 +316,18 @@ class FleetCollector:
     def _write_loop(self) -> None:
         # The paho thread appends to a deque (thread-safe for one appender and one popper); this thread takes
         # what has arrived in batches and sleeps briefly when there is none: cheaper per message than a Queue.
+        # The nap grows from 2 ms to 50 ms while the fleet is quiet, so an idle collector does not spin.
         inbox = self._inbox
+        nap = 0.002
         while True:
             waiting = len(inbox)
             if not waiting:
                 if self._stop.is_set():
                     return
-                time.sleep(0.005)
+                time.sleep(nap)
+                nap = min(nap * 1.5, 0.05)
                 continue
+            nap = 0.002
             batch = [inbox.popleft() for _ in range(min(waiting, self.max_batch))]
             try:
                 self.store.record_many([(t, p, r) for t, p, r, _, _ in batch])
