@@ -215,14 +215,10 @@ def deployment(tmp_path_factory):
         fed.start_node("va", DATA / HOSPITALS["va"], _free_port())  # rejoins with its accountant on disk
         # a node killed a moment ago is refused until its old session expires; fedge node tries again
         fed.wait_for(lambda: fed.connected(members, offsets), 240, "the nodes to reconnect", "va")
-        resumed = subprocess.run(
-            _fedge("run", *common, "--resume", str(run_dir)),
-            cwd=fed.project_root,
-            env=_env(root),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
+        # tracked like every other process: on a timeout stop_all() kills `fedge run` and its `flwr run` child
+        resume = fed.start("resume", ["run", *common, "--resume", str(run_dir)])
+        code = resume.wait(timeout=TIMEOUT)
+        resumed = subprocess.CompletedProcess(resume.args, code, fed.log("resume"), "")
         yield {
             "run_dir": run_dir,
             "rounds": _rounds(run_dir),
