@@ -102,27 +102,14 @@ def package(
     """
     import numpy as np
 
-    from edge.compress.calibration import CalibrationSet
-    from edge.export.package import PackageInputs, PackageOptions
-    from edge.export.run_source import load_run_model, run_federated_data, split_held_out
+    from edge.export.package import PackageOptions
+    from edge.export.run_source import run_package_inputs
 
-    model, info, config = load_run_model(run_dir)
-    held_out = run_federated_data(info, config).server_test_set()
-    tune, test = split_held_out(held_out, fraction=0.5, seed=0)
-    input_shape = tuple(int(d) for d in info["input-shape"])
+    inputs = run_package_inputs(run_dir, tune_on="held-out", calibration_size=256, seed=0)
+    test = inputs.test
     formats = tuple(f for f in ("onnx", "tflite") if f in options.runtimes)
     package_options = PackageOptions(
         formats=formats, variants=(FP32, INT8), fine_tune_epochs=0, latency_runs=options.latency_runs
-    )
-    inputs = PackageInputs(
-        model=model,
-        model_name=str(info["model"]),
-        input_shape=input_shape,
-        num_classes=int(info["num-classes"]),
-        test=test,
-        tune=tune,
-        calibration=CalibrationSet.from_dataset(tune, input_shape=input_shape, limit=256, seed=0),
-        source={"run-id": run_dir.name, "run-dir": str(run_dir), "tune-on": "held-out", "test-samples": len(test)},
     )
     paths = {p: {f: run_dir / "artifacts" / f"{p}.{f}" for f in formats} for p in (FP32, INT8)}
     wanted = [path for by_format in paths.values() for path in by_format.values()]
@@ -142,7 +129,7 @@ def package(
             raise DemoError(f"{len(test)} held-out samples are too few for {options.devices} devices")
         np.savez(path, x=x.astype(np.float32), y=y.astype(np.int64))
         samples.append(path)
-    model_id = str(info["model"]).lower().replace("_", "-")
+    model_id = inputs.model_name.lower().replace("_", "-")
     return paths, samples, model_id
 
 

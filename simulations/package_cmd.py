@@ -89,10 +89,8 @@ def package(
     description next to each (format, dtype, input/output shape, dtype and quantization parameters, sha256, size,
     accuracy, agreement with the float model, latency), report.md (a table of all) and accuracy-size.png.
     """
-    from edge.compress.calibration import CalibrationSet
-    from edge.export.errors import CheckpointError
-    from edge.export.package import PackageInputs, PackageOptions, package_model, plan_steps
-    from edge.export.run_source import load_labelled_file, load_run_model, run_federated_data, split_held_out
+    from edge.export.package import PackageOptions, package_model, plan_steps
+    from edge.export.run_source import run_package_inputs
 
     options = PackageOptions(
         formats=tuple(formats) if formats else ("onnx", "tflite"),
@@ -108,37 +106,8 @@ def package(
         latency_runs=latency_runs,
         seed=seed,
     )
-    model, info, config = load_run_model(run_dir)
-    fed = run_federated_data(info, config)
-    held_out = fed.server_test_set()
-    if tune_on == "held-out":
-        tune, test = split_held_out(held_out, fraction=0.5, seed=seed)
-    elif tune_on == "pool":
-        if fed.partitioner == "natural":
-            raise CheckpointError("a run with the 'natural' partitioner has no pooled data; use --tune-on held-out")
-        tune, test = fed.split()[0], held_out
-    else:
-        tune, test = load_labelled_file(tune_on, num_classes=held_out.num_classes), held_out
-    input_shape = tuple(int(d) for d in info["input-shape"])
-    if calibration is not None:
-        calib = CalibrationSet.from_file(calibration, input_shape=input_shape, limit=calibration_size, seed=seed)
-    else:
-        calib = CalibrationSet.from_dataset(tune, input_shape=input_shape, limit=calibration_size, seed=seed)
-    inputs = PackageInputs(
-        model=model,
-        model_name=str(info["model"]),
-        input_shape=input_shape,
-        num_classes=int(info["num-classes"]),
-        test=test,
-        tune=tune,
-        calibration=calib,
-        source={
-            "run-id": Path(run_dir).resolve().name,
-            "run-dir": str(run_dir),
-            "tune-on": tune_on,
-            "test-samples": len(test),
-            "tune-samples": len(tune),
-        },
+    inputs = run_package_inputs(
+        run_dir, tune_on=tune_on, calibration=calibration, calibration_size=calibration_size, seed=seed
     )
     out_dir = out or Path(run_dir) / "artifacts"
     console = Console()

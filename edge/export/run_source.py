@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.compress.calibration import CalibrationSet
 from edge.export.errors import CheckpointError
+from edge.export.package import PackageInputs
 from shared_models.data import ArrayDataset
 from shared_models.errors import FedgeError
 from shared_models.federation import FederatedData
@@ -89,3 +91,49 @@ def load_labelled_file(path: str | Path, *, num_classes: int) -> ArrayDataset:
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"cannot read {path} as an .npz file with arrays x and y: {e}") from e
     return ArrayDataset(path.stem, x, y, num_classes)
+
+
+def run_package_inputs(
+    run_dir: str | Path,
+    *,
+    tune_on: str = "held-out",
+    calibration: str | Path | None = None,
+    calibration_size: int = 256,
+    seed: int = 0,
+) -> PackageInputs:
+    """What to package from a run: its final model, the data to fine-tune, distill and calibrate on, and the data
+    to evaluate on. ``tune_on``: ``held-out`` (one half of the server's held-out split; the other half evaluates),
+    ``pool`` (the clients' pooled training data; all held-out data evaluates) or an ``.npz`` file; ``calibration``:
+    an ``.npz`` file of calibration samples instead of the tuning data."""
+    model, info, config = load_run_model(run_dir)
+    fed = run_federated_data(info, config)
+    held_out = fed.server_test_set()
+    if tune_on == "held-out":
+        tune, test = split_held_out(held_out, fraction=0.5, seed=seed)
+    elif tune_on == "pool":
+        if fed.partitioner == "natural":
+            raise CheckpointError("a run with the 'natural' partitioner has no pooled data; use --tune-on held-out")
+        tune, test = fed.split()[0], held_out
+    else:
+        tune, test = load_labelled_file(tune_on, num_classes=held_out.num_classes), held_out
+    input_shape = tuple(int(d) for d in info["input-shape"])
+    if calibration is not None:
+        calib = CalibrationSet.from_file(calibration, input_shape=input_shape, limit=calibration_size, seed=seed)
+    else:
+        calib = CalibrationSet.from_dataset(tune, input_shape=input_shape, limit=calibration_size, seed=seed)
+    return PackageInputs(
+        model=model,
+        model_name=str(info["model"]),
+        input_shape=input_shape,
+        num_classes=int(info["num-classes"]),
+        test=test,
+        tune=tune,
+        calibration=calib,
+        source={
+            "run-id": Path(run_dir).resolve().name,
+            "run-dir": str(run_dir),
+            "tune-on": str(tune_on),
+            "test-samples": len(test),
+            "tune-samples": len(tune),
+        },
+    )
