@@ -307,24 +307,24 @@ def _keep_indices(weight: torch.Tensor, amount: float, groups: int) -> torch.Ten
     return torch.cat(kept)
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+def _conv_like(layer: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A new convolution with ``layer``'s geometry and other channel counts."""
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        bias=layer.bias is not None,
+        padding_mode=layer.padding_mode,
+    )
 
 
 def _shrink_out(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
     n = len(keep)
     if isinstance(layer, nn.Conv2d):
-        new: nn.Module = nn.Conv2d(
-            layer.in_channels,
-            n,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-        )
+        new: nn.Module = _conv_like(layer, layer.in_channels, n)
     else:
         new = nn.Linear(layer.in_features, n, bias=layer.bias is not None)
     with torch.no_grad():
@@ -352,16 +352,7 @@ def _shrink_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 def _shrink_in(layer: nn.Module, keep: torch.Tensor, *, flattened: bool, channels: int) -> nn.Module:
     if isinstance(layer, nn.Conv2d):
-        new: nn.Module = nn.Conv2d(
-            len(keep),
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-        )
+        new: nn.Module = _conv_like(layer, len(keep), layer.out_channels)
         columns = keep
     else:
         if flattened:
@@ -409,12 +400,12 @@ def prune_channels(model: nn.Module, *, amount: float, fine_tune: FineTune | Non
                 if isinstance(pruned.get_submodule(n), nn.GroupNorm)
             ]
             keep = _keep_indices(producer.weight, amount, math.lcm(*norm_groups) if norm_groups else 1)
-            _set_module(pruned, group.producer, _shrink_out(producer, keep))
+            pruned.set_submodule(group.producer, _shrink_out(producer, keep))
             for name in group.norms:
-                _set_module(pruned, name, _shrink_norm(pruned.get_submodule(name), keep))
+                pruned.set_submodule(name, _shrink_norm(pruned.get_submodule(name), keep))
             for name, flattened in group.consumers:
                 consumer = pruned.get_submodule(name)
-                _set_module(pruned, name, _shrink_in(consumer, keep, flattened=flattened, channels=channels))
+                pruned.set_submodule(name, _shrink_in(consumer, keep, flattened=flattened, channels=channels))
     loss = fine_tune.run(pruned) if fine_tune is not None else None
     return _result(pruned, "channels", amount, before, loss)
 

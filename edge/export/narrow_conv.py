@@ -95,7 +95,5 @@ def stack_rows_of_narrow_convs(model: nn.Module) -> tuple[nn.Module, list[str]]:
     rewritten = copy.deepcopy(model).eval()
     names = [name for name, module in rewritten.named_modules() if name and _rewritable(module)]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = rewritten.get_submodule(parent_name) if parent_name else rewritten
-        setattr(parent, child, RowStackedConv2d(getattr(parent, child)))
+        rewritten.set_submodule(name, RowStackedConv2d(rewritten.get_submodule(name)))
     return rewritten, names
