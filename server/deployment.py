@@ -150,6 +150,24 @@ def write_connection(flwr_home: Path, address: str, *, ca_certificate: Path | No
     return path
 
 
+def _start_flower_process(cmd: list[str], cwd: Path, flwr_home: Path, log_file: Path | None) -> subprocess.Popen:
+    """Start a Flower command in its own process group (so it and its children can be stopped together), with
+    stdout and stderr appended to ``log_file`` when one is given."""
+    out = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 (the child keeps it)
+    try:
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=flower_env(flwr_home),
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
+    finally:
+        if out is not None:
+            out.close()
+
+
 def start_superlink(
     settings: SuperLinkSettings, *, log_file: Path | None = None, timeout: float = 60
 ) -> subprocess.Popen:
@@ -158,19 +176,7 @@ def start_superlink(
     write_connection(
         settings.flwr_home, settings.address, ca_certificate=settings.ca_certificate, insecure=settings.insecure
     )
-    out = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 (the child keeps it)
-    try:
-        proc = subprocess.Popen(
-            settings.command(),
-            cwd=settings.state_dir,
-            env=flower_env(settings.flwr_home),
-            stdout=out if out is not None else None,
-            stderr=subprocess.STDOUT if out is not None else None,
-            start_new_session=True,
-        )
-    finally:
-        if out is not None:
-            out.close()
+    proc = _start_flower_process(settings.command(), settings.state_dir, settings.flwr_home, log_file)
     try:
         wait_for_port(settings.address, timeout=timeout, process=proc)
     except BaseException:
@@ -270,19 +276,7 @@ def submit_run(
     cmd = [flower_executable("flwr"), "run", str(app_dir), CONNECTION, "-c", str(overrides_file)]
     if stream:
         cmd.append("--stream")
-    out = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115
-    try:
-        return subprocess.Popen(
-            cmd,
-            cwd=app_dir,
-            env=flower_env(flwr_home),
-            stdout=out if out is not None else None,
-            stderr=subprocess.STDOUT if out is not None else None,
-            start_new_session=True,
-        )
-    finally:
-        if out is not None:
-            out.close()
+    return _start_flower_process(cmd, app_dir, flwr_home, log_file)
 
 
 def toml_value(value: object) -> str:
