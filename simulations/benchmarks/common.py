@@ -60,6 +60,22 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages, rounded."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def load_settings(at_start: list[float]) -> dict[str, Any]:
+    """What a benchmark's settings say about how busy the machine was: its niceness, the load averages at the start
+    (``at_start``, from :func:`load_average`) and now."""
+    return {
+        "nice": os.nice(0),
+        "load_average_1_5_15_min_at_start": at_start,
+        "load_average_1_5_15_min_at_end": load_average(),
+        "note": "2 cores shared with other work: the load average says how much",
+    }
+
+
 def write_results(
     name: str, rows: list[Row], *, out: Path | None = None, settings: dict[str, Any] | None = None
 ) -> Path:

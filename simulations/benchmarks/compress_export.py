@@ -11,9 +11,10 @@ and ``pruned-int8`` (50% of the weights pruned by global magnitude, one epoch of
 Latency is the median per sample at batch 1 on one thread, every artifact timed in interleaved rounds in the same
 run, and reported as a ratio to the fp32 artifact of the same format. That is done in ``--timing-passes`` (5)
 independent passes 5 s apart: the median pass is reported, with the fastest and slowest int8/fp32 ratio, because
-this shared 2-core VM drifts (the same files timed minutes apart gave ONNX int8 0.51x to 0.69x). The run also times the TFLite int8 model
-built *without* the narrow-convolution rewrite (:mod:`edge.export.narrow_conv`), the fix for int8 being slower than
-float in TFLite, so the fix is measured against what it fixes; and times each layer of the trained model alone
+this shared 2-core VM drifts (the same files timed minutes apart gave ONNX int8 0.51x to 0.69x). The run also
+times the TFLite int8 model built *without* the narrow-convolution rewrite (:mod:`edge.export.narrow_conv`), the
+fix for int8 being slower than float in TFLite, so the fix is measured against what it fixes; and times each layer
+of the trained model alone
 (conv1, conv2, fc1, fc2, each with its pooling and activation) as fp32 and int8 ``.tflite``, fed real activations,
 to show where TFLite int8 gains and where it does not.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from simulations.benchmarks.common import Row, loopback_broker, write_results
+from simulations.benchmarks.common import Row, load_average, load_settings, loopback_broker, write_results
 
 
 def build_model(path: Path) -> Path:
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
 
-    load_at_start = [round(v, 2) for v in os.getloadavg()]
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory(prefix="fedge-bench-rollout-") as tmp:
         tmp = Path(tmp)
         model_path = args.model or build_model(tmp / "mnist-cnn-int8.onnx")
@@ -216,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "seconds": {k: [round(s, 4) for s in r["seconds"]] for k, r in results.items()},
         "timed": "first chunk published -> the collector holds an 'applied' event of the new version from every agent",
-        "nice": os.nice(0),
-        "load_average_1_5_15_min_at_start": load_at_start,
-        "load_average_1_5_15_min_at_end": [round(v, 2) for v in os.getloadavg()],
-        "note": "2 cores shared with other work: the load average says how much",
+        **load_settings(load_at_start),
     }
     write_results("mqtt_rollout", rows, out=args.out, settings=settings)
     return 0

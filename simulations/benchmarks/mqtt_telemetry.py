@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from simulations.benchmarks.common import Row, loopback_broker, write_results
+from simulations.benchmarks.common import Row, load_average, load_settings, loopback_broker, write_results
 
 
 def telemetry_payload(device: str, seq: int) -> bytes:
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         args.devices = args.devices_list
         return worker(args)
 
-    load_at_start = [round(v, 2) for v in os.getloadavg()]
+    load_at_start = load_average()
     kinds = ["mosquitto", "embedded"] if args.broker == "both" else [args.broker]
     with tempfile.TemporaryDirectory(prefix="fedge-bench-telemetry-") as tmp:
         runs = {k: [measure(k, args, Path(tmp) / f"{k}-{i}") for i in range(args.repeats)] for k in kinds}
@@ -253,10 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "runs": runs,
         "timed": "'go' to every sender -> the collector has stored the last message (SQLite)",
-        "nice": os.nice(0),
-        "load_average_1_5_15_min_at_start": load_at_start,
-        "load_average_1_5_15_min_at_end": [round(v, 2) for v in os.getloadavg()],
-        "note": "2 cores shared with other work: the load average says how much",
+        **load_settings(load_at_start),
     }
     write_results("mqtt_telemetry", rows, out=args.out, settings=settings)
     return 0
