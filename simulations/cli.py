@@ -1,4 +1,5 @@
-"""The ``fedge`` command: a thin layer over the packages; the logic lives in them.
+"""The root ``fedge`` command. It only assembles: each package owns the commands that drive it, as a Typer ``app``
+in its ``cli`` module, added here one way (:data:`COMMAND_MODULES`); the logic lives in the packages.
 
 Every error fedge raises on purpose (:class:`FedgeError`) is shown as one clear message, exit code 2, with no
 traceback; ``--verbose`` shows Flower's own logs.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -16,7 +16,6 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 from shared_models.errors import FedgeError  # noqa: E402
 
@@ -42,6 +41,28 @@ EXTRA_OF_MODULE = {
 }
 
 
+# Each package's commands, in the order ``fedge --help`` lists them. Their modules import only typer and rich at the
+# top (the rest inside each command), so ``fedge --help`` is quick and works in an agent-only install.
+COMMAND_MODULES = (
+    "simulations.commands",  # simulate, experiments, demo
+    "edge.export.cli",  # package
+    "server.cli",  # server, run, certs, node-keys
+    "client.cli",  # node
+    "edge.delivery.cli",  # broker, keygen, publish, fleet
+    "edge.agent.cli",  # agent
+)
+
+
+def _assemble() -> None:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        app.add_typer(importlib.import_module(module).app)
+
+
+_assemble()
+
+
 def missing_extra_message(error: ModuleNotFoundError) -> str | None:
     """For a module one of fedge's extras brings, the line that says which extra to install; else ``None``."""
     root = (error.name or "").split(".")[0]
@@ -52,106 +73,6 @@ def missing_extra_message(error: ModuleNotFoundError) -> str | None:
         f'this command needs {root}, which comes with the {extra!r} extra: pip install "fedge[{extra}]" '
         f'(from a checkout: pip install -e ".[{extra}]")'
     )
-
-
-@app.command()
-def simulate(
-    config: Annotated[
-        str, typer.Option("--config", "-c", help="Experiment name (see `fedge experiments`) or path to a TOML file.")
-    ] = "digits-dp",
-    num_clients: Annotated[
-        int | None, typer.Option("--num-clients", "-n", help="Number of simulated clients (SuperNodes).")
-    ] = None,
-    rounds: Annotated[int | None, typer.Option("--rounds", "-r", help="Number of federated rounds.")] = None,
-    strategy: Annotated[
-        str | None,
-        typer.Option(help="Flower strategy: fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum."),
-    ] = None,
-    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Differential privacy on every client.")] = None,
-    target_epsilon: Annotated[
-        float | None, typer.Option(help="Each client's privacy budget ε for the whole run (δ from target-delta).")
-    ] = None,
-    data_path: Annotated[str | None, typer.Option(help="Data directory (MNIST IDX files) or CSV file.")] = None,
-    runs_dir: Annotated[str | None, typer.Option(help="Where run records go (default: runs/).")] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="Join an existing Ray cluster (e.g. 'auto' or 'HOST:6379') instead of starting one."),
-    ] = None,
-    client_cpus: Annotated[float | None, typer.Option(help="CPU cores reserved per simulated client.")] = None,
-    client_gpus: Annotated[float | None, typer.Option(help="GPU share per simulated client (e.g. 0.25).")] = None,
-    setting: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Any run setting, KEY=VALUE (repeatable).")
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
-) -> None:
-    """Run an experiment on Flower's simulation engine and write its run record under runs/<run-id>/."""
-    from simulations.experiment import apply_overrides, load_experiment
-    from simulations.simulate import run_experiment
-
-    experiment = load_experiment(config)
-    overrides = list(setting or [])
-    for key, value in (
-        ("num-server-rounds", rounds),
-        ("strategy", strategy),
-        ("dp", dp),
-        ("target-epsilon", target_epsilon),
-        ("data-path", data_path),
-        ("runs-dir", runs_dir),
-    ):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    apply_overrides(experiment, overrides)
-    if num_clients is not None:
-        experiment.num_supernodes = num_clients
-    if ray_address is not None:
-        experiment.ray_address = ray_address
-    if client_cpus is not None:
-        experiment.client_num_cpus = client_cpus
-    if client_gpus is not None:
-        experiment.client_num_gpus = client_gpus
-    summary = run_experiment(experiment, verbose=verbose)
-    table = Table(title=f"run {os.path.basename(summary['run-dir'])}")
-    for column in ("round", "accuracy", "loss", "trained", "refused", "max ε"):
-        table.add_column(column, justify="right")
-    for r in summary["rounds"]:
-        eps = r.get("epsilon-max")
-        table.add_row(
-            str(r["round"]),
-            f"{r['central-accuracy']:.3f}",
-            f"{r['central-loss']:.3f}",
-            str(r.get("clients-trained", "")),
-            str(r.get("clients-refused", "")),
-            "" if eps is None else f"{eps:.3f}",
-        )
-    Console().print(table)
-    Console().print(f"run record: {summary['run-dir']}")
-
-
-@app.command()
-def experiments() -> None:
-    """List the named experiments in simulations/configs/."""
-    from simulations.experiment import available_experiments, load_experiment
-
-    table = Table(title="experiments (fedge simulate --config NAME)")
-    table.add_column("name")
-    table.add_column("clients", justify="right")
-    table.add_column("description")
-    for name in available_experiments():
-        exp = load_experiment(name)
-        table.add_row(name, str(exp.num_supernodes), exp.description)
-    Console().print(table)
-
-
-# fedge package: compress and export a run's model (edge/compress, edge/export).
-from simulations.package_cmd import package  # noqa: E402
-
-app.command()(package)
-
-
-# real nodes: fedge server, node, run, certs, node-keys (simulations/deploy_cmd.py)
-from simulations.deploy_cmd import register as register_deploy_commands  # noqa: E402
-
-register_deploy_commands(app)
 
 
 def main() -> None:
@@ -185,12 +106,6 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
-
-
-# edge delivery: fedge broker, agent, keygen, publish, fleet, demo (simulations/edge_cmd.py)
-from simulations.edge_cmd import register as register_edge_commands  # noqa: E402
-
-register_edge_commands(app)
 
 
 if __name__ == "__main__":

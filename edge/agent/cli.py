@@ -1,5 +1,9 @@
-"""``python -m edge.agent`` / ``fedge agent``: run one device agent until Ctrl-C (argparse only, so a device needs
-neither typer nor rich)."""
+"""``python -m edge.agent`` / ``fedge agent``: run one device agent until Ctrl-C.
+
+:func:`main` parses the agent's own argv (argparse: what a device runs); :func:`agent_argv` builds that argv from typed
+options, and is what ``fedge agent``, the demo and the tests use to start an agent, so the three never drift apart.
+:data:`app` holds the ``fedge agent`` command, added to the root ``fedge`` command by :mod:`simulations.cli`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,11 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from edge.agent.config import RUNTIMES, AgentConfig, AgentLimits
 from edge.agent.errors import AgentError
@@ -24,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--broker", required=True, help="mqtt://[user:password@]host[:port] or mqtts://... (TLS)")
-    p.add_argument("--device-id", required=True, help="this device's id: 1-64 characters of [a-z0-9-]")
+    p.add_argument("--device-id", required=True, help="this device's id: 1-64 lowercase letters, digits or '-'")
     p.add_argument("--store", required=True, type=Path, help="directory of the model store (created if missing)")
     p.add_argument("--runtime", choices=sorted(RUNTIMES), default="onnx", help="onnx (onnxruntime) or tflite (LiteRT)")
     p.add_argument(
@@ -84,3 +92,87 @@ def main(argv: list[str] | None = None) -> int:
         pass
     service.stop()
     return 0
+
+
+def agent_argv(
+    *,
+    broker_url: str,
+    device_id: str,
+    store: Path,
+    runtime: str = "onnx",
+    trust: Sequence[Path] = (),
+    data: Path | None = None,
+    interval: float | None = None,
+    samples: int | None = None,
+    ca: Path | None = None,
+    max_model_mb: float | None = None,
+    verbose: bool = False,
+) -> list[str]:
+    """The argv of :func:`main` for these options (``None``: the agent's own default)."""
+    argv = ["--broker", broker_url, "--device-id", device_id, "--store", str(store), "--runtime", runtime]
+    for key in trust:
+        argv += ["--trust", str(key)]
+    for flag, value in (
+        ("--data", data),
+        ("--interval", interval),
+        ("--samples", samples),
+        ("--ca", ca),
+        ("--max-model-mb", max_model_mb),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    if verbose:
+        argv.append("--verbose")
+    return argv
+
+
+def agent_command(**options) -> list[str]:
+    """The command line that runs an agent as its own process with this interpreter (see :func:`agent_argv`)."""
+    return [sys.executable, "-m", "edge.agent", *agent_argv(**options)]
+
+
+app = typer.Typer()
+
+
+@app.command()
+def agent(
+    broker_url: Annotated[
+        str, typer.Option("--broker", help="mqtt://[user:password@]host[:port] or mqtts://... (TLS).")
+    ],
+    device_id: Annotated[str, typer.Option(help="This device's id: 1-64 lowercase letters, digits or '-'.")],
+    store: Annotated[Path, typer.Option(help="Directory of the model store (created if missing).")],
+    runtime: Annotated[str, typer.Option(help="onnx (onnxruntime) or tflite (LiteRT).")] = "onnx",
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option(help="Server public key to trust (from `fedge keygen`; repeatable; default STORE/trusted.pub)."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help=".npz of samples to run inference on: 'x' and optional labels 'y'.")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between telemetry messages.")] = 2.0,
+    samples: Annotated[int, typer.Option(help="Inferences per telemetry message.")] = 32,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
+    max_model_mb: Annotated[float, typer.Option(help="Largest model accepted, MB.")] = 64.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every update step.")] = False,
+) -> None:
+    """Run one device agent until Ctrl-C: receive signed models, verify and swap them, run inference, report.
+
+    The same as `python -m edge.agent` (what a device runs: `pip install "fedge[agent]"` brings no torch).
+    """
+    code = main(
+        agent_argv(
+            broker_url=broker_url,
+            device_id=device_id,
+            store=store,
+            runtime=runtime,
+            trust=trust or (),
+            data=data,
+            interval=interval,
+            samples=samples,
+            ca=ca,
+            max_model_mb=max_model_mb,
+            verbose=verbose,
+        )
+    )
+    if code:
+        raise typer.Exit(code)

@@ -4,35 +4,31 @@
 usable alone (:func:`export_onnx`, :func:`export_tflite`, :func:`open_artifact`, :func:`verify_artifact`).
 """
 
-from edge.export.errors import (
-    CheckpointError,
-    ExportError,
-    UnknownFormatError,
-    UnsupportedLayerError,
-    VerificationError,
-)
-from edge.export.onnx_export import check_onnx, export_onnx
-from edge.export.package import PackageInputs, PackageOptions, PackageResult, package_model, parse_variant
-from edge.export.runtime import measure_latency, open_artifact
-from edge.export.tflite_export import export_tflite
-from edge.export.verify import Verification, verify_artifact
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError",
-    "ExportError",
-    "PackageInputs",
-    "PackageOptions",
-    "PackageResult",
-    "UnknownFormatError",
-    "UnsupportedLayerError",
-    "Verification",
-    "VerificationError",
-    "check_onnx",
-    "export_onnx",
-    "export_tflite",
-    "measure_latency",
-    "open_artifact",
-    "package_model",
-    "parse_variant",
-    "verify_artifact",
-]
+import importlib
+from typing import Any
+
+# The public names and the module that holds each. They are imported on first use, so ``edge.export.cli`` (the
+# ``fedge package`` command) can be imported, and ``fedge --help`` shown, without torch.
+_WHERE = {
+    **dict.fromkeys(
+        ("CheckpointError", "ExportError", "UnknownFormatError", "UnsupportedLayerError", "VerificationError"),
+        "edge.export.errors",
+    ),
+    **dict.fromkeys(("check_onnx", "export_onnx"), "edge.export.onnx_export"),
+    **dict.fromkeys(
+        ("PackageInputs", "PackageOptions", "PackageResult", "package_model", "parse_variant"), "edge.export.package"
+    ),
+    **dict.fromkeys(("measure_latency", "open_artifact"), "edge.export.runtime"),
+    "export_tflite": "edge.export.tflite_export",
+    **dict.fromkeys(("Verification", "verify_artifact"), "edge.export.verify"),
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'edge.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

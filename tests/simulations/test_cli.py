@@ -79,7 +79,7 @@ def test_a_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_demo_from_a_folder_that_is_not_a_run_is_refused_and_nothing_is_deleted(tmp_path):
-    from simulations.edge_demo import DemoError, DemoOptions, run_demo
+    from simulations.demo import DemoError, DemoOptions, run_demo
 
     precious = tmp_path / "edge" / "agent.py"
     precious.parent.mkdir()

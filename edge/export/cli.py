@@ -1,7 +1,7 @@
 """``fedge package``: turn a run's trained model into verified edge artifacts (ONNX, TFLite) with a report.
 
 The logic lives in :mod:`edge.export.package`; this module only reads the options, picks the data and shows
-progress. Registered on the ``fedge`` app in :mod:`simulations.cli`.
+progress. Its :data:`app` is added to the root ``fedge`` command by :mod:`simulations.cli`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from rich.table import Table
 
 TUNE_CHOICES = ("held-out", "pool")
 
+app = typer.Typer()
 
+
+@app.command()
 def package(
     run_dir: Annotated[
         Path,

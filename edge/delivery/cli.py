@@ -1,13 +1,12 @@
-"""The edge commands of ``fedge``: ``broker``, ``agent``, ``keygen``, ``publish``, ``fleet status|collect`` and
-``demo``. A thin layer: the logic lives in :mod:`edge.delivery`, :mod:`edge.agent` and :mod:`simulations.edge_demo`.
+"""The delivery commands of ``fedge``: ``broker``, ``keygen``, ``publish`` and ``fleet status|collect``.
 
-Registered on the ``fedge`` app by :func:`register` (called from :mod:`simulations.cli`). Heavy imports happen inside
-the commands, so ``fedge --help`` stays quick.
+A thin layer over :mod:`edge.delivery`. Its :data:`app` is added to the root ``fedge`` command by
+:mod:`simulations.cli`, which also turns SIGTERM into Ctrl-C for every command. Heavy imports happen inside the
+commands, so ``fedge --help`` stays quick.
 """
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,19 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+app = typer.Typer()
 fleet_app = typer.Typer(
     help="The fleet as the collector sees it: a table of devices, or a collector that keeps listening.",
     no_args_is_help=True,
 )
-
-
-def _stop_on_sigterm() -> None:
-    """Make SIGTERM behave like Ctrl-C, so every ``finally`` that stops a process runs."""
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -49,6 +40,7 @@ def _wait_forever() -> None:
 # ------------------------------------------------------------------------------------------------------- broker
 
 
+@app.command()
 def broker(
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 1883,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
@@ -79,7 +71,6 @@ def broker(
     from edge.delivery.mosquitto import SERVER_USER, MosquittoProcess, write_mosquitto_files
 
     console = Console()
-    _stop_on_sigterm()
     if mosquitto is not None:
         if host != "127.0.0.1":
             raise BrokerError("the generated Mosquitto config listens on loopback only; edit its listener line")
@@ -105,53 +96,10 @@ def broker(
         process.stop()
 
 
-# ------------------------------------------------------------------------------------------------------- agent
-
-
-def agent(
-    broker_url: Annotated[
-        str, typer.Option("--broker", help="mqtt://[user:password@]host[:port] or mqtts://... (TLS).")
-    ],
-    device_id: Annotated[str, typer.Option(help="This device's id: 1-64 characters of [a-z0-9-].")],
-    store: Annotated[Path, typer.Option(help="Directory of the model store (created if missing).")],
-    runtime: Annotated[str, typer.Option(help="onnx (onnxruntime) or tflite (LiteRT).")] = "onnx",
-    trust: Annotated[
-        list[Path] | None,
-        typer.Option(help="Server public key to trust (from `fedge keygen`; repeatable; default STORE/trusted.pub)."),
-    ] = None,
-    data: Annotated[
-        Path | None, typer.Option(help=".npz of samples to run inference on: 'x' and optional labels 'y'.")
-    ] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between telemetry messages.")] = 2.0,
-    samples: Annotated[int, typer.Option(help="Inferences per telemetry message.")] = 32,
-    ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
-    max_model_mb: Annotated[float, typer.Option(help="Largest model accepted, MB.")] = 64.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every update step.")] = False,
-) -> None:
-    """Run one device agent until Ctrl-C: receive signed models, verify and swap them, run inference, report.
-
-    The same as `python -m edge.agent` (what a device runs: `pip install "fedge[agent]"` brings no torch).
-    """
-    from edge.agent.cli import main as agent_main
-
-    argv = ["--broker", broker_url, "--device-id", device_id, "--store", str(store), "--runtime", runtime]
-    for key in trust or []:
-        argv += ["--trust", str(key)]
-    if data is not None:
-        argv += ["--data", str(data)]
-    argv += ["--interval", str(interval), "--samples", str(samples), "--max-model-mb", str(max_model_mb)]
-    if ca is not None:
-        argv += ["--ca", str(ca)]
-    if verbose:
-        argv.append("--verbose")
-    code = agent_main(argv)
-    if code:
-        raise typer.Exit(code)
-
-
 # ------------------------------------------------------------------------------------------------------- keygen
 
 
+@app.command()
 def keygen(
     path: Annotated[Path, typer.Argument(help="Where to write the key pair: PATH.key (private) and PATH.pub.")] = Path(
         "keys/server"
@@ -175,6 +123,7 @@ def keygen(
 # ------------------------------------------------------------------------------------------------------- publish
 
 
+@app.command()
 def publish(
     artifacts: Annotated[
         list[Path],
@@ -420,7 +369,6 @@ def fleet_collect(
 
     with as_delivery_error():
         address = BrokerAddress.parse(broker_url)
-    _stop_on_sigterm()
     collector = FleetCollector(address, FleetStore(db), client_id=client_id, ca_file=ca).start()
     Console().print(f"collecting into {db}; Ctrl-C stops")
     try:
@@ -430,66 +378,4 @@ def fleet_collect(
         Console().print(f"{collector.received} messages received")
 
 
-# ------------------------------------------------------------------------------------------------------- demo
-
-
-def demo(
-    config: Annotated[
-        str, typer.Option("--config", "-c", help="The experiment to train (`fedge experiments`).")
-    ] = "digits-dp",
-    num_clients: Annotated[int | None, typer.Option("--num-clients", "-n", help="Simulated clients.")] = None,
-    rounds: Annotated[int | None, typer.Option("--rounds", "-r", help="Federated rounds.")] = None,
-    devices: Annotated[int, typer.Option(help="Device agents to start (separate processes; runtimes alternate).")] = 4,
-    runtimes: Annotated[
-        str, typer.Option(help="Runtimes the agents take in turn: onnx, tflite or onnx,tflite.")
-    ] = "onnx,tflite",
-    canary: Annotated[float, typer.Option(help="Share of the devices that get the int8 model first.")] = 0.25,
-    telemetry_seconds: Annotated[float, typer.Option(help="Seconds of telemetry collected after the rollout.")] = 8.0,
-    interval: Annotated[float, typer.Option(help="Seconds between two telemetry messages of an agent.")] = 1.0,
-    port: Annotated[int | None, typer.Option(help="Port of the embedded broker (default: a free one).")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where the run goes (runs/<run-id>/).")] = Path("runs"),
-    from_run: Annotated[
-        Path | None, typer.Option(help="Skip training: package and deliver this finished run (runs/<run-id>/).")
-    ] = None,
-    latency_runs: Annotated[int, typer.Option(help="Timed calls per artifact when packaging.")] = 50,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
-) -> None:
-    """The whole pipeline on this machine: train with DP, export, deliver to device agents, collect telemetry.
-
-    A DP federated simulation on digits; compress and export (fp32 and int8, ONNX and TFLite); the embedded broker
-    as its own process; device agents as separate processes (both runtimes); rollout of the fp32 model, then a
-    staged (canary) rollout of the int8 model; telemetry; the fleet table. Everything goes under runs/<run-id>/
-    (edge/ holds keys, device stores, logs, fleet.db, rollouts.json, fleet.json, demo.json). Every process it starts
-    is stopped at the end, also on Ctrl-C. Exit code 1 unless every device ends on the int8 model.
-    """
-    from simulations.edge_demo import DemoOptions, run_demo
-
-    _stop_on_sigterm()
-    options = DemoOptions(
-        experiment=config,
-        num_clients=num_clients,
-        rounds=rounds,
-        devices=devices,
-        runtimes=tuple(_split([runtimes])),
-        canary_fraction=canary,
-        telemetry_s=telemetry_seconds,
-        report_interval_s=interval,
-        port=port,
-        runs_dir=runs_dir,
-        from_run=from_run,
-        latency_runs=latency_runs,
-        verbose=verbose,
-    )
-    summary = run_demo(options, console=Console())
-    if len(summary["on_int8"]) != devices:
-        raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the edge commands to the ``fedge`` app."""
-    app.command()(broker)
-    app.command()(agent)
-    app.command()(keygen)
-    app.command()(publish)
-    app.add_typer(fleet_app, name="fleet")
-    app.command()(demo)
+app.add_typer(fleet_app, name="fleet")

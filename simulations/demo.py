@@ -20,7 +20,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from edge.agent.cli import agent_command
 from shared_models.errors import FedgeError
 
 INT8, FP32 = "int8", "fp32"
@@ -178,27 +178,16 @@ class AgentProcesses:
         out = open(log, "ab")  # noqa: SIM115 (closed in stop)
         self._logs.append(out)
         self.processes[device_id] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge.agent",
-                "--broker",
-                broker_url,
-                "--device-id",
-                device_id,
-                "--store",
-                str(store),
-                "--runtime",
-                runtime,
-                "--trust",
-                str(trust),
-                "--data",
-                str(samples),
-                "--interval",
-                str(interval),
-                "--samples",
-                "32",
-            ],
+            agent_command(
+                broker_url=broker_url,
+                device_id=device_id,
+                store=store,
+                runtime=runtime,
+                trust=[trust],
+                data=samples,
+                interval=interval,
+                samples=32,
+            ),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -245,12 +234,12 @@ def _rollout(collector, publisher, models, devices, policy, console: Console, la
 def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[str, Any]:
     """Run the demo; return its summary (also written to ``runs/<run-id>/edge/demo.json``)."""
     from edge.delivery.brokers import EmbeddedBrokerProcess, free_port
+    from edge.delivery.cli import fleet_table
     from edge.delivery.client import ServerClient
     from edge.delivery.collector import FleetCollector, FleetStore
     from edge.delivery.keys import SigningKey, write_keypair
     from edge.delivery.publisher import ModelPublisher, load_artifact, sign_artifact
     from edge.delivery.rollout import RolloutPolicy
-    from simulations.edge_cmd import fleet_table
 
     console = console or Console()
     timings: dict[str, float] = {}

@@ -1,0 +1,157 @@
+"""``fedge simulate``, ``fedge experiments`` and ``fedge demo``: the commands that drive ``simulations/``.
+
+Thin: the logic lives in :mod:`simulations.experiment`, :mod:`simulations.simulate` and :mod:`simulations.demo`.
+Its :data:`app` is added to the root ``fedge`` command by :mod:`simulations.cli`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer()
+
+
+@app.command()
+def simulate(
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="Experiment name (see `fedge experiments`) or path to a TOML file.")
+    ] = "digits-dp",
+    num_clients: Annotated[
+        int | None, typer.Option("--num-clients", "-n", help="Number of simulated clients (SuperNodes).")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", "-r", help="Number of federated rounds.")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="Flower strategy: fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum."),
+    ] = None,
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Differential privacy on every client.")] = None,
+    target_epsilon: Annotated[
+        float | None, typer.Option(help="Each client's privacy budget ε for the whole run (δ from target-delta).")
+    ] = None,
+    data_path: Annotated[str | None, typer.Option(help="Data directory (MNIST IDX files) or CSV file.")] = None,
+    runs_dir: Annotated[str | None, typer.Option(help="Where run records go (default: runs/).")] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Join an existing Ray cluster (e.g. 'auto' or 'HOST:6379') instead of starting one."),
+    ] = None,
+    client_cpus: Annotated[float | None, typer.Option(help="CPU cores reserved per simulated client.")] = None,
+    client_gpus: Annotated[float | None, typer.Option(help="GPU share per simulated client (e.g. 0.25).")] = None,
+    setting: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Any run setting, KEY=VALUE (repeatable).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run an experiment on Flower's simulation engine and write its run record under runs/<run-id>/."""
+    from simulations.experiment import apply_overrides, load_experiment
+    from simulations.simulate import run_experiment
+
+    experiment = load_experiment(config)
+    overrides = list(setting or [])
+    for key, value in (
+        ("num-server-rounds", rounds),
+        ("strategy", strategy),
+        ("dp", dp),
+        ("target-epsilon", target_epsilon),
+        ("data-path", data_path),
+        ("runs-dir", runs_dir),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    apply_overrides(experiment, overrides)
+    if num_clients is not None:
+        experiment.num_supernodes = num_clients
+    if ray_address is not None:
+        experiment.ray_address = ray_address
+    if client_cpus is not None:
+        experiment.client_num_cpus = client_cpus
+    if client_gpus is not None:
+        experiment.client_num_gpus = client_gpus
+    summary = run_experiment(experiment, verbose=verbose)
+    table = Table(title=f"run {os.path.basename(summary['run-dir'])}")
+    for column in ("round", "accuracy", "loss", "trained", "refused", "max ε"):
+        table.add_column(column, justify="right")
+    for r in summary["rounds"]:
+        eps = r.get("epsilon-max")
+        table.add_row(
+            str(r["round"]),
+            f"{r['central-accuracy']:.3f}",
+            f"{r['central-loss']:.3f}",
+            str(r.get("clients-trained", "")),
+            str(r.get("clients-refused", "")),
+            "" if eps is None else f"{eps:.3f}",
+        )
+    Console().print(table)
+    Console().print(f"run record: {summary['run-dir']}")
+
+
+@app.command()
+def experiments() -> None:
+    """List the named experiments in simulations/configs/."""
+    from simulations.experiment import available_experiments, load_experiment
+
+    table = Table(title="experiments (fedge simulate --config NAME)")
+    table.add_column("name")
+    table.add_column("clients", justify="right")
+    table.add_column("description")
+    for name in available_experiments():
+        exp = load_experiment(name)
+        table.add_row(name, str(exp.num_supernodes), exp.description)
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="The experiment to train (`fedge experiments`).")
+    ] = "digits-dp",
+    num_clients: Annotated[int | None, typer.Option("--num-clients", "-n", help="Simulated clients.")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", "-r", help="Federated rounds.")] = None,
+    devices: Annotated[int, typer.Option(help="Device agents to start (separate processes; runtimes alternate).")] = 4,
+    runtimes: Annotated[
+        str, typer.Option(help="Runtimes the agents take in turn: onnx, tflite or onnx,tflite.")
+    ] = "onnx,tflite",
+    canary: Annotated[float, typer.Option(help="Share of the devices that get the int8 model first.")] = 0.25,
+    telemetry_seconds: Annotated[float, typer.Option(help="Seconds of telemetry collected after the rollout.")] = 8.0,
+    interval: Annotated[float, typer.Option(help="Seconds between two telemetry messages of an agent.")] = 1.0,
+    port: Annotated[int | None, typer.Option(help="Port of the embedded broker (default: a free one).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where the run goes (runs/<run-id>/).")] = Path("runs"),
+    from_run: Annotated[
+        Path | None, typer.Option(help="Skip training: package and deliver this finished run (runs/<run-id>/).")
+    ] = None,
+    latency_runs: Annotated[int, typer.Option(help="Timed calls per artifact when packaging.")] = 50,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """The whole pipeline on this machine: train with DP, export, deliver to device agents, collect telemetry.
+
+    A DP federated simulation on digits; compress and export (fp32 and int8, ONNX and TFLite); the embedded broker
+    as its own process; device agents as separate processes (both runtimes); rollout of the fp32 model, then a
+    staged (canary) rollout of the int8 model; telemetry; the fleet table. Everything goes under runs/<run-id>/
+    (edge/ holds keys, device stores, logs, fleet.db, rollouts.json, fleet.json, demo.json). Every process it starts
+    is stopped at the end, also on Ctrl-C. Exit code 1 unless every device ends on the int8 model.
+    """
+    from simulations.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        experiment=config,
+        num_clients=num_clients,
+        rounds=rounds,
+        devices=devices,
+        runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()),
+        canary_fraction=canary,
+        telemetry_s=telemetry_seconds,
+        report_interval_s=interval,
+        port=port,
+        runs_dir=runs_dir,
+        from_run=from_run,
+        latency_runs=latency_runs,
+        verbose=verbose,
+    )
+    summary = run_demo(options, console=Console())
+    if len(summary["on_int8"]) != devices:
+        raise typer.Exit(1)
