@@ -19,6 +19,10 @@ class UnknownModelError(SharedModelsError):
     """A model name that is not in the registry."""
 
 
+class ModelWidthError(SharedModelsError):
+    """A width multiplier a model cannot be built at (not a positive number, or a model that does not scale)."""
+
+
 class WeightsMismatchError(SharedModelsError):
     """Arrays that do not fit a model (missing, extra or differently shaped tensors)."""
 

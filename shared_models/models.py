@@ -6,10 +6,18 @@ does not depend on the others), GroupNorm where a normalisation layer helps.
 >>> model = build_model("digits-cnn", input_shape=(1, 8, 8), num_classes=10)
 >>> sum(p.numel() for p in model.parameters()) > 0
 True
+
+Every built-in also builds at a width multiplier (the students of distillation):
+
+>>> full = build_model("mnist-small-cnn", input_shape=(1, 28, 28), num_classes=10)
+>>> narrow = build_model("mnist-small-cnn", input_shape=(1, 28, 28), num_classes=10, width=0.5)
+>>> count_parameters(narrow) < count_parameters(full) / 2
+True
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared_models.errors import UnknownModelError, WeightsMismatchError
+from shared_models.errors import ModelWidthError, UnknownModelError, WeightsMismatchError
 
 
 class DigitsCNN(nn.Module):
@@ -88,32 +96,56 @@ class TabularMLP(nn.Module):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build one registered model, and the input it expects (``None`` where any size fits)."""
+    """How to build one registered model, and the input it expects (``None`` where any size fits).
+
+    ``build(input_shape, num_classes, width)`` builds it at a width multiplier (``1.0``: the model as documented;
+    ``0.4``: 40% of the channels and hidden units, as distillation's students use); ``scalable`` says whether
+    ``build`` honours a width other than 1.
+    """
 
     name: str
     description: str
-    build: Callable[[tuple[int, ...], int], nn.Module]
+    build: Callable[[tuple[int, ...], int, float], nn.Module]
     input_shape: tuple[int, ...] | None
+    scalable: bool = True
 
 
-def _build_tabular(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def _scaled(base: int, width: float, *, even: bool = False) -> int:
+    """``base`` channels or units at ``width``, at least 1 (at least 2 and even where GroupNorm halves them)."""
+    if even:
+        return max(2, 2 * int(round(base * width / 2)))
+    return max(1, round(base * width))
+
+
+def _build_digits(input_shape: tuple[int, ...], num_classes: int, width: float) -> nn.Module:
+    return DigitsCNN(num_classes, width=_scaled(8, width, even=True))  # GroupNorm(2, w) and GroupNorm(4, 2w)
+
+
+def _mnist_builder(channels: int, hidden: int) -> Callable[[tuple[int, ...], int, float], nn.Module]:
+    def build(input_shape: tuple[int, ...], num_classes: int, width: float) -> nn.Module:
+        return MnistCNN(num_classes, width=_scaled(channels, width), hidden=_scaled(hidden, width))
+
+    return build
+
+
+def _build_tabular(input_shape: tuple[int, ...], num_classes: int, width: float) -> nn.Module:
     if len(input_shape) != 1:
         raise UnknownModelError(
             f"tabular-mlp takes flat feature vectors, got input shape {input_shape}; "
             "use a CNN (digits-cnn, mnist-cnn) for images"
         )
-    return TabularMLP(input_shape[0], num_classes)
+    return TabularMLP(input_shape[0], num_classes, hidden=_scaled(64, width, even=True))
 
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("digits-cnn", "small CNN for 8x8 digits (GroupNorm)", lambda s, c: DigitsCNN(c), (1, 8, 8)),
-        ModelSpec("mnist-cnn", "Conv32-Conv64-FC512 CNN for 28x28 MNIST", lambda s, c: MnistCNN(c), (1, 28, 28)),
+        ModelSpec("digits-cnn", "small CNN for 8x8 digits (GroupNorm)", _build_digits, (1, 8, 8)),
+        ModelSpec("mnist-cnn", "Conv32-Conv64-FC512 CNN for 28x28 MNIST", _mnist_builder(32, 512), (1, 28, 28)),
         ModelSpec(
             "mnist-small-cnn",
             "Conv16-Conv32-FC64 CNN for 28x28 MNIST (114K parameters): DP-SGD's noise grows with the parameter count",
-            lambda s, c: MnistCNN(c, width=16, hidden=64),
+            _mnist_builder(16, 64),
             (1, 28, 28),
         ),
         ModelSpec("tabular-mlp", "MLP for tabular features (CSV, breast cancer)", _build_tabular, None),
@@ -129,8 +161,16 @@ def get_model_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}") from None
 
 
-def build_model(name: str, *, input_shape: Sequence[int], num_classes: int, seed: int | None = None) -> nn.Module:
-    """Build a registered model for inputs of ``input_shape`` (without the batch dimension)."""
+def build_model(
+    name: str,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int | None = None,
+    width: float = 1.0,
+) -> nn.Module:
+    """Build a registered model for inputs of ``input_shape`` (without the batch dimension), at ``width`` times its
+    channels and hidden units (a model whose spec is not ``scalable`` takes only ``width=1``)."""
     spec = get_model_spec(name)
     shape = tuple(int(d) for d in input_shape)
     if spec.input_shape is not None and shape != spec.input_shape:
@@ -138,9 +178,18 @@ def build_model(name: str, *, input_shape: Sequence[int], num_classes: int, seed
             f"model {name!r} expects inputs of shape {spec.input_shape}, but the data has shape {shape}; "
             f"pick a model that fits the data set ({', '.join(sorted(MODELS))})"
         )
+    width = float(width)
+    if not (math.isfinite(width) and width > 0):
+        raise ModelWidthError(f"the width multiplier must be a positive number, got {width!r}; 1 is the model as is")
+    if width != 1.0 and not spec.scalable:
+        scalable = ", ".join(sorted(n for n, s in MODELS.items() if s.scalable))
+        raise ModelWidthError(
+            f"model {name!r} cannot be built at a width multiplier; build it at width 1 or pick one that can "
+            f"({scalable})"
+        )
     if seed is not None:
         torch.manual_seed(seed)
-    return spec.build(shape, num_classes)
+    return spec.build(shape, num_classes, width)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,7 +4,8 @@ The loss is ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - 
 the ``T^2`` keeps the soft term's gradients on the scale of the hard one whatever the temperature.
 
 The student is either another model of the registry or the teacher's own architecture at a width multiplier
-(``width=0.4``: 40% of the channels and hidden units, about 16% of the parameters for ``mnist-cnn``).
+(``width=0.4``: 40% of the channels and hidden units, about 16% of the parameters for ``mnist-cnn``); the model
+registry (:func:`shared_models.models.build_model`) builds both.
 
 >>> from shared_models.models import build_model, count_parameters
 >>> teacher = build_model("mnist-cnn", input_shape=(1, 28, 28), num_classes=10, seed=0)
@@ -27,34 +28,11 @@ from torch import nn
 from edge.compress.errors import DistillationError
 from shared_models.data import ArrayDataset
 from shared_models.errors import SharedModelsError
-from shared_models.models import DigitsCNN, MnistCNN, TabularMLP, build_model, count_parameters
+from shared_models.models import build_model, count_parameters
 from shared_models.training import evaluate, predict
 
-
-def _even(value: float, minimum: int = 2) -> int:
-    return max(minimum, 2 * int(round(value / 2)))
-
-
-def _scaled_mnist(shape: tuple[int, ...], classes: int, width: float) -> nn.Module:
-    return MnistCNN(classes, width=max(1, round(32 * width)), hidden=max(1, round(512 * width)))
-
-
-def _scaled_digits(shape: tuple[int, ...], classes: int, width: float) -> nn.Module:
-    return DigitsCNN(classes, width=_even(8 * width))  # GroupNorm(2, w) and GroupNorm(4, 2w) need w even
-
-
-def _scaled_tabular(shape: tuple[int, ...], classes: int, width: float) -> nn.Module:
-    if len(shape) != 1:
-        raise DistillationError(f"tabular-mlp takes flat feature vectors, not inputs of shape {shape}")
-    return TabularMLP(shape[0], classes, hidden=_even(64 * width))
-
-
-#: How to build each registered model at a width multiplier (channels and hidden units scaled).
-WIDTH_SCALABLE: dict[str, Callable[[tuple[int, ...], int, float], nn.Module]] = {
-    "mnist-cnn": _scaled_mnist,
-    "digits-cnn": _scaled_digits,
-    "tabular-mlp": _scaled_tabular,
-}
+#: The student's width multiplier of the teacher when neither a width nor a student model is given.
+DEFAULT_STUDENT_WIDTH = 0.4
 
 
 def make_student(
@@ -66,26 +44,26 @@ def make_student(
     width: float | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """A fresh student: the registry model ``student``, or the ``teacher`` architecture at ``width`` (0 < w < 1)."""
+    """A fresh student: the registry model ``student``, or the ``teacher`` architecture at ``width`` (0 < w < 1),
+    both built by the model registry."""
     shape = tuple(int(d) for d in input_shape)
-    torch.manual_seed(seed)
     if student is not None:
         if width is not None:
             raise DistillationError("give either a student model name or a width multiplier, not both")
         try:
-            return build_model(student, input_shape=shape, num_classes=num_classes)
+            return build_model(student, input_shape=shape, num_classes=num_classes, seed=seed)
         except SharedModelsError as e:
             raise DistillationError(f"cannot build the student {student!r}: {e}") from e
     if width is None:
-        width = 0.4
+        width = DEFAULT_STUDENT_WIDTH
     if not (0.0 < float(width) < 1.0) or math.isnan(float(width)):
         raise DistillationError(f"the student's width multiplier must be in (0, 1), got {width!r}")
-    if teacher not in WIDTH_SCALABLE:
+    try:
+        return build_model(teacher, input_shape=shape, num_classes=num_classes, seed=seed, width=float(width))
+    except SharedModelsError as e:
         raise DistillationError(
-            f"no width multiplier is defined for {teacher!r}; name a student model instead "
-            f"(width works for: {', '.join(sorted(WIDTH_SCALABLE))})"
-        )
-    return WIDTH_SCALABLE[teacher](shape, num_classes, float(width))
+            f"cannot build {teacher!r} at width {float(width):g} as the student: {e}; name a student model instead"
+        ) from e
 
 
 def distillation_loss(

@@ -3,7 +3,7 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from shared_models.errors import UnknownModelError, WeightsMismatchError
+from shared_models.errors import ModelWidthError, UnknownModelError, WeightsMismatchError
 from shared_models.models import MODELS, build_model, count_parameters, get_weights, set_weights
 
 SHAPES = {"digits-cnn": (1, 8, 8), "mnist-cnn": (1, 28, 28), "mnist-small-cnn": (1, 28, 28), "tabular-mlp": (13,)}
@@ -25,6 +25,29 @@ def test_mnist_cnn_has_the_documented_size():
 def test_small_mnist_cnn_is_an_order_of_magnitude_smaller():
     small = build_model("mnist-small-cnn", input_shape=(1, 28, 28), num_classes=10)
     assert 100_000 < count_parameters(small) < 130_000
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_built_in_builds_narrower_at_a_width_multiplier(name):
+    full = build_model(name, input_shape=SHAPES[name], num_classes=7, seed=0)
+    narrow = build_model(name, input_shape=SHAPES[name], num_classes=7, seed=0, width=0.4)
+    assert count_parameters(narrow) < count_parameters(full) / 2
+    assert narrow(torch.zeros(2, *SHAPES[name])).shape == (2, 7)
+    assert ModuleValidator.validate(narrow, strict=False) == []
+
+
+def test_width_one_is_the_model_as_documented():
+    default = build_model("mnist-small-cnn", input_shape=(1, 28, 28), num_classes=10, seed=3)
+    same = build_model("mnist-small-cnn", input_shape=(1, 28, 28), num_classes=10, seed=3, width=1.0)
+    ours, theirs = default.state_dict(), same.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("width", [0.0, -0.5, float("nan"), float("inf")])
+def test_rejects_a_width_that_is_not_a_positive_number(width):
+    with pytest.raises(ModelWidthError, match="positive number"):
+        build_model("digits-cnn", input_shape=(1, 8, 8), num_classes=10, width=width)
 
 
 def test_unknown_model_names_the_choices():

@@ -9,7 +9,13 @@ from tests.edge.compress.trained_digits import INPUT_SHAPE, digits_split, traine
 
 
 @pytest.mark.parametrize(
-    "name, shape, classes", [("mnist-cnn", (1, 28, 28), 10), ("digits-cnn", (1, 8, 8), 10), ("tabular-mlp", (30,), 2)]
+    "name, shape, classes",
+    [
+        ("mnist-cnn", (1, 28, 28), 10),
+        ("mnist-small-cnn", (1, 28, 28), 10),
+        ("digits-cnn", (1, 8, 8), 10),
+        ("tabular-mlp", (30,), 2),
+    ],
 )
 def test_a_width_student_is_smaller_than_its_teacher(name, shape, classes):
     teacher = build_model(name, input_shape=shape, num_classes=classes, seed=0)
@@ -71,3 +77,23 @@ def test_rejects_empty_data_and_unknown_students():
         make_student("digits-cnn", input_shape=INPUT_SHAPE, num_classes=10, student="resnet")
     with pytest.raises(DistillationError, match=r"in \(0, 1\)"):
         make_student("digits-cnn", input_shape=INPUT_SHAPE, num_classes=10, width=1.5)
+
+
+def test_the_width_student_is_the_registry_model_at_that_width():
+    student = make_student("mnist-small-cnn", input_shape=(1, 28, 28), num_classes=10, width=0.5, seed=1)
+    built = build_model("mnist-small-cnn", input_shape=(1, 28, 28), num_classes=10, width=0.5, seed=1)
+    ours, theirs = student.state_dict(), built.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_teacher_the_registry_cannot_narrow_is_a_distillation_error(monkeypatch):
+    import dataclasses
+
+    from shared_models import models
+
+    fixed = dataclasses.replace(models.MODELS["digits-cnn"], scalable=False)
+    monkeypatch.setitem(models.MODELS, "digits-cnn", fixed)
+    with pytest.raises(DistillationError, match="cannot be built at a width multiplier.*name a student model"):
+        make_student("digits-cnn", input_shape=INPUT_SHAPE, num_classes=10)
+    assert count_parameters(make_student("digits-cnn", input_shape=INPUT_SHAPE, num_classes=10, student="digits-cnn"))
