@@ -109,6 +109,7 @@ def package(
         latency_runs=latency_runs,
         seed=seed,
     )
+    options.check_tools()
     inputs = run_package_inputs(
         run_dir, tune_on=tune_on, calibration=calibration, calibration_size=calibration_size, seed=seed
     )

@@ -28,7 +28,7 @@ from torch import nn
 
 from edge.compress.calibration import CalibrationSet
 from edge.compress.distill import distill, make_student
-from edge.compress.errors import CalibrationError, DistillationError
+from edge.compress.errors import CalibrationError, DistillationError, MissingExtraError
 from edge.compress.pruning import FineTune, check_amount, count_nonzero, prune_channels, prune_unstructured
 from edge.compress.quantize import quantize_onnx
 from edge.export.artifact import describe_artifact, write_description
@@ -45,6 +45,11 @@ from shared_models.training import predict
 KINDS = ("base", "pruned", "channels", "student")
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 FORMAT_PRECISIONS = {"onnx": ("fp32", "dynamic", "int8"), "tflite": ("fp32", "fp16", "dynamic", "int8")}
+# What exporting and verifying each format imports, and the extra that brings it.
+FORMAT_TOOLS = {
+    "onnx": (("onnx", "export"), ("onnxscript", "export"), ("onnxruntime", "export")),
+    "tflite": (("litert_torch", "tflite"), ("ai_edge_litert", "tflite")),
+}
 DEFAULT_VARIANTS = ("fp32", "int8", "pruned-int8", "channels-int8", "student", "student-int8")
 
 
@@ -101,6 +106,20 @@ class PackageOptions:
             parse_variant(v)
         check_amount(self.sparsity, "sparsity")
         check_amount(self.channel_amount, "the channel pruning amount")
+
+    def check_tools(self) -> None:
+        """Fail at once, before any training data is loaded, when a format's exporter or runtime is not installed."""
+        import importlib.util
+
+        for fmt in self.formats:
+            for module, extra in FORMAT_TOOLS[fmt]:
+                if importlib.util.find_spec(module) is None:
+                    others = [f for f in FORMATS if f != fmt]
+                    raise MissingExtraError(
+                        f"{fmt} export needs {module}, which comes with the {extra!r} extra: "
+                        f'pip install "fedge[{extra}]"'
+                        + (f"; or package {others[0]} only: fedge package RUN_DIR -f {others[0]}" if others else "")
+                    )
 
     @property
     def parsed(self) -> list[Variant]:
@@ -267,6 +286,7 @@ def package_model(
 ) -> PackageResult:
     """Build every variant in every format under ``out_dir``, verify and time each, and write the report."""
     options = options or PackageOptions()
+    options.check_tools()
     step = on_step or (lambda _description: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
