@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import Context
 
 from client.errors import ClientConfigError
 from shared_models.federation import FederatedData
+from shared_models.run_config import DEFAULT_RUN_CONFIG, setting
 
 DP_MODES = ("ghost", "hooks", "ew", "functorch")
 
@@ -17,12 +20,12 @@ DP_MODES = ("ghost", "hooks", "ew", "functorch")
 class PrivacyConfig:
     """DP-SGD settings. ``noise_multiplier`` 0 means: calibrate it so the whole run spends ``target_epsilon``."""
 
-    enabled: bool = True
-    noise_multiplier: float = 0.0
-    target_epsilon: float = 3.0
-    target_delta: float = 1e-5
-    max_grad_norm: float = 1.0
-    grad_sample_mode: str = "ghost"
+    enabled: bool = DEFAULT_RUN_CONFIG["dp"]
+    noise_multiplier: float = DEFAULT_RUN_CONFIG["noise-multiplier"]
+    target_epsilon: float = DEFAULT_RUN_CONFIG["target-epsilon"]
+    target_delta: float = DEFAULT_RUN_CONFIG["target-delta"]
+    max_grad_norm: float = DEFAULT_RUN_CONFIG["max-grad-norm"]
+    grad_sample_mode: str = DEFAULT_RUN_CONFIG["dp-mode"]
     planned_rounds: int = 1
 
     def __post_init__(self) -> None:
@@ -56,7 +59,7 @@ class ClientConfig:
     state_dir: str = ""
     run_key: str = ""
     node_name: str = ""
-    learning_rate_decay: float = 1.0
+    learning_rate_decay: float = DEFAULT_RUN_CONFIG["learning-rate-decay"]
     """The learning rate of round r is ``learning_rate * learning_rate_decay ** (r - 1)``: DP-SGD's noisy steps
     settle better when they shrink towards the end of the run."""
 
@@ -70,20 +73,21 @@ class ClientConfig:
 
     @classmethod
     def from_context(cls, context: Context) -> ClientConfig:
-        """Run settings from the run config; this node's facts (``data-path``, ``device``, ``state-dir``,
-        ``node-name``, ``partition-id``, ``num-partitions``) from the node config."""
+        """Run settings from the run config (every key required: a missing one is named); this node's facts
+        (``data-path``, ``device``, ``state-dir``, ``node-name``, ``partition-id``, ``num-partitions``) from the
+        node config."""
         run, node = context.run_config, context.node_config
-        local_epochs, batch_size = int(run.get("local-epochs", 1)), int(run.get("batch-size", 32))
+        local_epochs, batch_size = setting(run, "local-epochs"), setting(run, "batch-size")
         if local_epochs < 1 or batch_size < 1:
             raise ClientConfigError("local-epochs and batch-size must be at least 1")
-        lr, decay = float(run.get("learning-rate", 0.05)), float(run.get("learning-rate-decay", 1.0))
+        lr, decay = setting(run, "learning-rate"), setting(run, "learning-rate-decay")
         if lr <= 0 or decay <= 0:
             raise ClientConfigError(
                 f"learning-rate and learning-rate-decay must be > 0, got {lr} and {decay} "
                 "(a decay of 1 keeps the learning rate fixed; 0.9 shrinks it by 10% a round)"
             )
         return cls(
-            model=str(run.get("model", "digits-cnn")),
+            model=setting(run, "model"),
             data=FederatedData.from_run_config(run),
             partition_id=int(node.get("partition-id", 0)),
             num_partitions=int(node.get("num-partitions", 1)),
@@ -92,29 +96,29 @@ class ClientConfig:
             batch_size=batch_size,
             learning_rate=lr,
             learning_rate_decay=decay,
-            momentum=float(run.get("momentum", 0.0)),
+            momentum=setting(run, "momentum"),
             privacy=PrivacyConfig(
-                enabled=bool(run.get("dp", True)),
-                noise_multiplier=float(run.get("noise-multiplier", 0.0)),
-                target_epsilon=float(run.get("target-epsilon", 3.0)),
-                target_delta=float(run.get("target-delta", 1e-5)),
-                max_grad_norm=float(run.get("max-grad-norm", 1.0)),
-                grad_sample_mode=str(run.get("dp-mode", "ghost")),
-                planned_rounds=int(run.get("num-server-rounds", 1)),
+                enabled=setting(run, "dp"),
+                noise_multiplier=setting(run, "noise-multiplier"),
+                target_epsilon=setting(run, "target-epsilon"),
+                target_delta=setting(run, "target-delta"),
+                max_grad_norm=setting(run, "max-grad-norm"),
+                grad_sample_mode=setting(run, "dp-mode"),
+                planned_rounds=setting(run, "num-server-rounds"),
             ),
-            device=choose_device(str(node.get("device", run.get("device", "auto")))),
+            device=choose_device(str(node.get("device", setting(run, "device")))),
             state_dir=str(node.get("state-dir", "")),
             node_name=str(node.get("node-name", "")),
-            run_key=str(run.get("run-id", "")) or f"flower-run-{context.run_id}",
+            run_key=setting(run, "run-id") or f"flower-run-{context.run_id}",
         )
 
 
-def _node_data_path(run: dict, node: dict) -> str:
+def _node_data_path(run: Mapping[str, Any], node: Mapping[str, Any]) -> str:
     """The node's own file: ``data-path`` in its node config; in a simulation of real nodes, the run config's
     ``node-data-paths`` entry for this partition (one file per simulated node)."""
     if node.get("data-path"):
         return str(node["data-path"])
-    paths = [p.strip() for p in str(run.get("node-data-paths", "")).split(",") if p.strip()]
+    paths = [p.strip() for p in setting(run, "node-data-paths").split(",") if p.strip()]
     if paths and "partition-id" in node:
         index = int(node["partition-id"])
         if not 0 <= index < len(paths):

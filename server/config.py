@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,14 +10,17 @@ from typing import Any
 from flwr.app import Context
 
 from server.errors import ServerConfigError
-from server.strategies import STRATEGIES
+from server.strategies import StrategyOptions, strategy_name
 from shared_models.federation import FederatedData
+from shared_models.run_config import mint_run_id, setting
+from shared_models.run_dir import RunDir
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     num_rounds: int
     strategy: str
+    strategy_options: StrategyOptions
     model: str
     data: FederatedData
     run_dir: Path
@@ -34,52 +36,58 @@ class ServerConfig:
     progress: bool
     seed: int
     raw: dict[str, Any]
+    """The whole run config as given, for the run record (``config.json``); code reads the typed fields."""
 
     @classmethod
     def from_context(cls, context: Context) -> ServerConfig:
-        run = dict(context.run_config)
-        num_rounds = int(run.get("num-server-rounds", 3))
+        return cls.from_run_config(context.run_config)
+
+    @classmethod
+    def from_run_config(cls, run: Mapping[str, Any]) -> ServerConfig:
+        """Parse the whole run config once; a missing key or a bad value fails here, naming the key."""
+        run = dict(run)
+        num_rounds = setting(run, "num-server-rounds")
         if num_rounds < 1:
             raise ServerConfigError(f"num-server-rounds must be at least 1, got {num_rounds}")
-        strategy = str(run.get("strategy", "fedavg")).lower()
-        if strategy not in STRATEGIES:
-            raise ServerConfigError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-        run_id = str(run.get("run-id", "")) or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-        run_dir = Path(str(run.get("runs-dir", "runs"))).expanduser().resolve() / run_id
-        resume = str(run.get("resume-from", ""))
+        strategy = strategy_name(setting(run, "strategy"))
+        run_id = setting(run, "run-id")
+        resume = setting(run, "resume-from")
         resume_from = Path(resume).expanduser().resolve() if resume else None
         if resume_from is not None:
-            if run.get("run-id") and str(run["run-id"]) != resume_from.name:
+            if run_id and run_id != resume_from.name:
                 raise ServerConfigError(
-                    f"resume-from {resume_from} is run {resume_from.name!r} but run-id is {run['run-id']!r}: the "
+                    f"resume-from {resume_from} is run {resume_from.name!r} but run-id is {run_id!r}: the "
                     "clients find their privacy accountants by run id, so a resumed run must keep its own "
                     "(fedge run --resume RUN_DIR sets both)"
                 )
             run_dir = resume_from  # a resumed run goes on in its own directory
-        timeout = float(run.get("round-timeout", 0))
-        straggler = float(run.get("straggler-timeout", 0))
-        min_replies = int(run.get("min-replies", 1))
+        else:
+            runs_dir = Path(setting(run, "runs-dir")).expanduser().resolve()
+            run_dir = RunDir.of(runs_dir, run_id or mint_run_id()).path
+        timeout, straggler = setting(run, "round-timeout"), setting(run, "straggler-timeout")
+        min_replies = setting(run, "min-replies")
         if min_replies < 0:
             raise ServerConfigError(f"min-replies must be >= 0, got {min_replies}")
-        max_in_flight = int(run.get("max-in-flight", 0))
+        max_in_flight = setting(run, "max-in-flight")
         if max_in_flight < 0:
             raise ServerConfigError(f"max-in-flight must be >= 0 (0 = every message at once), got {max_in_flight}")
         return cls(
             num_rounds=num_rounds,
             strategy=strategy,
-            model=str(run.get("model", "digits-cnn")),
+            strategy_options=StrategyOptions.from_run_config(run),
+            model=setting(run, "model"),
             data=FederatedData.from_run_config(run),
             run_dir=run_dir,
-            dp=bool(run.get("dp", True)),
-            target_epsilon=float(run.get("target-epsilon", 3.0)),
-            target_delta=float(run.get("target-delta", 1e-5)),
+            dp=setting(run, "dp"),
+            target_epsilon=setting(run, "target-epsilon"),
+            target_delta=setting(run, "target-delta"),
             round_timeout=timeout if timeout > 0 else None,
             min_replies=min_replies,
             straggler_timeout=straggler if straggler > 0 else None,
             max_in_flight=max_in_flight,
             resume_from=resume_from,
-            stream_aggregation=bool(run.get("stream-aggregation", True)),
-            progress=bool(run.get("progress", True)),
-            seed=int(run.get("seed", 0)),
+            stream_aggregation=setting(run, "stream-aggregation"),
+            progress=setting(run, "progress"),
+            seed=setting(run, "seed"),
             raw=run,
         )

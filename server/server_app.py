@@ -42,7 +42,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     test_set = config.data.server_test_set()
     model = build_model(config.model, input_shape=test_set.input_shape, num_classes=test_set.num_classes)
-    strategy = build_strategy(config.strategy, config.raw)
+    strategy = build_strategy(config.strategy, config.strategy_options)
     ledger = PrivacyLedger(config.target_epsilon, config.target_delta, enabled=config.dp)
     saved = load_server_state(config.resume_from) if config.resume_from is not None else None
     if saved is not None:
@@ -103,6 +103,8 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         f"{config.model}, data {config.data.dataset} ({config.data.partitioner}), DP "
         f"{'on, target ε=' + format(config.target_epsilon, 'g') if config.dp else 'off'}; initial accuracy {acc0:.3f}"
         + (f"; resumed after round {first_round - 1}" if saved is not None else "")
+        + f"; writing its run record to {config.run_dir}",
+        soft_wrap=True,  # one line, whatever the width: `fedge run` and people reading `flwr log` find the path
     )
     progress = Progress(
         TextColumn("[bold]round"),
@@ -188,7 +190,8 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
     console.print(
         f"done: accuracy {acc0:.3f} -> {summary['final-accuracy']:.3f}"
         + (f", max ε {ledger.max_epsilon:.3f} (budget {config.target_epsilon:g})" if config.dp else "")
-        + f"; run record in {config.run_dir}"
+        + f"; run record in {config.run_dir}",
+        soft_wrap=True,  # `fedge run` reads the path from this line (server/deployment.py: RUN_RECORD_LINE)
     )
     return summary
 

@@ -16,25 +16,30 @@ import numpy as np
 from shared_models.data import ArrayDataset, CsvFormat, load_dataset, train_test_split
 from shared_models.errors import DatasetError, PartitionError
 from shared_models.partition import partition_indices
+from shared_models.run_config import DEFAULT_RUN_CONFIG, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class FederatedData:
-    """A data set, how it is split between the server's test set and the clients, and how clients share it."""
+    """A data set, how it is split between the server's test set and the clients, and how clients share it.
+
+    The defaults are the run config's (:data:`~shared_models.run_config.DEFAULT_RUN_CONFIG`), for code that builds
+    one by hand; :meth:`from_run_config` takes every field from the run config.
+    """
 
     dataset: str
-    data_path: str = ""
-    label_column: str = "label"
-    partitioner: str = "iid"
-    alpha: float = 0.5
-    shards_per_partition: int = 2
-    test_fraction: float = 0.2
-    seed: int = 0
-    csv_header: bool = True
+    data_path: str = DEFAULT_RUN_CONFIG["data-path"]
+    label_column: str = DEFAULT_RUN_CONFIG["label-column"]
+    partitioner: str = DEFAULT_RUN_CONFIG["partitioner"]
+    alpha: float = DEFAULT_RUN_CONFIG["alpha"]
+    shards_per_partition: int = DEFAULT_RUN_CONFIG["shards-per-client"]
+    test_fraction: float = DEFAULT_RUN_CONFIG["test-fraction"]
+    seed: int = DEFAULT_RUN_CONFIG["seed"]
+    csv_header: bool = DEFAULT_RUN_CONFIG["csv-header"]
     csv_columns: tuple[str, ...] = ()
-    label_binarize_at: float = 0.0
-    num_classes: int = 0
-    standardize: bool = True
+    label_binarize_at: float = DEFAULT_RUN_CONFIG["label-binarize-at"]
+    num_classes: int = DEFAULT_RUN_CONFIG["num-classes"]
+    standardize: bool = DEFAULT_RUN_CONFIG["standardize"]
 
     def __post_init__(self) -> None:
         if self.partitioner == "dirichlet" and not self.alpha > 0:
@@ -42,21 +47,22 @@ class FederatedData:
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> FederatedData:
-        """Read the data keys of a Flower run config (``dataset``, ``data-path``, ``partitioner``, ...)."""
+        """Read the data keys of a Flower run config (``dataset``, ``data-path``, ``partitioner``, ...); a missing
+        key is a :class:`~shared_models.run_config.RunConfigError` that names it."""
         return cls(
-            dataset=str(config.get("dataset", "digits")),
-            data_path=str(config.get("data-path", "")),
-            label_column=str(config.get("label-column", "label")),
-            partitioner=str(config.get("partitioner", "iid")),
-            alpha=float(config.get("alpha", 0.5)),
-            shards_per_partition=int(config.get("shards-per-client", 2)),
-            test_fraction=float(config.get("test-fraction", 0.2)),
-            seed=int(config.get("seed", 0)),
-            csv_header=bool(config.get("csv-header", True)),
-            csv_columns=tuple(c.strip() for c in str(config.get("csv-columns", "")).split(",") if c.strip()),
-            label_binarize_at=float(config.get("label-binarize-at", 0.0)),
-            num_classes=int(config.get("num-classes", 0)),
-            standardize=bool(config.get("standardize", True)),
+            dataset=setting(config, "dataset"),
+            data_path=setting(config, "data-path"),
+            label_column=setting(config, "label-column"),
+            partitioner=setting(config, "partitioner"),
+            alpha=setting(config, "alpha"),
+            shards_per_partition=setting(config, "shards-per-client"),
+            test_fraction=setting(config, "test-fraction"),
+            seed=setting(config, "seed"),
+            csv_header=setting(config, "csv-header"),
+            csv_columns=tuple(c.strip() for c in setting(config, "csv-columns").split(",") if c.strip()),
+            label_binarize_at=setting(config, "label-binarize-at"),
+            num_classes=setting(config, "num-classes"),
+            standardize=setting(config, "standardize"),
         )
 
     @property

@@ -1,22 +1,26 @@
 """Named experiments: a TOML file with the number of simulated clients, the Flower run config and backend settings.
 
 An experiment is resolved in three layers: the app's defaults (``[tool.flwr.app.config]`` in pyproject.toml,
-mirrored by :data:`DEFAULT_RUN_CONFIG`), the experiment file, then the command line's overrides. Everything is
-checked before Flower or Ray start, so a typo costs a second, not a cluster start-up.
+mirrored once by :data:`shared_models.run_config.DEFAULT_RUN_CONFIG`), the experiment file, then the command line's
+overrides (``--set KEY=VALUE`` strings and typed options, checked alike). Everything is checked before Flower or
+Ray start, so a typo costs a second, not a cluster start-up.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.config import ServerConfig
 from server.errors import ServerConfigError
-from server.strategies import build_strategy
 from shared_models.errors import FedgeError
 from shared_models.federation import FederatedData
 from shared_models.models import get_model_spec
+from shared_models.run_config import DEFAULT_RUN_CONFIG, RunConfigError, mint_run_id, parse_setting
+from shared_models.run_dir import RunDir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,60 +28,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class ExperimentError(FedgeError):
     """An experiment that cannot run as described."""
-
-
-# Must stay equal to [tool.flwr.app.config] in pyproject.toml (a test checks it), so `flwr run .` and
-# `fedge simulate` start from the same defaults.
-DEFAULT_RUN_CONFIG: dict[str, Any] = {
-    "num-server-rounds": 5,
-    "strategy": "fedavg",
-    "fraction-train": 1.0,
-    "fraction-evaluate": 0.0,
-    "min-train-nodes": 2,
-    "min-evaluate-nodes": 2,
-    "min-available-nodes": 2,
-    "proximal-mu": 0.01,
-    "server-learning-rate": 0.1,
-    "server-tau": 0.001,
-    "trimmed-beta": 0.2,
-    "krum-malicious": 0,
-    "round-timeout": 0.0,
-    "max-in-flight": 0,
-    "min-replies": 1,
-    "straggler-timeout": 0.0,
-    "resume-from": "",
-    "stream-aggregation": True,
-    "model": "digits-cnn",
-    "dataset": "digits",
-    "data-path": "",
-    "label-column": "label",
-    "csv-header": True,
-    "csv-columns": "",
-    "label-binarize-at": 0.0,
-    "num-classes": 0,
-    "standardize": True,
-    "node-data-paths": "",
-    "partitioner": "iid",
-    "alpha": 0.5,
-    "shards-per-client": 2,
-    "test-fraction": 0.2,
-    "seed": 0,
-    "local-epochs": 3,
-    "batch-size": 64,
-    "learning-rate": 0.5,
-    "learning-rate-decay": 1.0,
-    "momentum": 0.0,
-    "dp": True,
-    "dp-mode": "ghost",
-    "noise-multiplier": 0.0,
-    "target-epsilon": 3.0,
-    "target-delta": 1e-5,
-    "max-grad-norm": 1.0,
-    "device": "auto",
-    "runs-dir": "runs",
-    "run-id": "",
-    "progress": True,
-}
 
 
 @dataclass
@@ -97,25 +47,6 @@ def available_experiments() -> dict[str, Path]:
     return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.toml"))}
 
 
-def _coerce(key: str, text: str) -> Any:
-    """Parse a ``key=value`` override to the type of the key's default."""
-    if key not in DEFAULT_RUN_CONFIG:
-        raise ExperimentError(f"unknown setting {key!r}; known settings: {', '.join(sorted(DEFAULT_RUN_CONFIG))}")
-    default = DEFAULT_RUN_CONFIG[key]
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
-                raise ValueError(text)
-            return text.lower() in {"true", "1", "yes"}
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        raise ExperimentError(f"{key}={text!r}: expected a {type(default).__name__}") from None
-    return text
-
-
 def load_experiment(name_or_path: str) -> Experiment:
     """An experiment by name (a file in ``simulations/configs/``) or by path to a TOML file."""
     path = Path(name_or_path)
@@ -133,10 +64,10 @@ def load_experiment(name_or_path: str) -> Experiment:
     except tomllib.TOMLDecodeError as e:
         raise ExperimentError(f"{path} is not valid TOML: {e}") from e
     run_config = dict(DEFAULT_RUN_CONFIG)
-    for key, value in raw.get("run-config", {}).items():
-        if key not in DEFAULT_RUN_CONFIG:
-            raise ExperimentError(f"{path}: unknown setting {key!r} in [run-config]")
-        run_config[key] = value
+    try:
+        run_config.update({key: parse_setting(key, value) for key, value in raw.get("run-config", {}).items()})
+    except RunConfigError as e:
+        raise ExperimentError(f"{path}, [run-config]: {e}") from e
     backend = dict(raw.get("backend", {}))
     experiment = Experiment(
         name=path.stem,
@@ -152,12 +83,81 @@ def load_experiment(name_or_path: str) -> Experiment:
     return experiment
 
 
-def apply_overrides(experiment: Experiment, settings: list[str]) -> None:
+def apply_settings(experiment: Experiment, settings: Mapping[str, Any]) -> None:
+    """Apply typed settings (``{"num-server-rounds": 3, "dp": False}``, a command's options) with the same checks
+    as ``--set KEY=VALUE``; a value of ``None`` is an option that was not given and changes nothing."""
+    for key, value in settings.items():
+        if value is None:
+            continue
+        try:
+            experiment.run_config[key] = parse_setting(key, value)
+        except RunConfigError as e:
+            raise ExperimentError(str(e)) from e
+
+
+def apply_overrides(experiment: Experiment, settings: Sequence[str]) -> None:
+    """Apply ``KEY=VALUE`` strings (``--set``), each parsed to the type of its key's default."""
+    pairs = []
     for item in settings:
         if "=" not in item:
             raise ExperimentError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        experiment.run_config[key.strip()] = _coerce(key.strip(), value.strip())
+        pairs.append((key.strip(), value.strip()))
+    for key, value in pairs:
+        apply_settings(experiment, {key: value})
+
+
+def new_run_id(experiment: Experiment) -> str:
+    """The experiment's run id: the one it sets, else a new one named after the experiment."""
+    cfg = experiment.run_config
+    if not cfg["run-id"]:
+        cfg["run-id"] = mint_run_id(experiment.name)
+    return str(cfg["run-id"])
+
+
+def deployment_run_config(
+    *,
+    experiment: str | None = None,
+    resume: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run config that ``fedge run`` submits to a federation, checked and with absolute paths.
+
+    A new run: pyproject's defaults, then ``experiment`` (a name or a TOML file), then ``overrides`` (``--set``
+    strings) and ``settings`` (typed options); it gets a new run id unless one is set. A resumed run (``resume``,
+    its run directory): the run's own saved config instead of an experiment (keys this version no longer knows are
+    dropped), then the overrides; its run id, runs-dir and resume-from are then pinned to that directory, whatever
+    the overrides say, since the clients find their privacy accountants by the run id.
+    """
+    if resume is not None:
+        run = RunDir(Path(resume).expanduser().resolve())
+        if not run.config.is_file():
+            raise ExperimentError(
+                f"{run.path} is not a run directory (no config.json); "
+                "give --resume the runs/<run-id>/ of the run to go on"
+            )
+        if not run.can_resume():
+            raise ExperimentError(
+                f"{run.path} has no saved server state (resume.pt): its first round never finished; start a new run"
+            )
+        saved = {k: v for k, v in run.read_config().items() if k in DEFAULT_RUN_CONFIG}
+        chosen = Experiment(name=run.run_id, description="", num_supernodes=1, run_config=dict(DEFAULT_RUN_CONFIG))
+        apply_settings(chosen, saved)
+    elif experiment is not None:
+        chosen = load_experiment(experiment)
+    else:
+        chosen = Experiment(name="run", description="", num_supernodes=1, run_config=dict(DEFAULT_RUN_CONFIG))
+    apply_overrides(chosen, overrides)
+    apply_settings(chosen, settings or {})
+    cfg = chosen.run_config
+    if resume is not None:
+        cfg.update({"resume-from": str(run.path), "run-id": run.run_id, "runs-dir": str(run.path.parent)})
+    else:
+        new_run_id(chosen)
+    resolve_paths(chosen)
+    FederatedData.from_run_config(cfg)  # bad partitioner settings fail here, not on the server
+    return cfg
 
 
 def resolve_paths(experiment: Experiment) -> None:
@@ -165,7 +165,7 @@ def resolve_paths(experiment: Experiment) -> None:
     there, else from the current directory, and made absolute: the simulation's workers may run elsewhere."""
     cfg = experiment.run_config
     for key in ("data-path", "runs-dir", "resume-from", "node-data-paths"):
-        values = [v.strip() for v in str(cfg.get(key, "")).split(",")] if key == "node-data-paths" else [cfg.get(key)]
+        values = [v.strip() for v in str(cfg[key]).split(",")] if key == "node-data-paths" else [cfg[key]]
         resolved = []
         for value in values:
             if not value:
@@ -185,23 +185,22 @@ def validate(experiment: Experiment) -> None:
     cfg = experiment.run_config
     if experiment.num_supernodes < 1:
         raise ExperimentError(f"the number of clients must be at least 1, got {experiment.num_supernodes}")
-    if int(cfg["num-server-rounds"]) < 1:
-        raise ExperimentError(f"the number of rounds must be at least 1, got {cfg['num-server-rounds']}")
-    get_model_spec(str(cfg["model"]))
     try:
-        build_strategy(str(cfg["strategy"]), cfg)
+        server = ServerConfig.from_run_config(cfg)  # every key present and typed, the strategy's options valid
     except ServerConfigError as e:
         raise ExperimentError(str(e)) from e
-    min_nodes = max(int(cfg["min-train-nodes"]), int(cfg["min-available-nodes"]))
+    get_model_spec(server.model)
+    options = server.strategy_options
+    min_nodes = max(options.min_train_nodes, options.min_available_nodes)
     if min_nodes > experiment.num_supernodes:
         raise ExperimentError(
             f"the strategy waits for {min_nodes} nodes but only {experiment.num_supernodes} clients are simulated; "
             "lower min-train-nodes/min-available-nodes or simulate more clients"
         )
-    data = FederatedData.from_run_config(cfg)
+    data = server.data
     if data.partitioner == "natural":
         # Real nodes bring their own files (fedge node --data); a simulation of them names one file per node.
-        paths = [p for p in str(cfg.get("node-data-paths", "")).split(",") if p.strip()]
+        paths = [p for p in str(cfg["node-data-paths"]).split(",") if p.strip()]
         if len(paths) != experiment.num_supernodes:
             raise ExperimentError(
                 "the 'natural' partitioner gives each node its own file: on real nodes with fedge node --data, in a "
@@ -217,4 +216,4 @@ def validate(experiment: Experiment) -> None:
         data.client_train_set(0, experiment.num_supernodes)
     from shared_models.models import build_model
 
-    build_model(str(cfg["model"]), input_shape=test.input_shape, num_classes=test.num_classes)
+    build_model(server.model, input_shape=test.input_shape, num_classes=test.num_classes)

@@ -13,6 +13,7 @@ from client.state_file import PERSISTED_KEYS, restore_state, save_state, state_f
 from shared_models.errors import SchemaMismatchError
 from shared_models.federation import FederatedData
 from shared_models.models import build_model
+from shared_models.run_config import DEFAULT_RUN_CONFIG
 from tests.server.test_rounds import task_identity  # noqa: F401 (fixture)
 
 
@@ -111,7 +112,7 @@ def test_simulated_natural_nodes_take_their_file_from_the_run_config():
 
     from client.errors import ClientConfigError
 
-    run = {"dataset": "csv", "partitioner": "natural", "node-data-paths": "a.csv, b.csv"}
+    run = {**DEFAULT_RUN_CONFIG, "dataset": "csv", "partitioner": "natural", "node-data-paths": "a.csv, b.csv"}
 
     def ctx(node):
         return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=run)

@@ -20,6 +20,7 @@ from server.resume import (
     strategy_state,
 )
 from server.rounds import RoundLoop
+from shared_models.run_config import DEFAULT_RUN_CONFIG
 from tests.server.test_rounds import ScriptedGrid, task_identity  # noqa: F401 (fixture)
 
 
@@ -121,7 +122,11 @@ def test_resume_keeps_the_runs_own_id(tmp_path):
 
     run_dir = tmp_path / "hd-1"
     ctx = Context(
-        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"resume-from": str(run_dir), "run-id": "x"}
+        run_id=1,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={**DEFAULT_RUN_CONFIG, "resume-from": str(run_dir), "run-id": "x"},
     )
     with pytest.raises(ServerConfigError, match="keep its own"):
         ServerConfig.from_context(ctx)

@@ -13,7 +13,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from server.errors import ServerConfigError
 from server.ledger import PrivacyLedger
 from server.rounds import RoundLoop, StreamingMean
-from server.strategies import STRATEGIES, build_strategy
+from server.strategies import STRATEGIES, StrategyOptions, build_strategy
+from shared_models.run_config import DEFAULT_RUN_CONFIG, RunConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -155,12 +156,34 @@ def test_round_with_no_trainers_keeps_the_model():
 
 
 def test_every_strategy_name_builds_a_flower_strategy():
+    defaults = StrategyOptions.from_run_config(DEFAULT_RUN_CONFIG)
     for name in STRATEGIES:
-        assert build_strategy(name, {}).__class__.__module__.startswith("flwr.serverapp.strategy")
+        assert build_strategy(name, defaults).__class__.__module__.startswith("flwr.serverapp.strategy")
     with pytest.raises(ServerConfigError, match="unknown strategy 'fedsgd'.*fedavg"):
-        build_strategy("fedsgd", {})
+        build_strategy("fedsgd", defaults)
     with pytest.raises(ServerConfigError, match="fraction-train"):
-        build_strategy("fedavg", {"fraction-train": 0})
+        StrategyOptions.from_run_config({**DEFAULT_RUN_CONFIG, "fraction-train": 0})
+
+
+def test_strategy_options_reach_flowers_strategy_from_the_run_config():
+    from server.config import ServerConfig
+
+    run = {**DEFAULT_RUN_CONFIG, "strategy": "FedYogi", "server-learning-rate": 0.3, "min-train-nodes": 4}
+    config = ServerConfig.from_run_config(run)
+    strategy = build_strategy(config.strategy, config.strategy_options)
+    assert config.strategy == "fedyogi"
+    assert (type(strategy).__name__, strategy.eta, strategy.min_train_nodes) == ("FedYogi", 0.3, 4)
+    # One default for every strategy that has a server learning rate: pyproject's, not a second copy per strategy.
+    defaults = StrategyOptions.from_run_config(DEFAULT_RUN_CONFIG)
+    assert build_strategy("fedyogi", defaults).eta == build_strategy("fedadam", defaults).eta == 0.1
+
+
+def test_a_missing_key_fails_the_server_config_and_names_the_key():
+    from server.config import ServerConfig
+
+    run = {k: v for k, v in DEFAULT_RUN_CONFIG.items() if k != "trimmed-beta"}
+    with pytest.raises(RunConfigError, match="no 'trimmed-beta'"):
+        ServerConfig.from_run_config(run)
 
 
 def test_ledger_state_round_trips():
@@ -228,6 +251,7 @@ def test_a_negative_max_in_flight_is_refused():
 
     from server.config import ServerConfig
 
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"max-in-flight": -1})
+    run = {**DEFAULT_RUN_CONFIG, "max-in-flight": -1}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run)
     with pytest.raises(ServerConfigError, match="max-in-flight"):
         ServerConfig.from_context(context)

@@ -6,6 +6,7 @@ import pytest
 from shared_models.data import CsvFormat, load_csv
 from shared_models.errors import DatasetError, SchemaMismatchError
 from shared_models.federation import FederatedData
+from shared_models.run_config import DEFAULT_RUN_CONFIG
 
 UCI = "age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num".split(",")
 
@@ -54,6 +55,12 @@ def test_label_outside_the_federations_classes(tmp_path):
 
 def test_run_config_names_the_schema():
     data = FederatedData.from_run_config(
-        {"dataset": "csv", "partitioner": "natural", "csv-columns": " a, b ,label", "csv-header": False}
+        {
+            **DEFAULT_RUN_CONFIG,
+            "dataset": "csv",
+            "partitioner": "natural",
+            "csv-columns": " a, b ,label",
+            "csv-header": False,
+        }
     )
     assert data.csv_format == CsvFormat(columns=("a", "b", "label"), header=False, standardize=True)

@@ -63,7 +63,7 @@ def test_help_explains_every_command():
 
 def test_override_types_are_checked():
     exp = load_experiment("digits-dp")
-    with pytest.raises(ExperimentError, match="expected a int"):
+    with pytest.raises(ExperimentError, match="expected an int"):
         from simulations.experiment import apply_overrides
 
         apply_overrides(exp, ["num-server-rounds=many"])
