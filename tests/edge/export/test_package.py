@@ -189,3 +189,51 @@ def test_a_compressed_model_that_lost_accuracy_gets_a_note_with_a_remedy():
     notes = _accuracy_notes({"base": right, "student": half, "pruned": right}, inputs, options)
     assert len(notes) == 1
     assert "the student model reaches 0.50" in notes[0] and "--distill-epochs" in notes[0]
+
+
+def _short_mnist_small_run(run_dir: Path) -> Path:
+    """A finished run of mnist-small-cnn as the server leaves it (config.json, model.json, model.pt), trained for
+    one epoch on 300 samples of tests/data/mnist-500 so the test stays short."""
+    import tomllib
+
+    import torch
+
+    from shared_models.federation import FederatedData
+    from shared_models.models import build_model
+    from shared_models.training import train_epochs
+
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        defaults = tomllib.load(f)["tool"]["flwr"]["app"]["config"]  # the run config's one source of defaults
+    data = {"dataset": "mnist", "data-path": str(ROOT / "tests" / "data" / "mnist-500"), "test-fraction": 0.4}
+    config = {**defaults, **data, "model": "mnist-small-cnn"}
+    train, _ = FederatedData.from_run_config(config).split()
+    model = build_model("mnist-small-cnn", input_shape=(1, 28, 28), num_classes=10, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_epochs(
+        model, train.loader(32, shuffle=True), optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), epochs=1
+    )
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    info = {"model": "mnist-small-cnn", "input-shape": [1, 28, 28], "num-classes": 10, **data}
+    (run_dir / "model.json").write_text(json.dumps(info))
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    return run_dir
+
+
+def test_fedge_package_with_default_settings_works_on_a_mnist_small_cnn_run(tmp_path):
+    """The default variants include a width student; distillation once had its own registry without
+    mnist-small-cnn, and packaging such a run failed with 'no width multiplier is defined'."""
+    from edge.export.cli import package
+    from edge.export.package import DEFAULT_VARIANTS, parse_variant
+
+    run_dir = _short_mnist_small_run(tmp_path / "run")
+    package(run_dir)
+    out = run_dir / "artifacts"
+    built = json.loads((out / "package.json").read_text())
+    assert {f.rsplit(".", 1)[0] for f in built["artifacts"]} == {parse_variant(v).name for v in DEFAULT_VARIANTS}
+    assert {f.rsplit(".", 1)[1] for f in built["artifacts"]} == {"onnx", "tflite"}
+    student = built["compression"]["student"]
+    assert student["student"] == "mnist-small-cnn x0.4 width"
+    assert student["student-parameters"] < student["teacher-parameters"] / 4
+    for name in built["artifacts"]:
+        _check_description(out, json.loads((out / f"{name}.json").read_text()))
