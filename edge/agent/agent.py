@@ -27,26 +27,37 @@ from edge.agent.errors import (
     AgentError,
     ModelLoadError,
     ModelRuntimeError,
+    OversizedPayloadError,
     RejectedUpdateError,
     StaleCommandError,
+    TamperedChunkError,
     UnknownTopicError,
 )
 from edge.agent.protocol import (
+    KEYS_TOPIC,
     QOS,
     Manifest,
+    TopicParser,
     command_filter,
     events_topic,
     manifest_topic,
-    parse_topic,
     state_message,
     state_topic,
     telemetry_topic,
     update_event,
 )
 from edge.agent.runtime import ModelRunner, load_runner, probabilities
-from edge.agent.store import ModelStore
+from edge.agent.store import ModelStore, StoredModel
 from edge.agent.telemetry import SampleSource, TelemetryBuffer, TelemetryWindow
-from edge.agent.verify import ChunkAssembler, TrustedKeys, check_manifest, read_manifest, verify_command
+from edge.agent.verify import (
+    ChunkAssembler,
+    TrustedKeys,
+    TrustedSigners,
+    check_addressed,
+    check_manifest,
+    read_manifest,
+    verify_command,
+)
 
 log = logging.getLogger("fedge.agent")
 
@@ -81,10 +92,12 @@ class DeviceAgent:
         samples: SampleSource | None = None,
         clock: Callable[[], float] = time.time,
         session: str | None = None,
+        root: TrustedKeys | None = None,
     ) -> None:
         self.config = config
         self.limits = config.limits
-        self.trusted = trusted
+        self.signers = TrustedSigners(trusted, root=root)
+        self.topics = TopicParser(max_entries=self.limits.topic_cache_entries, max_length=self.limits.max_topic_length)
         self.transport = transport
         self.samples = samples
         self.clock = clock
@@ -96,8 +109,10 @@ class DeviceAgent:
         self.outbox = TelemetryBuffer(self.limits.telemetry_buffer_max)
         self.window = TelemetryWindow(clock())
         self.last_update: dict[str, Any] | None = None
-        self._reported: deque[str] = deque(maxlen=64)  # digests of rejected payloads already reported
+        # digests of rejected payloads already reported (bounded: a retained bad message is reported once)
+        self._reported: deque[str] = deque(maxlen=self.limits.reported_rejections)
         self.ignored = 0  # device reports (state, telemetry, events) that reached this device: dropped unanswered
+        self._load_keyset()
         self._load_current()
 
     # ------------------------------------------------------------------------------------------------- state
@@ -111,26 +126,44 @@ class DeviceAgent:
         current = self.store.state.current
         return current.version if current else None
 
+    @property
+    def trusted(self) -> TrustedKeys:
+        """The signing keys trusted now (direct ones and the key set's, less the revoked)."""
+        return self.signers.keys
+
+    def _load_keyset(self) -> None:
+        """Take back the key set accepted before a restart (checked against the root again, expiry aside)."""
+        envelope = self.store.load_keyset() if self.signers.root else None
+        if envelope is None:
+            return
+        try:
+            self.signers.accept(envelope, limits=self.limits, now=None)
+        except AgentError as e:
+            log.error("%s: the stored key set is not valid (%s); trusting the direct keys only", self.device_id, e)
+
+    @staticmethod
+    def _loader(model: StoredModel, data: bytes) -> ModelRunner:
+        return load_runner(model.format, data)
+
     def _load_current(self) -> None:
-        """Resume with the model the store names (after a restart); an unloadable one falls back to the previous."""
-        for _ in range(2):
-            current = self.store.state.current
-            if current is None:
-                return
-            try:
-                self.runner = load_runner(current.format, self.store.read(current))
-                return
-            except AgentError as e:
-                log.warning(
-                    "%s: stored model v%s does not load (%s); trying the previous one",
-                    self.device_id,
-                    current.version,
-                    e,
-                )
-                self.runner = None
-                if self.store.state.previous is None:
-                    return
-                self.store.rollback()
+        """Resume with the model the store names (after a restart). One that does not load falls back to the previous
+        one only after that one was checked and loaded; with neither, the agent says it has no model and waits."""
+        current = self.store.state.current
+        if current is None:
+            if self.store.state.lost is not None:
+                log.error("%s: no model that loads; waiting for a new one", self.device_id)
+            return
+        try:
+            self.runner = load_runner(current.format, self.store.read_intact(current))
+            return
+        except AgentError as e:
+            log.warning("%s: stored model v%s does not load (%s)", self.device_id, current.version, e)
+        try:
+            _, self.runner = self.store.rollback(self._loader)
+            log.warning("%s: resumed with the previous model v%s", self.device_id, self.version)
+        except AgentError as e:
+            self.store.forget_current()
+            log.error("%s: no model that loads (%s); waiting for a new one", self.device_id, e)
 
     def state_payload(self, state: str | None = None) -> bytes:
         s = self.store.state
@@ -165,6 +198,8 @@ class DeviceAgent:
 
     def subscriptions(self) -> list[str]:
         topics = [manifest_topic(self.device_id), command_filter(self.device_id)]
+        if self.signers.root:
+            topics.append(KEYS_TOPIC)
         if self.pending:
             topics.append(self.pending.manifest.chunk_filter())
         return topics
@@ -194,7 +229,7 @@ class DeviceAgent:
             self._reject("internal-error", f"{type(e).__name__}: {e}", payload)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
-        parsed = parse_topic(topic)
+        parsed = self.topics.parse(topic)
         if parsed is None:
             raise UnknownTopicError(f"message on an unknown topic {topic[:120]!r}")
         if parsed.kind in ("state", "telemetry", "events"):
@@ -206,6 +241,8 @@ class DeviceAgent:
             return
         if parsed.kind == "chunk":
             self._on_chunk(parsed.model_id, parsed.version, parsed.format, parsed.index, payload)
+        elif parsed.kind == "keys":
+            self._on_keyset(payload)
         elif parsed.device_id != self.device_id:
             raise UnknownTopicError(f"message on {topic[:120]!r}, which is not this device's")
         elif parsed.kind == "manifest":
@@ -215,23 +252,42 @@ class DeviceAgent:
         else:
             raise UnknownTopicError(f"this device does not take messages on {topic[:120]!r}")
 
+    def _on_keyset(self, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained key set: the device keeps the one it has
+        if len(payload) <= self.limits.max_keyset_bytes and self.signers.keyset is not None:
+            if payload == self.store.load_keyset():
+                return  # the key set it already has (retained, seen again after a reconnect)
+        keyset = self.signers.accept(payload, limits=self.limits, now=self.clock())
+        self.store.save_keyset(payload)
+        log.info("%s: key set v%s, %d signing keys", self.device_id, keyset.version, len(keyset.keys))
+
     def _on_manifest(self, payload: bytes) -> None:
         if not payload:
-            return  # a cleared retained manifest: nothing to do
-        manifest = read_manifest(payload, trusted=self.trusted, limits=self.limits)
-        current = self.store.state.current
-        if current and (current.version, current.sha256) == (manifest.version, manifest.sha256):
-            return  # the model it already runs (a retained manifest seen again after a reconnect)
+            # a cleared retained manifest: the server no longer wants this device on what it is fetching
+            self._abandon_transfer()
+            return
+        manifest = read_manifest(payload, trusted=self.trusted, limits=self.limits, revoked=self.signers.revoked)
+        check_addressed(manifest, device_id=self.device_id, group=self.config.group, model_ids=self.config.model_ids)
         if self.pending and self.pending.manifest == manifest:
             return  # already fetching it
+        # an authentic manifest for this device replaces the one in flight, whether or not it is then accepted
+        self._abandon_transfer()
+        current = self.store.state.current
+        if current and (current.model_id, current.version, current.sha256) == (
+            manifest.model_id,
+            manifest.version,
+            manifest.sha256,
+        ):
+            return  # the model it already runs (a retained manifest seen again after a reconnect)
+        floor = self.store.state.floor(manifest.model_id)
         check_manifest(
             manifest,
             limits=self.limits,
             now=self.clock(),
-            floor_version=self.store.state.floor_version,
+            floor_version=floor - 1 if self.store.repairs(manifest) else floor,
             model_format=self.config.model_format,
         )
-        self._abandon_transfer()
         self.pending = ChunkAssembler(manifest, started=self.clock(), limits=self.limits)
         self.transport.subscribe(manifest.chunk_filter(), qos=QOS)
         self.publish_state()
@@ -247,6 +303,11 @@ class DeviceAgent:
             pending.manifest.format,
         ):
             return  # a chunk of a transfer this device is not doing (a retained chunk after it unsubscribed)
+        if not 0 <= index < pending.manifest.chunks:
+            # no chunk of this transfer: refuse it, but a stray (or planted) topic must not end a good transfer
+            raise TamperedChunkError(f"chunk {index} is out of range (the manifest lists {pending.manifest.chunks})")
+        if len(payload) > self.limits.max_chunk_bytes:
+            raise OversizedPayloadError(f"chunk {index} of {len(payload)} bytes is over {self.limits.max_chunk_bytes}")
         try:
             if not pending.add(index, payload):
                 return
@@ -259,8 +320,9 @@ class DeviceAgent:
             self._abandon_transfer()
             raise
         self._abandon_transfer()
-        self.store.install(pending.manifest, data)
+        self.store.install(pending.manifest, data)  # the model is checked and loaded: now it may become current
         self.runner = runner
+        self.store.prune()  # the new model serves: only now may older files go
         self.window = TelemetryWindow(self.clock())
         self._outcome(
             "applied", "ok", f"running {pending.manifest.model_id} v{pending.manifest.version}", pending.manifest
@@ -275,15 +337,19 @@ class DeviceAgent:
             now=self.clock(),
             device_id=self.device_id,
             name="rollback",
+            revoked=self.signers.revoked,
         )
         if self.version != command.from_version:
             raise StaleCommandError(
                 f"rollback from v{command.from_version} does not apply: this device runs v{self.version}"
             )
         self._abandon_transfer()
-        state = self.store.rollback()
+        # the previous model is checked (length, sha256) and loaded before it becomes current; if it cannot serve,
+        # the current one keeps serving and nothing is deleted
+        state, runner = self.store.rollback(self._loader)
         assert state.current is not None
-        self.runner = load_runner(state.current.format, self.store.read(state.current))
+        self.runner = runner
+        self.store.prune()
         self.window = TelemetryWindow(self.clock())
         self._outcome(
             "rolled-back",

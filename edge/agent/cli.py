@@ -2,25 +2,36 @@
 
 :func:`main` parses the agent's own argv (argparse: what a device runs); :func:`agent_argv` builds that argv from typed
 options, and is what ``fedge agent``, the demo and the tests use to start an agent, so the three never drift apart.
-:data:`app` holds the ``fedge agent`` command, added to the root ``fedge`` command by :mod:`simulations.cli`.
+:data:`app` holds the ``fedge agent`` command, added to the root ``fedge`` command by :mod:`simulations.cli`; it is
+built on first use (a module ``__getattr__``), so ``python -m edge.agent`` on a device imports neither typer nor rich.
+
+The broker password never goes on a command line (``ps`` shows it to every user of the device): it comes from the
+``FEDGE_BROKER_PASSWORD`` environment variable or from ``--password-file`` (a file only its owner may read).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import TYPE_CHECKING, Annotated, Any
 
 from edge.agent.config import RUNTIMES, AgentConfig, AgentLimits
-from edge.agent.errors import AgentError
+from edge.agent.errors import AgentConfigError, AgentError
 from edge.agent.protocol import BrokerAddress, check_id
+
+if TYPE_CHECKING:  # at run time typer is imported only when the fedge command is built (see _typer_app)
+    import typer
+
+#: the environment variable that carries the broker password (never the command line)
+PASSWORD_ENV = "FEDGE_BROKER_PASSWORD"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,9 +42,22 @@ def parser() -> argparse.ArgumentParser:
             "inference on a file of samples and reports telemetry. Stop with Ctrl-C."
         ),
     )
-    p.add_argument("--broker", required=True, help="mqtt://[user:password@]host[:port] or mqtts://... (TLS)")
+    p.add_argument(
+        "--broker",
+        required=True,
+        help=f"mqtt://[user@]host[:port] or mqtts://... (TLS); the password from ${PASSWORD_ENV} or --password-file",
+    )
+    p.add_argument("--password-file", type=Path, help="file holding the broker password (mode 0600)")
     p.add_argument("--device-id", required=True, help="this device's id: 1-64 lowercase letters, digits or '-'")
     p.add_argument("--store", required=True, type=Path, help="directory of the model store (created if missing)")
+    p.add_argument(
+        "--model-id",
+        dest="model_ids",
+        action="append",
+        required=True,
+        help="a model id this device runs (repeatable); manifests for any other model are refused",
+    )
+    p.add_argument("--group", help="the device group this device belongs to (manifests may name a group)")
     p.add_argument("--runtime", choices=sorted(RUNTIMES), default="onnx", help="onnx (onnxruntime) or tflite (LiteRT)")
     p.add_argument(
         "--trust",
@@ -41,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="server public key to trust (PEM from `fedge keygen`; repeatable; default: STORE/trusted.pub)",
+    )
+    p.add_argument(
+        "--trust-root",
+        type=Path,
+        help="root public key (`fedge keygen --root`): the signing keys of its newest signed key set are trusted",
     )
     p.add_argument("--data", type=Path, help=".npz of samples to run inference on: 'x' and optional labels 'y'")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between telemetry messages (default 2)")
@@ -51,16 +80,45 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_password_file(path: Path) -> str:
+    """The broker password from a file that only its owner may read (the first line)."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise AgentConfigError(f"cannot read the password file {path}: {e}") from e
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise AgentConfigError(f"{path} may be read by other users: chmod 600 {path}")
+    return text.splitlines()[0] if text else ""
+
+
+def broker_with_password(url: str, password_file: Path | None, environ: dict[str, str] | None = None) -> BrokerAddress:
+    """The broker address with its password from ``--password-file`` or ``$FEDGE_BROKER_PASSWORD``; a password in
+    the URL is refused (on a command line, ``ps`` shows it)."""
+    address = BrokerAddress.parse(url)
+    if address.password:
+        raise AgentConfigError(
+            f"the broker URL carries a password, which every user sees in `ps`: drop it from --broker and set "
+            f"{PASSWORD_ENV} or pass --password-file FILE (mode 0600)"
+        )
+    environ = os.environ if environ is None else environ
+    password = read_password_file(password_file) if password_file else environ.get(PASSWORD_ENV)
+    return dataclasses.replace(address, password=password or None)
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     check_id("device id", args.device_id)
-    trust = tuple(args.trust) or (args.store / "trusted.pub",)
+    trust = tuple(args.trust) or (() if args.trust_root else (args.store / "trusted.pub",))
     limits = AgentLimits(max_model_bytes=int(args.max_model_mb * 1024 * 1024))
     return AgentConfig(
         device_id=args.device_id,
-        broker=BrokerAddress.parse(args.broker),
+        broker=broker_with_password(args.broker, args.password_file),
         store=args.store,
+        model_ids=tuple(args.model_ids),
+        group=args.group,
         runtime=args.runtime,
         trusted_keys=trust,
+        trust_root=args.trust_root,
         data=args.data,
         report_interval_s=args.interval,
         samples_per_report=args.samples,
@@ -99,8 +157,12 @@ def agent_argv(
     broker_url: str,
     device_id: str,
     store: Path,
+    model_ids: Sequence[str],
     runtime: str = "onnx",
     trust: Sequence[Path] = (),
+    trust_root: Path | None = None,
+    group: str | None = None,
+    password_file: Path | None = None,
     data: Path | None = None,
     interval: float | None = None,
     samples: int | None = None,
@@ -108,11 +170,21 @@ def agent_argv(
     max_model_mb: float | None = None,
     verbose: bool = False,
 ) -> list[str]:
-    """The argv of :func:`main` for these options (``None``: the agent's own default)."""
+    """The argv of :func:`main` for these options (``None``: the agent's own default). A broker URL with a password
+    is refused: pass ``password_file`` or set ``$FEDGE_BROKER_PASSWORD`` in the agent's environment."""
+    if BrokerAddress.parse(broker_url).password:
+        raise AgentConfigError(
+            f"the broker URL carries a password: it would show in `ps`; use password_file or ${PASSWORD_ENV}"
+        )
     argv = ["--broker", broker_url, "--device-id", device_id, "--store", str(store), "--runtime", runtime]
+    for model_id in model_ids:
+        argv += ["--model-id", model_id]
     for key in trust:
         argv += ["--trust", str(key)]
     for flag, value in (
+        ("--trust-root", trust_root),
+        ("--group", group),
+        ("--password-file", password_file),
         ("--data", data),
         ("--interval", interval),
         ("--samples", samples),
@@ -131,21 +203,43 @@ def agent_command(**options) -> list[str]:
     return [sys.executable, "-m", "edge.agent", *agent_argv(**options)]
 
 
-app = typer.Typer()
+def __getattr__(name: str) -> Any:
+    """``app`` (the ``fedge agent`` Typer command) is built on first use: a device never imports typer."""
+    if name == "app":
+        return _typer_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@app.command()
+def _typer_app() -> Any:
+    import typer
+
+    globals()["typer"] = typer  # the command's annotations name typer; they are read when the command is added
+    app = typer.Typer()
+    app.command()(agent)
+    return app
+
+
 def agent(
     broker_url: Annotated[
-        str, typer.Option("--broker", help="mqtt://[user:password@]host[:port] or mqtts://... (TLS).")
+        str,
+        typer.Option(
+            "--broker",
+            help=f"mqtt://[user@]host[:port] or mqtts://... (TLS); the password from ${PASSWORD_ENV}.",
+        ),
     ],
     device_id: Annotated[str, typer.Option(help="This device's id: 1-64 lowercase letters, digits or '-'.")],
     store: Annotated[Path, typer.Option(help="Directory of the model store (created if missing).")],
+    model_id: Annotated[list[str], typer.Option(help="A model id this device runs (repeatable); others are refused.")],
     runtime: Annotated[str, typer.Option(help="onnx (onnxruntime) or tflite (LiteRT).")] = "onnx",
     trust: Annotated[
         list[Path] | None,
-        typer.Option(help="Server public key to trust (from `fedge keygen`; repeatable; default STORE/trusted.pub)."),
+        typer.Option(help="Server public key to trust (`fedge keygen`; repeatable; default STORE/trusted.pub)."),
     ] = None,
+    trust_root: Annotated[
+        Path | None, typer.Option(help="Root public key (`fedge keygen --root`): trust its signed key sets.")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="The device group this device belongs to.")] = None,
+    password_file: Annotated[Path | None, typer.Option(help="File holding the broker password (mode 0600).")] = None,
     data: Annotated[
         Path | None, typer.Option(help=".npz of samples to run inference on: 'x' and optional labels 'y'.")
     ] = None,
@@ -166,6 +260,10 @@ def agent(
             store=store,
             runtime=runtime,
             trust=trust or (),
+            model_ids=model_id,
+            trust_root=trust_root,
+            group=group,
+            password_file=password_file,
             data=data,
             interval=interval,
             samples=samples,

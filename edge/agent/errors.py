@@ -99,3 +99,22 @@ class StaleCommandError(RejectedUpdateError):
     """A command that does not apply to the model the device runs now (an old command replayed)."""
 
     reason = "stale-command"
+
+
+class NotAddressedError(RejectedUpdateError):
+    """A manifest for another device or group, for a model id this device does not run, or of the old format that
+    names no target."""
+
+    reason = "not-addressed"
+
+
+class RevokedSignerError(RejectedUpdateError):
+    """Signed by a key the root's key set revoked."""
+
+    reason = "revoked-signer"
+
+
+class PreviousModelError(RejectedUpdateError):
+    """A rollback refused because the previous model is damaged or does not load (the current one keeps serving)."""
+
+    reason = "previous-unusable"

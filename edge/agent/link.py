@@ -87,7 +87,8 @@ def make_client(
 
 class MqttTransport:
     """The agent's :class:`~edge.agent.agent.Transport` over paho. Connection events and messages are put on
-    ``inbox`` for the agent's own thread; the paho thread never runs agent code."""
+    ``inbox`` for the agent's own thread; the paho thread never runs agent code. A bounded ``inbox`` that is full
+    makes the paho thread wait (the broker holds the rest), until :meth:`stop`."""
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class MqttTransport:
         self.inbox = inbox
         self.keepalive = keepalive
         self._connected = threading.Event()
+        self._closing = threading.Event()
         self.client = make_client(client_id, broker, ca_file=ca_file)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=QOS, retain=True)
@@ -121,6 +123,7 @@ class MqttTransport:
 
     def stop(self, *, last: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
         """Publish ``last`` (retained; the clean "disconnected" state), then disconnect without the last will."""
+        self._closing.set()
         if last is not None and self.connected:
             info = self.client.publish(last[0], last[1], qos=QOS, retain=True)
             try:
@@ -141,13 +144,21 @@ class MqttTransport:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self.inbox.put(("refused", str(reason_code)))
+            self._put(("refused", str(reason_code)))
             return
         self._connected.set()
-        self.inbox.put(("connect",))
+        self._put(("connect",))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
 
+    def _put(self, item: tuple) -> None:
+        while not self._closing.is_set():
+            try:
+                self.inbox.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
     def _on_message(self, client, userdata, message) -> None:
-        self.inbox.put(("message", message.topic, bytes(message.payload)))
+        self._put(("message", message.topic, bytes(message.payload)))

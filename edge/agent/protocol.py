@@ -11,10 +11,17 @@ Topics (every id is ``[a-z0-9-]``, see :func:`check_id`)::
     fedge/v1/devices/{device}/manifest              server -> retained   the signed manifest of the model it should run
     fedge/v1/devices/{device}/cmd/{name}            server ->            signed commands (``rollback``); never retained
     fedge/v1/models/{model}/{version}/{format}/{i}  server -> retained   chunk ``i`` of a model file
+    fedge/v1/keys                                   server -> retained   the root-signed set of signing keys
 
 State is retained, commands are not (Homie / Sparkplug). A model is never one retained blob: it goes as a signed
 manifest on the device's topic and as chunks on the model's topics, which a device subscribes to once it has
 accepted the manifest. Everything that must not be lost goes at QoS 1 over persistent sessions.
+
+A manifest names its target (``targets``: device ids, and/or ``group``) and its model id inside the signed part, so
+a manifest copied from another device's topic, or one for another model, is refused (``not-addressed``).
+
+Key rotation (TUF's root idea, kept small): a device trusts a root key, which signs only key sets
+(``{version, expires, keys, revoked}``); manifests and commands are signed by a key the newest accepted key set lists.
 
 Signed messages are TUF-style envelopes: ``{"signed": {...}, "signatures": [{"keyid": ..., "sig": ...}]}``; the
 signature (Ed25519) covers :func:`canonical_json` of ``signed``; ``keyid`` is the sha256 of the raw public key.
@@ -23,20 +30,22 @@ Times are integer Unix seconds (UTC).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edge.agent.errors import AgentConfigError, MalformedMessageError
+from edge.agent.errors import AgentConfigError, MalformedMessageError, NotAddressedError
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "fedge/v1"
 MANIFEST_TYPE = "fedge-model-manifest"
 COMMAND_TYPE = "fedge-command"
+KEYSET_TYPE = "fedge-keyset"
 COMMANDS = ("rollback",)
 QOS = 1  # everything that must not be lost: manifests, chunks, commands, telemetry, events, state
 
@@ -46,15 +55,26 @@ FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 #: device states published (retained) on the state topic
 STATES = ("ready", "waiting", "updating", "disconnected", "lost")
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# always used with fullmatch: ``$`` in a pattern matches before a final newline ("digits\n" would pass)
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes "²", which int() refuses
+
+#: the longest topic any fedge message uses (a chunk topic with 64-character ids is about 120); longer ones are
+#: refused before they are parsed
+MAX_TOPIC_LENGTH = 256
+
+
+def is_id(value: object) -> bool:
+    """Whether ``value`` is a valid topic id (the whole string: no trailing newline)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 def check_id(kind: str, value: object) -> str:
     """Return ``value`` if it is a valid topic id (``[a-z0-9-]``, 1-64 characters, not starting with ``-``)."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not is_id(value):
         raise MalformedMessageError(f"{kind} {value!r} is not a valid id: use 1-64 characters of [a-z0-9-]")
-    return value
+    return value  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------------------- topics
@@ -98,6 +118,10 @@ def chunk_topic(model_id: str, version: int, fmt: str, index: int) -> str:
     return f"{chunk_prefix(model_id, version, fmt)}/{int(index)}"
 
 
+#: the retained, root-signed key set every device subscribes to
+KEYS_TOPIC = f"{TOPIC_ROOT}/keys"
+
+
 #: what the server side subscribes to
 FLEET_FILTERS = (
     f"{TOPIC_ROOT}/devices/+/state",
@@ -108,7 +132,7 @@ FLEET_FILTERS = (
 
 @dataclass(frozen=True)
 class Topic:
-    """A parsed topic: ``kind`` is state, telemetry, events, manifest, cmd or chunk."""
+    """A parsed topic: ``kind`` is state, telemetry, events, manifest, cmd, chunk or keys."""
 
     kind: str
     device_id: str = ""
@@ -119,23 +143,58 @@ class Topic:
     index: int = -1
 
 
-@lru_cache(maxsize=8192)  # a fleet sends on the same few topics over and over; Topic is immutable
-def parse_topic(topic: str) -> Topic | None:
-    """Parse a fedge topic; ``None`` for anything that is not one."""
+def _parse_topic(topic: str, max_length: int) -> Topic | None:
+    if not isinstance(topic, str) or len(topic) > max_length:
+        return None
     parts = topic.split("/")
     if parts[:2] != TOPIC_ROOT.split("/"):
         return None
     rest = parts[2:]
-    if len(rest) >= 3 and rest[0] == "devices" and _ID.match(rest[1]):
+    if rest == ["keys"]:
+        return Topic(kind="keys")
+    if len(rest) >= 3 and rest[0] == "devices" and is_id(rest[1]):
         if len(rest) == 3 and rest[2] in ("state", "telemetry", "events", "manifest"):
             return Topic(kind=rest[2], device_id=rest[1])
-        if len(rest) == 4 and rest[2] == "cmd" and _ID.match(rest[3]):
+        if len(rest) == 4 and rest[2] == "cmd" and is_id(rest[3]):
             return Topic(kind="cmd", device_id=rest[1], command=rest[3])
         return None
-    if len(rest) == 5 and rest[0] == "models" and _ID.match(rest[1]) and rest[3] in FORMATS:
-        if rest[2].isdigit() and rest[4].isdigit() and len(rest[2]) <= 18 and len(rest[4]) <= 9:
+    if len(rest) == 5 and rest[0] == "models" and is_id(rest[1]) and rest[3] in FORMATS:
+        if _DIGITS.fullmatch(rest[2]) and _DIGITS.fullmatch(rest[4]) and len(rest[4]) <= 9:
             return Topic(kind="chunk", model_id=rest[1], version=int(rest[2]), format=rest[3], index=int(rest[4]))
     return None
+
+
+class TopicParser:
+    """Parses topics with a bounded cache (a fleet sends on the same few topics over and over; Topic is immutable).
+
+    Only topics that parse are cached, and only topics of at most ``max_length`` characters are looked at: a flood
+    of distinct junk topic names costs no memory. When the cache is full it is emptied and starts again (cheaper
+    than an LRU's bookkeeping per message, and the working set of a device or a collector is small).
+    """
+
+    def __init__(self, *, max_entries: int = 8192, max_length: int = MAX_TOPIC_LENGTH) -> None:
+        self.max_entries = max_entries
+        self.max_length = max_length
+        self._cache: dict[str, Topic] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def parse(self, topic: str) -> Topic | None:
+        """Parse a fedge topic; ``None`` for anything that is not one (never cached)."""
+        hit = self._cache.get(topic)
+        if hit is not None:
+            return hit
+        parsed = _parse_topic(topic, self.max_length)
+        if parsed is not None:
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+            self._cache[topic] = parsed
+        return parsed
+
+
+#: the shared parser of the server side (the collector); a device agent has its own, sized by its limits
+parse_topic = TopicParser().parse
 
 
 # ---------------------------------------------------------------------------------------------------------- json
@@ -195,6 +254,12 @@ class Manifest:
     issued: int
     expires: int
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the devices this manifest is for (a device takes it only if its id is here, or its group is ``group``)
+    targets: tuple[str, ...] = ()
+    group: str = ""
+
+    def addressed_to(self, device_id: str, group: str | None) -> bool:
+        return device_id in self.targets or (bool(self.group) and self.group == group)
 
     @property
     def chunks(self) -> int:
@@ -226,11 +291,14 @@ class Manifest:
             "issued": self.issued,
             "expires": self.expires,
             "meta": self.meta,
+            "targets": list(self.targets),
+            "group": self.group,
         }
 
     @classmethod
-    def from_signed(cls, d: dict[str, Any]) -> Manifest:
-        """Validate the ``signed`` part of a manifest envelope (types, ranges, consistency)."""
+    def from_signed(cls, d: dict[str, Any], *, require_target: bool = True) -> Manifest:
+        """Validate the ``signed`` part of a manifest envelope (types, ranges, consistency). A device always requires
+        a target; the server builds an unaddressed template first (``require_target=False``) and addresses it later."""
         what = "manifest"
         if d.get("_type") != MANIFEST_TYPE:
             raise MalformedMessageError(f"{what}: _type must be {MANIFEST_TYPE!r}")
@@ -248,15 +316,41 @@ class Manifest:
         issued = _nonneg_int(d, "issued", what)
         expires = _nonneg_int(d, "expires", what)
         meta = _get(d, "meta", dict, what)
+        if "targets" not in d and "group" not in d:
+            raise NotAddressedError(
+                f"{what} of {model_id} v{version} names no target (an old-format manifest): republish it with "
+                "`fedge publish`, which addresses every manifest to its devices"
+            )
+        targets = _get(d, "targets", list, what)
+        group = _get(d, "group", str, what)
+        for target in targets:
+            check_id("target device id", target)
+        if group:
+            check_id("group", group)
+        if not targets and not group and require_target:
+            raise NotAddressedError(f"{what} of {model_id} v{version} is addressed to no device and no group")
         if version < 1 or length < 1 or chunk_size < 1:
             raise MalformedMessageError(f"{what}: version, length and chunk_size must be >= 1")
-        if not _SHA256.match(sha256) or not all(isinstance(h, str) and _SHA256.match(h) for h in hashes):
+        if not _SHA256.fullmatch(sha256) or not all(isinstance(h, str) and _SHA256.fullmatch(h) for h in hashes):
             raise MalformedMessageError(f"{what}: sha256 values must be 64 lowercase hex digits")
         if len(hashes) != -(-length // chunk_size):
             raise MalformedMessageError(
                 f"{what}: {len(hashes)} chunk hashes do not fit length {length} in chunks of {chunk_size}"
             )
-        return cls(model_id, version, fmt, length, sha256, chunk_size, tuple(hashes), issued, expires, meta)
+        return cls(
+            model_id,
+            version,
+            fmt,
+            length,
+            sha256,
+            chunk_size,
+            tuple(hashes),
+            issued,
+            expires,
+            meta,
+            targets=tuple(targets),
+            group=group,
+        )
 
 
 def split_chunks(data: bytes, chunk_size: int) -> list[bytes]:
@@ -273,8 +367,11 @@ def manifest_for(
     issued: int,
     expires: int,
     meta: dict[str, Any] | None = None,
+    targets: tuple[str, ...] | list[str] = (),
+    group: str = "",
 ) -> Manifest:
-    """The manifest of a model file (unsigned; ``edge.delivery`` signs it)."""
+    """The manifest of a model file for ``targets`` (device ids) and/or ``group`` (unsigned; ``edge.delivery``
+    signs it)."""
     chunks = split_chunks(data, chunk_size)
     manifest = Manifest(
         model_id=check_id("model id", model_id),
@@ -287,8 +384,11 @@ def manifest_for(
         issued=int(issued),
         expires=int(expires),
         meta=dict(meta or {}),
+        targets=tuple(targets),
+        group=group,
     )
-    return Manifest.from_signed(manifest.to_signed())  # the same checks a device runs
+    # the same checks a device runs
+    return Manifest.from_signed(manifest.to_signed(), require_target=bool(targets or group))
 
 
 # ---------------------------------------------------------------------------------------------------------- commands
@@ -335,6 +435,62 @@ class Command:
             expires=_nonneg_int(d, "expires", what),
             reason=reason[:200],
         )
+
+
+# ---------------------------------------------------------------------------------------------------------- key set
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """The signing keys devices trust, as the root key signed them: ``keys`` maps key id -> raw Ed25519 public key
+    (32 bytes); ``revoked`` lists key ids never to trust again. A device takes a key set only if the root signed it,
+    its version is higher than the one it has, and it has not expired."""
+
+    version: int
+    issued: int
+    expires: int
+    keys: dict[str, bytes]
+    revoked: tuple[str, ...] = ()
+
+    def to_signed(self) -> dict[str, Any]:
+        return {
+            "_type": KEYSET_TYPE,
+            "spec_version": PROTOCOL_VERSION,
+            "version": self.version,
+            "issued": self.issued,
+            "expires": self.expires,
+            "keys": [{"keyid": k, "public": base64.b64encode(raw).decode("ascii")} for k, raw in self.keys.items()],
+            "revoked": list(self.revoked),
+        }
+
+    @classmethod
+    def from_signed(cls, d: dict[str, Any]) -> KeySet:
+        what = "key set"
+        if d.get("_type") != KEYSET_TYPE or d.get("spec_version") != PROTOCOL_VERSION:
+            raise MalformedMessageError(f"{what}: not a {KEYSET_TYPE} of spec_version {PROTOCOL_VERSION}")
+        version = _nonneg_int(d, "version", what)
+        issued = _nonneg_int(d, "issued", what)
+        expires = _nonneg_int(d, "expires", what)
+        entries = _get(d, "keys", list, what)
+        revoked = _get(d, "revoked", list, what)
+        keys: dict[str, bytes] = {}
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("public"), str):
+                raise MalformedMessageError(f"{what}: every key is an object with 'keyid' and 'public'")
+            try:
+                raw = base64.b64decode(entry["public"], validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise MalformedMessageError(f"{what}: a public key is not base64") from e
+            if len(raw) != 32 or entry.get("keyid") != keyid_of(raw):
+                raise MalformedMessageError(f"{what}: key {str(entry.get('keyid'))[:16]} does not match its key id")
+            keys[entry["keyid"]] = raw
+        if not all(isinstance(k, str) and _SHA256.fullmatch(k) for k in revoked):
+            raise MalformedMessageError(f"{what}: revoked key ids must be 64 lowercase hex digits")
+        if version < 1 or not keys:
+            raise MalformedMessageError(f"{what}: needs a version >= 1 and at least one key")
+        if set(keys) & set(revoked):
+            raise MalformedMessageError(f"{what}: a key is both listed and revoked")
+        return cls(version, issued, expires, keys, tuple(revoked))
 
 
 # ---------------------------------------------------------------------------------------------- device -> server

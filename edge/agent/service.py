@@ -20,10 +20,12 @@ from edge.agent.verify import TrustedKeys, load_public_key
 log = logging.getLogger("fedge.agent")
 
 
-def load_trusted_keys(paths: tuple[Path, ...] | list[Path]) -> TrustedKeys:
+def load_trusted_keys(paths: tuple[Path, ...] | list[Path], *, required: bool = True) -> TrustedKeys:
     """The server keys a device trusts (PEM files written by ``fedge keygen``)."""
-    if not paths:
-        raise AgentConfigError("no trusted key: pass --trust SERVER.pub (written by `fedge keygen`)")
+    if not paths and required:
+        raise AgentConfigError(
+            "no trusted key: pass --trust SERVER.pub (`fedge keygen`) or --trust-root ROOT.pub (`fedge keygen --root`)"
+        )
     keys = {}
     for path in paths:
         try:
@@ -34,23 +36,33 @@ def load_trusted_keys(paths: tuple[Path, ...] | list[Path]) -> TrustedKeys:
     return keys
 
 
+def client_id_of(device_id: str) -> str:
+    """A device's MQTT client id is its device id, which is also its broker user name: Mosquitto as fedge
+    configures it (``use_username_as_clientid``) replaces any client id by the user name, so one device's
+    credentials can never take over another device's session."""
+    return device_id
+
+
 class AgentService:
     """One agent with its MQTT transport and its own thread."""
 
     def __init__(self, config: AgentConfig, *, trusted: TrustedKeys | None = None) -> None:
         self.config = config
-        self.inbox: queue.Queue = queue.Queue()
+        # bounded: a flood waits in the broker (the network thread blocks), not in the device's memory
+        self.inbox: queue.Queue = queue.Queue(maxsize=config.limits.inbox_messages)
         self.stop_event = threading.Event()
-        trusted = trusted if trusted is not None else load_trusted_keys(config.trusted_keys)
+        root = load_trusted_keys((config.trust_root,)) if config.trust_root else None
+        if trusted is None:
+            trusted = load_trusted_keys(config.trusted_keys, required=root is None)
         samples = SampleSource(config.data) if config.data else None
         self.transport = MqttTransport(
-            f"fedge-agent-{config.device_id}",
+            client_id_of(config.device_id),
             config.broker,
             inbox=self.inbox,
             ca_file=config.ca_file,
             keepalive=config.keepalive_s,
         )
-        self.agent = DeviceAgent(config, trusted=trusted, transport=self.transport, samples=samples)
+        self.agent = DeviceAgent(config, trusted=trusted, transport=self.transport, samples=samples, root=root)
         will = lost_message(config.device_id, config.runtime, self.agent.session)
         self.transport.client.will_set(state_topic(config.device_id), json.dumps(will).encode(), qos=1, retain=True)
         self.thread = threading.Thread(target=self._run, name=f"agent-{config.device_id}", daemon=True)

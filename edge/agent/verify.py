@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -25,7 +25,9 @@ from edge.agent.errors import (
     FormatMismatchError,
     HashMismatchError,
     MalformedMessageError,
+    NotAddressedError,
     OversizedPayloadError,
+    RevokedSignerError,
     RollbackError,
     TamperedChunkError,
     TransferTimeoutError,
@@ -33,7 +35,7 @@ from edge.agent.errors import (
     UnknownSignerError,
     UnsignedManifestError,
 )
-from edge.agent.protocol import Command, Manifest, canonical_json, keyid_of, load_json_object
+from edge.agent.protocol import Command, KeySet, Manifest, canonical_json, keyid_of, load_json_object
 
 TrustedKeys = Mapping[str, Ed25519PublicKey]
 
@@ -50,11 +52,14 @@ def load_public_key(pem: bytes) -> tuple[str, Ed25519PublicKey]:
     return keyid_of(raw), key
 
 
-def verify_envelope(payload: bytes, *, trusted: TrustedKeys, max_bytes: int, what: str) -> dict[str, Any]:
+def verify_envelope(
+    payload: bytes, *, trusted: TrustedKeys, max_bytes: int, what: str, revoked: Collection[str] = ()
+) -> dict[str, Any]:
     """Check size, JSON shape and the Ed25519 signature of a signed envelope; return its ``signed`` part.
 
     One valid signature by a trusted key is enough; signatures by unknown keys are ignored, and an envelope whose
-    only signatures are by unknown keys is refused as ``unknown-signer``.
+    only signatures are by unknown keys is refused as ``unknown-signer`` (``revoked-signer`` when a key in
+    ``revoked`` signed it: a revoked key is never trusted, whatever else lists it).
     """
     if len(payload) > max_bytes:
         raise OversizedPayloadError(f"{what} of {len(payload)} bytes is over the limit of {max_bytes}")
@@ -71,8 +76,12 @@ def verify_envelope(payload: bytes, *, trusted: TrustedKeys, max_bytes: int, wha
         message = canonical_json(signed)
     except (TypeError, ValueError) as e:
         raise MalformedMessageError(f"{what}: 'signed' cannot be canonicalised: {e}") from e
+    keyids = [s.get("keyid") for s in signatures]
     known = [s for s in signatures if isinstance(s.get("keyid"), str) and s["keyid"] in trusted]
+    known = [s for s in known if s["keyid"] not in revoked]
     if not known:
+        if any(isinstance(k, str) and k in revoked for k in keyids):
+            raise RevokedSignerError(f"{what} is signed by a revoked key")
         raise UnknownSignerError(f"{what} is not signed by a trusted key")
     for sig in known:
         try:
@@ -113,9 +122,27 @@ def check_manifest(
     return manifest
 
 
-def read_manifest(payload: bytes, *, trusted: TrustedKeys, limits: AgentLimits) -> Manifest:
+def check_addressed(manifest: Manifest, *, device_id: str, group: str | None, model_ids: Collection[str]) -> Manifest:
+    """The manifest is for this device (its id among the targets, or its group) and for a model it runs."""
+    if not manifest.addressed_to(device_id, group):
+        to = ", ".join(manifest.targets[:5]) + ("..." if len(manifest.targets) > 5 else "")
+        if manifest.group:
+            to = f"{to}; group {manifest.group}" if to else f"group {manifest.group}"
+        raise NotAddressedError(f"manifest of {manifest.model_id} v{manifest.version} is for {to}, not {device_id}")
+    if manifest.model_id not in model_ids:
+        raise NotAddressedError(
+            f"manifest is for model {manifest.model_id!r}; this device runs {', '.join(sorted(model_ids))}"
+        )
+    return manifest
+
+
+def read_manifest(
+    payload: bytes, *, trusted: TrustedKeys, limits: AgentLimits, revoked: Collection[str] = ()
+) -> Manifest:
     """Authenticate a manifest envelope and validate its schema (no policy checks yet)."""
-    signed = verify_envelope(payload, trusted=trusted, max_bytes=limits.max_manifest_bytes, what="manifest")
+    signed = verify_envelope(
+        payload, trusted=trusted, max_bytes=limits.max_manifest_bytes, what="manifest", revoked=revoked
+    )
     return Manifest.from_signed(signed)
 
 
@@ -127,23 +154,82 @@ def verify_manifest(
     now: float,
     floor_version: int,
     model_format: str,
+    device_id: str | None = None,
+    group: str | None = None,
+    model_ids: Collection[str] | None = None,
 ) -> Manifest:
-    """Every check on a manifest before any chunk is accepted: :func:`read_manifest` then :func:`check_manifest`."""
+    """Every check on a manifest before any chunk is accepted: :func:`read_manifest`, :func:`check_addressed`
+    (when ``device_id`` is given) and :func:`check_manifest`."""
     manifest = read_manifest(payload, trusted=trusted, limits=limits)
+    if device_id is not None:
+        check_addressed(
+            manifest, device_id=device_id, group=group, model_ids=model_ids if model_ids is not None else ()
+        )
     return check_manifest(manifest, limits=limits, now=now, floor_version=floor_version, model_format=model_format)
 
 
 def verify_command(
-    payload: bytes, *, trusted: TrustedKeys, limits: AgentLimits, now: float, device_id: str, name: str
+    payload: bytes,
+    *,
+    trusted: TrustedKeys,
+    limits: AgentLimits,
+    now: float,
+    device_id: str,
+    name: str,
+    revoked: Collection[str] = (),
 ) -> Command:
     """Check a signed command addressed to this device on the topic of its name."""
-    signed = verify_envelope(payload, trusted=trusted, max_bytes=limits.max_command_bytes, what="command")
+    signed = verify_envelope(
+        payload, trusted=trusted, max_bytes=limits.max_command_bytes, what="command", revoked=revoked
+    )
     command = Command.from_signed(signed)
     if command.command != name or command.device_id != device_id:
         raise MalformedMessageError(f"command {command.command!r} for {command.device_id!r} on the wrong topic")
     if command.expires <= now:
         raise ExpiredManifestError(f"command {command.command!r} expired at {command.expires}")
     return command
+
+
+def verify_keyset(
+    payload: bytes, *, root: TrustedKeys, limits: AgentLimits, now: float | None, current_version: int
+) -> KeySet:
+    """Check a key set: signed by the root, newer than ``current_version`` (a replayed older set is a rollback) and
+    not expired (``now`` None skips the expiry: a stored set accepted before is re-read after a restart)."""
+    signed = verify_envelope(payload, trusted=root, max_bytes=limits.max_keyset_bytes, what="key set")
+    keyset = KeySet.from_signed(signed)
+    if keyset.version <= current_version:
+        raise RollbackError(f"key set v{keyset.version} is not newer than v{current_version}, the one this device has")
+    if now is not None and keyset.expires <= now:
+        raise ExpiredManifestError(f"key set v{keyset.version} expired at {keyset.expires} (now {int(now)})")
+    return keyset
+
+
+class TrustedSigners:
+    """The signing keys a device trusts: the ones it was given directly, plus those of the newest root-signed key
+    set, minus every key that set revoked. No I/O: the agent stores the accepted key set itself."""
+
+    def __init__(self, direct: TrustedKeys, *, root: TrustedKeys | None = None) -> None:
+        self.direct = dict(direct)
+        self.root = dict(root or {})
+        self.keyset: KeySet | None = None
+        self.keys: dict[str, Ed25519PublicKey] = dict(self.direct)
+        self.revoked: frozenset[str] = frozenset()
+
+    @property
+    def keyset_version(self) -> int:
+        return self.keyset.version if self.keyset else 0
+
+    def accept(self, payload: bytes, *, limits: AgentLimits, now: float | None) -> KeySet:
+        """Take a new key set if it passes :func:`verify_keyset`; raise (and change nothing) otherwise."""
+        if not self.root:
+            raise UnknownSignerError("key set arrived but this device trusts no root key (--trust-root)")
+        keyset = verify_keyset(payload, root=self.root, limits=limits, now=now, current_version=self.keyset_version)
+        keys = dict(self.direct)
+        for keyid, raw in keyset.keys.items():
+            keys[keyid] = Ed25519PublicKey.from_public_bytes(raw)
+        self.keyset, self.revoked = keyset, frozenset(keyset.revoked)
+        self.keys = {k: v for k, v in keys.items() if k not in self.revoked}
+        return keyset
 
 
 _ONNX_FIRST_BYTES = (0x08,)  # ModelProto field 1 (ir_version), varint

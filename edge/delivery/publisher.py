@@ -9,8 +9,10 @@ reconnects mid-transfer, still gets them) and the signed manifest is retained on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +116,15 @@ def load_artifact(path: Path, *, model_id: str | None = None, version: int | Non
     return Artifact(path, data, model_id, version, fmt, meta)
 
 
+def _envelope(key: SigningKey, signed: dict[str, Any]) -> bytes:
+    return json.dumps(key.sign(signed), separators=(",", ":")).encode("utf-8")
+
+
 @dataclass(frozen=True)
 class SignedModel:
+    """A model file with its signed manifest. The manifest names its targets (device ids and/or a group): the chunks
+    are the same for every target, the manifest is signed again for each (:meth:`addressed`)."""
+
     artifact: Artifact
     manifest: Manifest
     envelope: bytes  # the signed manifest, as it goes on the wire
@@ -123,6 +132,16 @@ class SignedModel:
     def chunk_messages(self) -> list[tuple[str, bytes, bool]]:
         chunks = split_chunks(self.artifact.data, self.manifest.chunk_size)
         return [(self.manifest.chunk_topic(i), c, True) for i, c in enumerate(chunks)]
+
+    def addressed(self, key: SigningKey, targets: Sequence[str] = (), group: str = "") -> SignedModel:
+        """The same model with its manifest addressed to ``targets`` and/or ``group``, signed by ``key``."""
+        if not targets and not group:
+            raise ArtifactError("a manifest must name its target: device ids or a group")
+        with as_delivery_error(ArtifactError):
+            manifest = Manifest.from_signed(
+                dataclasses.replace(self.manifest, targets=tuple(targets), group=group).to_signed()
+            )
+        return SignedModel(self.artifact, manifest, _envelope(key, manifest.to_signed()))
 
 
 def sign_artifact(
@@ -132,7 +151,11 @@ def sign_artifact(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     expires_in_s: float = DEFAULT_EXPIRES_S,
     now: float | None = None,
+    targets: Sequence[str] = (),
+    group: str = "",
 ) -> SignedModel:
+    """Build and sign the manifest of ``artifact`` for ``targets`` (device ids) and/or ``group``. Without either the
+    manifest is addressed to no device (every device refuses it): :meth:`ModelPublisher.assign` addresses it."""
     now = time.time() if now is None else now
     with as_delivery_error(ArtifactError):
         manifest = manifest_for(
@@ -144,9 +167,10 @@ def sign_artifact(
             issued=int(now),
             expires=int(now + expires_in_s),
             meta=artifact.meta,
+            targets=tuple(targets),
+            group=group,
         )
-    envelope = json.dumps(key.sign(manifest.to_signed()), separators=(",", ":")).encode("utf-8")
-    return SignedModel(artifact, manifest, envelope)
+    return SignedModel(artifact, manifest, _envelope(key, manifest.to_signed()))
 
 
 class ModelPublisher:
@@ -164,9 +188,16 @@ class ModelPublisher:
         """Remove a version's retained chunks from the broker (an empty retained message clears a topic)."""
         self.client.publish_all([(manifest.chunk_topic(i), b"", True) for i in range(manifest.chunks)], self.timeout)
 
-    def assign(self, model: SignedModel, device_ids: list[str]) -> None:
-        """Make ``model`` the one these devices should run (the signed manifest, retained on each one's topic)."""
-        self.client.publish_all([(manifest_topic(d), model.envelope, True) for d in device_ids], self.timeout)
+    def assign(self, model: SignedModel, device_ids: list[str], *, group: str = "") -> None:
+        """Make ``model`` the one these devices should run: a manifest signed for each device (or, with ``group``,
+        one for the group), retained on each one's topic. A manifest copied to another device's topic is refused
+        there (``not-addressed``)."""
+        if group:
+            envelope = model.addressed(self.key, group=group).envelope
+            messages = [(manifest_topic(d), envelope, True) for d in device_ids]
+        else:
+            messages = [(manifest_topic(d), model.addressed(self.key, [d]).envelope, True) for d in device_ids]
+        self.client.publish_all(messages, self.timeout)
 
     def unassign(self, device_ids: list[str]) -> None:
         self.client.publish_all([(manifest_topic(d), b"", True) for d in device_ids], self.timeout)
@@ -179,6 +210,6 @@ class ModelPublisher:
         messages = []
         for d in device_ids:
             command = Command("rollback", d, from_version, now, now + COMMAND_EXPIRES_S, reason)
-            payload = json.dumps(self.key.sign(command.to_signed()), separators=(",", ":")).encode("utf-8")
+            payload = _envelope(self.key, command.to_signed())
             messages.append((command_topic(d, "rollback"), payload, False))
         self.client.publish_all(messages, self.timeout)

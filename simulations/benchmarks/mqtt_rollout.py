@@ -63,6 +63,7 @@ def worker(args: argparse.Namespace) -> int:
             device_id=device,
             broker=BrokerAddress.parse(credentials[device]),
             store=Path(args.stores) / device,
+            model_ids=("mnist-cnn",),
             trusted_keys=(Path(args.trust),),
             report_interval_s=3600.0,  # no telemetry: this measures delivery only
         )

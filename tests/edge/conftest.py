@@ -62,9 +62,20 @@ def signed(
     expires_in_s: float = 3600,
     now: float | None = None,
     model_id: str = "digits",
+    targets: tuple[str, ...] = ("dev-1",),
+    group: str = "",
 ) -> SignedModel:
+    """A model signed for ``targets`` (the test agent, dev-1, by default) and/or ``group``."""
     art = Artifact(Path(f"m.{fmt}"), data, model_id, version, fmt, {})
-    return sign_artifact(art, key or signing_key(), chunk_size=chunk_size, expires_in_s=expires_in_s, now=now)
+    return sign_artifact(
+        art,
+        key or signing_key(),
+        chunk_size=chunk_size,
+        expires_in_s=expires_in_s,
+        now=now,
+        targets=targets,
+        group=group,
+    )
 
 
 def deliver(agent: DeviceAgent, model: SignedModel, *, chunks: list[tuple[str, bytes, bool]] | None = None) -> None:
@@ -89,20 +100,27 @@ def make_agent(tmp_path, clock):
         runtime: str = "onnx",
         limits: AgentLimits | None = None,
         transport: FakeTransport | None = None,
+        model_ids: tuple[str, ...] = ("digits",),
+        group: str | None = None,
+        trusted: dict | None = None,
+        root: dict | None = None,
     ) -> DeviceAgent:
         config = AgentConfig(
             device_id="dev-1",
             broker=BrokerAddress("127.0.0.1", 1),
             store=store or tmp_path / "store",
+            model_ids=model_ids,
             runtime=runtime,
+            group=group,
             limits=limits or AgentLimits(),
         )
         return DeviceAgent(
             config,
-            trusted={key_id: public},
+            trusted={key_id: public} if trusted is None else trusted,
             transport=transport or FakeTransport(),
             samples=SampleSource(samples),
             clock=clock,
+            root=root,
         )
 
     return make

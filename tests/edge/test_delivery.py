@@ -44,7 +44,7 @@ def test_artifact_metadata_from_the_json_beside_it(tmp_path):
     art = load_artifact(path)
     assert (art.model_id, art.version, art.format, art.meta) == ("digits-cnn", 7, "onnx", {"accuracy": 0.93})
     assert load_artifact(path, version=8).version == 8
-    model = sign_artifact(art, SigningKey.generate(), chunk_size=1000)
+    model = sign_artifact(art, SigningKey.generate(), chunk_size=1000, targets=["dev-1"])
     assert Manifest.from_signed(json.loads(model.envelope)["signed"]) == model.manifest
     assert b"".join(p for _, p, _ in model.chunk_messages()) == art.data
 

@@ -56,7 +56,7 @@ def wait_for(predicate, timeout: float = 30.0, poll: float = 0.05) -> bool:
 
 def model(version: int, *, bad: bool = False, chunk_size: int = 512):
     art = Artifact(Path("m.onnx"), onnx_model(bad=bad), "digits", version, "onnx", {"accuracy": 0.9})
-    return sign_artifact(art, signing_key(), chunk_size=chunk_size)
+    return sign_artifact(art, signing_key(), chunk_size=chunk_size, targets=tuple(DEVICES))
 
 
 @pytest.fixture
@@ -92,6 +92,7 @@ def env(tmp_path):
                 device_id=device_id,
                 broker=self.address(broker, device_id),
                 store=tmp_path / "stores" / device_id,
+                model_ids=("digits",),
                 runtime=runtime,
                 trusted_keys=(pub,),
                 data=samples,
@@ -292,6 +293,8 @@ def test_rollout_on_the_embedded_broker_with_agent_processes(embedded, env, tmp_
                         str(tmp_path / d),
                         "--runtime",
                         runtime,
+                        "--model-id",
+                        "digits",
                         "--trust",
                         str(pub),
                         "--data",
@@ -350,6 +353,7 @@ def test_fedge_publish_and_fleet_status_on_mosquitto(mosquitto, env, tmp_path):
             device_id=d,
             broker=mosquitto.setup.address(d),
             store=tmp_path / "cli-stores" / d,
+            model_ids=("digits",),
             trusted_keys=(tmp_path / "keys" / "server.pub",),
             data=write_samples(tmp_path / "samples.npz"),
             report_interval_s=0.3,
@@ -414,6 +418,7 @@ def test_rollout_over_tls_and_a_client_without_the_ca_is_refused(tmp_path):
                 device_id="dev-a",
                 broker=setup.address("dev-a"),
                 store=tmp_path / "store",
+                model_ids=("digits",),
                 trusted_keys=(write_public_key(signing_key(), tmp_path / "server.pub"),),
                 data=write_samples(tmp_path / "samples.npz"),
                 report_interval_s=0.3,
