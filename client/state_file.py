@@ -13,13 +13,13 @@ fresh and a resumed one continues.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
 
 from client.errors import ClientError
+from shared_models.run_dir import write_json
 
 # client.privacy's STATE_KEY and CALIBRATION_KEY, spelled out so that reading the state does not import Opacus
 # (a second of a fresh ClientApp process's start-up; tests/client checks they stay equal).
@@ -51,12 +51,6 @@ def restore_state(state: RecordDict, path: Path) -> None:
 
 
 def save_state(state: RecordDict, path: Path) -> None:
-    """Write the persisted records of ``state`` to ``path`` through a temporary file and a rename."""
-    payload = {key: dict(state[key]) for key in PERSISTED_KEYS if key in state}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write the persisted records of ``state`` to ``path``, whole or not at all (the run directory's one atomic
+    write: temporary file, fsync, rename)."""
+    write_json(path, {key: dict(state[key]) for key in PERSISTED_KEYS if key in state})

@@ -3,8 +3,9 @@
 ``runs/<run-id>/resume.pt`` holds, as of the end of the last finished round: the global arrays, the strategy's
 state (FedAdam/FedYogi's server-optimizer moments ``m_t``/``v_t`` and the arrays they step from), the round
 number, the privacy ledger, the state of Python's ``random`` (Flower's strategies sample nodes with it) and of
-torch's generator, and the per-round metrics so far. It is written to a temporary file and renamed, so a server
-killed at any moment leaves either the previous round's state or this round's, never half of one.
+torch's generator, and the per-round metrics so far. It is written through the run directory's one atomic write
+(:func:`shared_models.run_dir.atomic_write`), so a server killed at any moment leaves either the previous round's
+state or this round's, never half of one.
 
 ``fedge run --resume RUN_DIR`` submits the same run again with ``resume-from`` set; the ServerApp then loads this
 file and continues with the next round into the same run directory. The clients' accountants continue too: they
@@ -20,7 +21,6 @@ are kept on each node under its ``state-dir``, keyed by the run id, which a resu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,8 @@ import torch
 from flwr.serverapp.strategy import Strategy
 
 from server.errors import ServerError
+from shared_models.run_dir import RunDir, atomic_write
 
-RESUME_FILE = "resume.pt"
 FORMAT_VERSION = 1
 
 
@@ -89,7 +89,7 @@ def _to_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 def save_server_state(run_dir: Path, state: ServerState) -> Path:
-    """Write ``run_dir/resume.pt`` atomically (temporary file, fsync, rename)."""
+    """Write ``run_dir/resume.pt`` whole or not at all (temporary file, fsync, rename)."""
     payload = {
         "format": FORMAT_VERSION,
         "server-round": state.server_round,
@@ -100,21 +100,15 @@ def save_server_state(run_dir: Path, state: ServerState) -> Path:
         "torch-random": state.torch_random,
         "rounds": state.rounds,
     }
-    path = run_dir / RESUME_FILE
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(RunDir(run_dir).resume, lambda fh: torch.save(payload, fh))
 
 
 def load_server_state(run_dir: Path) -> ServerState:
-    path = run_dir / RESUME_FILE
-    if not path.is_file():
+    run = RunDir(run_dir)
+    path = run.resume
+    if not run.can_resume():
         raise ResumeError(
-            f"{run_dir} holds no saved server state ({RESUME_FILE}); a run can be resumed once its first round has "
+            f"{run_dir} holds no saved server state ({path.name}); a run can be resumed once its first round has "
             "finished. Check the run directory (runs/<run-id>/)"
         )
     try:

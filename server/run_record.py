@@ -1,16 +1,6 @@
-"""The run directory ``runs/<run-id>/``: config, per-round metrics, privacy ledger, checkpoints and plots.
-
-Layout::
-
-    runs/<run-id>/
-      config.json          the full run config
-      metrics.json         one entry per round (round 0 = the initial model), rewritten after every round
-      privacy.json         the privacy ledger (per client: ε, rounds taken, rounds refused)
-      model.json           what the checkpoints hold (model name, input shape, classes, data set)
-      model.pt             the final global model (a torch state_dict)
-      checkpoints/round-NNN.pt
-      resume.pt            what the server needs to go on after the last finished round (server/resume.py)
-      accuracy.png, epsilon.png
+"""The server's writer of the run directory ``runs/<run-id>/``: config, per-round metrics, privacy ledger,
+checkpoints and plots. The layout is :class:`shared_models.run_dir.RunDir`'s; every JSON record is written whole
+or not at all (:func:`shared_models.run_dir.write_json`).
 
 A resumed run (``rounds`` given) goes on in the same directory: its earlier rounds are kept and config.json, the
 run's own settings, is left as it was.
@@ -18,22 +8,14 @@ run's own settings, is left as it was.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from server.ledger import PrivacyLedger
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a JSON file behind."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+from shared_models.run_dir import RunDir, atomic_write, write_json
 
 
 def _jsonable(value: Any) -> Any:
@@ -55,27 +37,25 @@ class RunRecord:
         model_info: dict[str, Any],
         rounds: list[dict[str, Any]] | None = None,
     ) -> None:
-        self.dir = directory
-        (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.run = RunDir(directory)
+        self.dir = self.run.path
+        self.run.checkpoints.mkdir(parents=True, exist_ok=True)
         self.rounds: list[dict[str, Any]] = list(rounds or [])
-        if rounds is None or not (self.dir / "config.json").is_file():
-            _write_json(self.dir / "config.json", config)
-        _write_json(self.dir / "model.json", model_info)
+        if rounds is None or not self.run.config.is_file():
+            write_json(self.run.config, config, default=_jsonable)
+        write_json(self.run.model_info, model_info, default=_jsonable)
 
     def save_checkpoint(self, server_round: int, state_dict: dict[str, torch.Tensor]) -> Path:
-        path = self.dir / "checkpoints" / f"round-{server_round:03d}.pt"
-        torch.save(state_dict, path)
-        return path
+        return atomic_write(self.run.checkpoint(server_round), lambda fh: torch.save(state_dict, fh))
 
     def save_final(self, state_dict: dict[str, torch.Tensor]) -> Path:
-        path = self.dir / "model.pt"
-        torch.save(state_dict, path)
-        return path
+        """model.pt, written last and whole: its presence means the run finished (``RunDir.is_finished``)."""
+        return atomic_write(self.run.model, lambda fh: torch.save(state_dict, fh))
 
     def add_round(self, entry: dict[str, Any], ledger: PrivacyLedger) -> None:
         self.rounds.append({k: (_finite(v) if isinstance(v, float) else v) for k, v in entry.items()})
-        _write_json(self.dir / "metrics.json", {"rounds": self.rounds})
-        _write_json(self.dir / "privacy.json", ledger.state_dict())
+        write_json(self.run.metrics, {"rounds": self.rounds}, default=_jsonable)
+        write_json(self.run.privacy, ledger.state_dict(), default=_jsonable)
 
     def plot(self, ledger: PrivacyLedger) -> list[Path]:
         """accuracy.png (central accuracy per round) and, with DP, epsilon.png (ε per round against the target)."""
@@ -97,9 +77,9 @@ class RunRecord:
             ax.grid(alpha=0.3)
             ax.set_title("Global model accuracy per round")
             fig.tight_layout()
-            fig.savefig(self.dir / "accuracy.png", dpi=100)
+            fig.savefig(self.run.accuracy_plot, dpi=100)
             plt.close(fig)
-            written.append(self.dir / "accuracy.png")
+            written.append(self.run.accuracy_plot)
         eps_rounds = [r for r in self.rounds if r.get("epsilon-max") is not None and r["round"] > 0]
         if ledger.enabled and eps_rounds:
             fig, ax = plt.subplots(figsize=(6, 4))
@@ -115,7 +95,7 @@ class RunRecord:
             ax.legend()
             ax.set_title("Privacy spent over the run")
             fig.tight_layout()
-            fig.savefig(self.dir / "epsilon.png", dpi=100)
+            fig.savefig(self.run.epsilon_plot, dpi=100)
             plt.close(fig)
-            written.append(self.dir / "epsilon.png")
+            written.append(self.run.epsilon_plot)
         return written

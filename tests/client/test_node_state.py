@@ -142,3 +142,21 @@ def test_epsilon_after_round_is_the_accountants_own():
     assert reused == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
     accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)  # one step more than planned
     assert privacy.epsilon_after_round(accountant, plan, before, 1e-5) == accountant.get_epsilon(1e-5) > reused
+
+
+def test_a_node_state_write_that_fails_keeps_the_epsilon_already_spent(tmp_path):
+    path = state_file(tmp_path, "run-1")
+    spent = RecordDict({"dp-accountant": ConfigRecord({"history": "[[1.1, 0.01, 40]]"})})
+    save_state(spent, path)
+    torn = RecordDict(
+        {
+            "dp-accountant": ConfigRecord({"history": "[[1.1, 0.01, 80]]"}),
+            "dp-calibration": ConfigRecord({"blob": b"\x00"}),
+        }
+    )
+    with pytest.raises(TypeError):
+        save_state(torn, path)  # the calibration record cannot be written: nothing is
+    restored = RecordDict()
+    restore_state(restored, path)
+    assert dict(restored["dp-accountant"]) == {"history": "[[1.1, 0.01, 40]]"}
+    assert [p.name for p in path.parent.iterdir()] == [path.name]

@@ -117,6 +117,33 @@ def test_resume_refuses_missing_or_torn_state(tmp_path):
         load_server_state(tmp_path)
 
 
+def test_a_server_killed_while_saving_keeps_the_previous_rounds_state(tmp_path, monkeypatch):
+    def state(server_round):
+        return ServerState(
+            server_round=server_round,
+            arrays={"w": np.full(2, server_round, np.float32)},
+            strategy={},
+            ledger={},
+            python_random=random.getstate(),
+            torch_random=torch.get_rng_state(),
+            rounds=[{"round": r} for r in range(server_round + 1)],
+        )
+
+    save_server_state(tmp_path, state(1))
+
+    def dies_half_way(obj, fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 half a zip")
+        raise OSError("killed")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="killed"):
+        save_server_state(tmp_path, state(2))
+    monkeypatch.undo()
+    loaded = load_server_state(tmp_path)
+    assert loaded.server_round == 1 and loaded.arrays["w"].tolist() == [1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resume.pt"]
+
+
 def test_resume_keeps_the_runs_own_id(tmp_path):
     from flwr.app import Context, RecordDict
 
