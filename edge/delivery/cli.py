@@ -358,23 +358,38 @@ def fleet_collect(
         str, typer.Option(help="MQTT client id: a persistent session keeps what arrives while it is away.")
     ] = "fedge-collector",
     ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics of the fleet on this port (http://HOST:PORT/metrics)."),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address the metrics endpoint listens on.")] = "127.0.0.1",
 ) -> None:
     """Keep every state, telemetry and update message of the fleet in SQLite until Ctrl-C.
 
     QoS 1 with a persistent session: what the devices send while the collector is down arrives when it is back.
+    With --metrics-port, Prometheus metrics (devices by state and version, telemetry received/lost, update
+    outcomes, latency) computed from the database at each scrape.
     """
     from edge.agent.protocol import BrokerAddress
     from edge.delivery.collector import FleetCollector, FleetStore
     from edge.delivery.errors import as_delivery_error
+    from edge.delivery.metrics import FleetMetrics, MetricsServer
 
     with as_delivery_error():
         address = BrokerAddress.parse(broker_url)
-    collector = FleetCollector(address, FleetStore(db), client_id=client_id, ca_file=ca).start()
-    Console().print(f"collecting into {db}; Ctrl-C stops")
+    store = FleetStore(db)
+    collector = FleetCollector(address, store, client_id=client_id, ca_file=ca).start()
+    metrics = None
     try:
+        Console().print(f"collecting into {db}; Ctrl-C stops")
+        if metrics_port is not None:
+            metrics = MetricsServer(FleetMetrics(store), port=metrics_port, host=metrics_host)
+            Console().print(f"Prometheus metrics: {metrics.url}")
         _wait_forever()
     finally:
         collector.stop()
+        if metrics is not None:
+            metrics.stop()
         Console().print(f"{collector.received} messages received")
 
 

@@ -70,16 +70,26 @@ class VersionStats:
 
 
 class FleetStore:
-    """The collector's SQLite database. Thread-safe (one connection behind a lock)."""
+    """The collector's SQLite database. Thread-safe (one connection behind a lock).
 
-    def __init__(self, path: Path | str) -> None:
+    ``read_only=True`` opens an existing database for reading only (the dashboard, the metrics endpoint): nothing is
+    created or changed, and a writer (the collector) may keep writing to it at the same time.
+    """
+
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        if read_only:
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"no fleet database at {self.path}")
+            uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        else:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._pending_touch: dict[str, float] | None = None  # last-seen per device, written once per batch
         self._pending_telemetry: list[tuple] | None = None  # telemetry rows, inserted together per batch
@@ -272,6 +282,23 @@ class FleetStore:
 
     def malformed(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._query("SELECT * FROM malformed ORDER BY received")]
+
+    def telemetry(self, *, since: float = 0.0, limit: int = 5000) -> list[dict[str, Any]]:
+        """The latest ``limit`` telemetry messages received at or after ``since``, oldest first (no histograms)."""
+        rows = self._query(
+            "SELECT * FROM (SELECT device_id, session, seq, ts, received, model_id, version, inferences, errors, "
+            "labelled, correct, latency_ms_p50, latency_ms_p95, mean_confidence, accuracy FROM telemetry "
+            "WHERE received >= ? ORDER BY received DESC, seq DESC LIMIT ?) ORDER BY received, seq",
+            (since, limit),
+        )
+        return [dict(r) for r in rows]
+
+    def event_counts(self) -> list[dict[str, Any]]:
+        """How many update outcomes of each kind (applied, rejected, rolled-back) and reason the devices reported."""
+        rows = self._query(
+            "SELECT outcome, reason, count(*) AS n FROM events GROUP BY outcome, reason ORDER BY outcome, reason"
+        )
+        return [dict(r) for r in rows]
 
 
 class FleetCollector:
