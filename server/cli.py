@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ out = Console()
 def _run_config(
     config: str | None, settings: list[str], resume: Path | None, rounds: int | None, runs_dir: str | None
 ) -> dict[str, Any]:
-    from simulations.experiment import DEFAULT_RUN_CONFIG, Experiment, apply_overrides, load_experiment, resolve_paths
+    from simulations.experiment import DEFAULT_RUN_CONFIG, Experiment, apply_overrides, load_experiment
 
     if resume is not None:
         resume = resume.expanduser().resolve()
@@ -60,10 +59,13 @@ def _run_config(
         cfg["runs-dir"] = str(resume.parent)
     elif not cfg.get("run-id"):
         cfg["run-id"] = f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    resolve_paths(experiment)
+    # data-path and runs-dir are paths on the server: they travel as given and the server resolves them
+    from server.deployment import check_server_data
     from shared_models.federation import FederatedData
 
     FederatedData.from_run_config(cfg)  # bad partitioner settings fail here, not on the server
+    if resume is None:
+        check_server_data(cfg, experiment=experiment.name if config else "", description=experiment.description)
     return cfg
 
 
@@ -193,26 +195,17 @@ def run(
         Path | None, typer.Option(help="Continue this run directory (runs/<run-id>/) after its last round.")
     ] = None,
 ) -> None:
-    """Submit fedge's app to a running federation (flwr run) and follow it until it ends."""
-    from server.deployment import submit_run, write_connection, write_overrides
-    from server.processes import stop_tree
-    from simulations.experiment import PROJECT_ROOT
+    """Submit fedge's app to a running federation (flwr run) and follow it until it ends; a run that fails on the
+    server fails here too (exit code 2, with the server's reason)."""
+    from server.deployment import Connection, run_on_federation
 
-    if not insecure and (ca is None or not ca.is_file()):
-        raise DeploymentError("a TLS connection needs the federation's CA certificate (--ca); or --insecure")
+    connection = Connection(superlink=superlink, ca_certificate=ca, insecure=insecure)
     cfg = _run_config(config, list(setting or []), resume, rounds, runs_dir)
-    with tempfile.TemporaryDirectory(prefix="fedge-run-") as tmp:
-        home = Path(tmp) / "flwr-home"
-        write_connection(home, superlink, ca_certificate=ca, insecure=insecure)
-        overrides = write_overrides(Path(tmp) / "run-config.toml", cfg)
-        err.print(f"submitting run {cfg['run-id']} to {superlink}" + (f" (resuming {resume})" if resume else ""))
-        proc = submit_run(PROJECT_ROOT, home, overrides)
-        try:
-            code = proc.wait()
-        except BaseException:
-            stop_tree(proc)
-            raise
-    run_dir = Path(str(cfg["runs-dir"])) / str(cfg["run-id"])
-    if code:
-        raise DeploymentError(f"flwr run exited with code {code}; the run record (if any) is in {run_dir}")
-    out.print(f"run record: {run_dir}")
+    err.print(f"submitting run {cfg['run-id']} to {superlink}" + (f" (resuming {resume})" if resume else ""))
+    outcome = run_on_federation(cfg, connection, echo=lambda line: print(line, end="", flush=True))
+    if outcome.run_record is None:
+        out.print(f"run {cfg['run-id']} completed; the server did not say where its run record is")
+    elif Path(outcome.run_record).is_dir():
+        out.print(f"run record: {outcome.run_record}")
+    else:
+        out.print(f"run record (on the server): {outcome.run_record}")

@@ -1,8 +1,9 @@
 """Run an experiment on Flower's simulation engine (Ray), with our ServerApp and ClientApp.
 
-Flower's simulation is given an app directory holding a generated ``pyproject.toml`` whose
-``[tool.flwr.app.config]`` is the experiment's fully resolved run config, so the ServerApp and every ClientApp
-read exactly the settings that ``flwr run`` would give them from this project's pyproject.toml plus overrides.
+Flower's simulation is given the Flower App that ``fedge run`` also submits (``server/flower_app.py``): its
+``[tool.flwr.app.config]`` is the experiment's fully resolved run config, so the ServerApp and every ClientApp read
+exactly the settings that ``flwr run`` would give them. The simulation itself runs in this process through the one
+private Flower call fedge makes (``simulations/flower_adapter.py``).
 """
 
 from __future__ import annotations
@@ -19,38 +20,6 @@ from typing import Any
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from simulations.experiment import Experiment, ExperimentError, resolve_paths, validate  # noqa: E402
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
-
-
-def write_app_dir(directory: Path, run_config: dict[str, Any]) -> Path:
-    """A minimal Flower App whose defaults are ``run_config`` (components point at this project's apps)."""
-    lines = [
-        "[project]",
-        'name = "fedge-simulation"',
-        'version = "0.1.0"',
-        'description = "fedge experiment"',
-        'license = "Apache-2.0"',
-        "",
-        "[tool.flwr.app]",
-        'publisher = "fedge"',
-        "",
-        "[tool.flwr.app.components]",
-        'serverapp = "server.server_app:app"',
-        'clientapp = "client.client_app:app"',
-        "",
-        "[tool.flwr.app.config]",
-        *(f"{key} = {_toml_value(value)}" for key, value in run_config.items()),
-    ]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "pyproject.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
 
 
 def backend_config(experiment: Experiment, *, verbose: bool = False) -> dict[str, Any]:
@@ -79,29 +48,23 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> dict[str
         actors = max(1, int((os.cpu_count() or 1) / max(experiment.client_num_cpus, 0.01)))
         cfg["max-in-flight"] = 16 * actors
 
-    from flwr.app import Context, RecordDict
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.telemetry import EventType
-
     from client.client_app import app as client_app
+    from server.flower_app import write_app_dir
     from server.server_app import app as server_app
+    from simulations.flower_adapter import run_simulation_in_process
 
     run_dir = Path(cfg["runs-dir"]) / str(cfg["run-id"])
     with tempfile.TemporaryDirectory(prefix="fedge-app-") as tmp:
-        app_dir = write_app_dir(Path(tmp), cfg)
-        context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(cfg))
+        app_dir = write_app_dir(Path(tmp) / "app", cfg, name="fedge-simulation")
         try:
-            _run_simulation(
-                num_supernodes=experiment.num_supernodes,
-                exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                client_app=client_app,
+            run_simulation_in_process(
                 server_app=server_app,
-                backend_name="ray",
+                client_app=client_app,
+                run_config=cfg,
+                num_supernodes=experiment.num_supernodes,
                 backend_config=backend_config(experiment, verbose=verbose),
-                app_dir=str(app_dir),
-                is_app=True,
-                server_app_context=context,
-                verbose_logging=verbose,
+                app_dir=app_dir,
+                verbose=verbose,
             )
         except RuntimeError as e:
             if isinstance(e.__cause__, ExperimentError):
