@@ -1,12 +1,15 @@
 """Running a model on the device: onnxruntime for ``.onnx``, LiteRT (``ai-edge-litert``) for ``.tflite``.
 
 Both runners take one sample (any shape with the model's number of values) and return a vector of class scores.
-``tflite_runtime`` is accepted as a fallback import for devices that only have it.
+``tflite_runtime`` is accepted as a fallback import for devices that only have it. An int8 model's input is
+quantized and its output dequantized by :func:`to_input_tensor` / :func:`from_output_tensor`, which
+``edge.export`` also uses to verify artifacts, so a package is checked with the conversion its devices run.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,6 +26,28 @@ def _fit(sample: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndar
     if sample.size != int(np.prod(shape)):
         raise ModelRuntimeError(f"a sample of {sample.size} values does not fit the model input {shape}")
     return np.ascontiguousarray(sample.reshape(shape), dtype=dtype)
+
+
+def to_input_tensor(sample: np.ndarray, details: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """A float sample as the input tensor a LiteRT interpreter's ``details`` describe, in ``shape``: quantized with
+    the tensor's scale and zero point (rounded, clipped to the integer type) where the tensor is an integer one,
+    else only cast. The one conversion used by the device and by ``fedge package``'s verification."""
+    dtype = details["dtype"]
+    scale, zero = details.get("quantization", (0.0, 0))
+    if np.issubdtype(dtype, np.integer) and scale:
+        q = np.round(sample.astype(np.float32) / scale + zero)
+        info = np.iinfo(dtype)
+        return _fit(np.clip(q, info.min, info.max), shape, dtype)
+    return _fit(sample, shape, dtype)
+
+
+def from_output_tensor(out: np.ndarray, details: Mapping[str, Any]) -> np.ndarray:
+    """A LiteRT output tensor as float32 scores: dequantized with the scale and zero point in ``details`` where it
+    is an integer tensor, else only cast. Keeps the tensor's shape."""
+    scale, zero = details.get("quantization", (0.0, 0))
+    if np.issubdtype(out.dtype, np.integer) and scale:
+        out = (out.astype(np.float32) - zero) * scale
+    return np.asarray(out, dtype=np.float32)
 
 
 class OnnxRunner:
@@ -84,24 +109,14 @@ class TfliteRunner:
         self.input_shape = tuple(int(d) for d in self.inp["shape"])
 
     def predict(self, sample: np.ndarray) -> np.ndarray:
-        dtype = self.inp["dtype"]
-        scale, zero = self.inp.get("quantization", (0.0, 0))
-        if np.issubdtype(dtype, np.integer) and scale:
-            q = np.round(sample.astype(np.float32) / scale + zero)
-            info = np.iinfo(dtype)
-            x = _fit(np.clip(q, info.min, info.max), self.input_shape, dtype)
-        else:
-            x = _fit(sample, self.input_shape, dtype)
+        x = to_input_tensor(sample, self.inp, self.input_shape)
         try:
             self.interpreter.set_tensor(self.inp["index"], x)
             self.interpreter.invoke()
             out = self.interpreter.get_tensor(self.out["index"])
         except Exception as e:
             raise ModelRuntimeError(f"inference failed: {e}") from e
-        oscale, ozero = self.out.get("quantization", (0.0, 0))
-        if np.issubdtype(out.dtype, np.integer) and oscale:
-            out = (out.astype(np.float32) - ozero) * oscale
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+        return from_output_tensor(out, self.out).reshape(-1)
 
 
 def load_runner(fmt: str, model: bytes) -> ModelRunner:

@@ -2,8 +2,10 @@
 ``.tflite``, one thread, one sample at a time, and time it.
 
 The runners take float samples and return float logits whatever the artifact's own input/output types: an int8
-TFLite model's input is quantized with its input tensor's scale and zero point, and its output dequantized, as the
-device agent does. Latency is timed around what a device does per sample (set the input, invoke, read the output).
+TFLite model's input is quantized with its input tensor's scale and zero point, and its output dequantized, by the
+device agent's own code (:func:`edge.agent.runtime.to_input_tensor`, :func:`~edge.agent.runtime.from_output_tensor`),
+so what is verified here is what a device runs. Latency is timed around what a device does per sample (set the
+input, invoke, read the output).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge.agent.runtime import from_output_tensor, to_input_tensor
 from edge.compress.errors import MissingExtraError
 from edge.export.errors import UnknownFormatError, VerificationError
 
@@ -174,19 +177,10 @@ class TFLiteRunner:
             raise VerificationError(
                 f"a sample of shape {tuple(sample.shape)} does not fit {self.path.name}'s input {self.input_shape}"
             )
-        dtype = np.dtype(self.input["dtype"])
-        scale, zero = self.input.get("quantization", (0.0, 0))
-        if np.issubdtype(dtype, np.integer) and scale:
-            info = np.iinfo(dtype)
-            q = np.clip(np.round(sample.astype(np.float32) / scale + zero), info.min, info.max)
-            return np.ascontiguousarray(q.reshape(self.input_shape), dtype=dtype)
-        return np.ascontiguousarray(sample.reshape(self.input_shape), dtype=dtype)
+        return to_input_tensor(sample, self.input, self.input_shape)
 
     def _from_output(self, out: np.ndarray) -> np.ndarray:
-        scale, zero = self.output.get("quantization", (0.0, 0))
-        if np.issubdtype(out.dtype, np.integer) and scale:
-            return ((out.astype(np.float32) - zero) * scale).astype(np.float32)
-        return out.astype(np.float32)
+        return from_output_tensor(out, self.output)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         interp, inp, out = self.interpreter, self.input["index"], self.output["index"]

@@ -95,6 +95,20 @@ def test_tflite_int8_is_full_integer_with_int8_input_and_output(artifacts):
     assert fp32["input"]["dtype"] == "float32" and fp32["input"]["quantization"] is None
 
 
+@pytest.mark.parametrize("name", ["int8.tflite", "fp32.tflite"])
+def test_verification_gives_exactly_what_the_device_agent_computes(artifacts, name):
+    """fedge package verifies an artifact with the agent's own conversion of int8 inputs and outputs, so the
+    numbers in its report are the device's, to the bit."""
+    from edge.agent.runtime import load_runner
+
+    path = artifacts[name]
+    _, test = digits_split()
+    x = test.x[:40]
+    on_device = load_runner(path.suffix[1:], path.read_bytes())
+    expected = np.stack([on_device.predict(sample) for sample in x])
+    np.testing.assert_array_equal(open_artifact(path).run(x), expected)
+
+
 def test_fp16_tflite_is_about_half_the_float_file(artifacts):
     assert artifacts["fp16.tflite"].stat().st_size < 0.9 * artifacts["fp32.tflite"].stat().st_size
 
