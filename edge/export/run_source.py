@@ -1,4 +1,5 @@
-"""Read a trained model and its data back from a run directory (``runs/<run-id>/``).
+"""Read a trained model and its data back from a run directory (``runs/<run-id>/``, laid out by
+:class:`shared_models.run_dir.RunDir`).
 
 ``model.json`` says which registry model, input shape and classes; ``model.pt`` holds its weights;
 ``config.json`` says how the data were split, so the server's held-out split is rebuilt exactly as in the run.
@@ -6,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +21,28 @@ from shared_models.data import ArrayDataset
 from shared_models.errors import FedgeError
 from shared_models.federation import FederatedData
 from shared_models.models import build_model, set_weights
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
+from shared_models.run_config import DEFAULT_RUN_CONFIG
+from shared_models.run_dir import RunDir, RunDirError
 
 
 def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """(the final global model in eval mode, model.json, config.json) of a run."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist; pass a directory under runs/ (fedge simulate)")
-    info_path, weights_path = run_dir / "model.json", run_dir / "model.pt"
+    run = RunDir(Path(run_dir))
+    if not run.exists():
+        raise CheckpointError(f"run directory {run.path} does not exist; pass a directory under runs/ (fedge simulate)")
+    info_path, weights_path = run.model_info, run.model
     if not info_path.is_file():
-        raise CheckpointError(f"{run_dir} has no model.json; is it a fedge run directory (runs/<run-id>/)?")
+        raise CheckpointError(f"{run.path} has no model.json; is it a fedge run directory (runs/<run-id>/)?")
     if not weights_path.is_file():
         raise CheckpointError(
-            f"{run_dir} has no model.pt (the final global model): the run did not finish; "
+            f"{run.path} has no model.pt (the final global model): the run did not finish; "
             "run it to the end (or resume it) before packaging"
         )
-    info = _read_json(info_path)
-    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    try:
+        info = run.read_model_info()
+        config = run.read_config() if run.config.is_file() else {}
+    except RunDirError as e:
+        raise CheckpointError(str(e)) from e
     try:
         model = build_model(
             str(info["model"]), input_shape=tuple(info["input-shape"]), num_classes=int(info["num-classes"])
@@ -63,12 +61,11 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict
 
 
 def run_federated_data(info: dict[str, Any], config: dict[str, Any]) -> FederatedData:
-    """The run's data description; model.json's data keys fill in what an older config.json lacks."""
-    merged = dict(config)
-    for key in ("dataset", "data-path", "test-fraction", "seed"):
-        if key not in merged and key in info:
-            merged[key] = info[key]
-    return FederatedData.from_run_config(merged)
+    """The run's data description from its config.json. A record written before a key existed (or a run with no
+    config.json) is read with model.json's data keys, then with the key's default."""
+    data_keys = ("dataset", "data-path", "test-fraction", "seed")
+    recorded = {key: info[key] for key in data_keys if key in info}
+    return FederatedData.from_run_config({**DEFAULT_RUN_CONFIG, **recorded, **config})
 
 
 def split_held_out(test: ArrayDataset, *, fraction: float = 0.5, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
@@ -130,7 +127,7 @@ def run_package_inputs(
         tune=tune,
         calibration=calib,
         source={
-            "run-id": Path(run_dir).resolve().name,
+            "run-id": RunDir(Path(run_dir)).run_id,
             "run-dir": str(run_dir),
             "tune-on": str(tune_on),
             "test-samples": len(test),
