@@ -357,8 +357,8 @@ def check_server_data(run_config: dict[str, Any], *, experiment: str = "", descr
     what = f"experiment {experiment!r}" if experiment else "this run"
     about = f" ({description})" if description else ""
     raise DeploymentError(
-        f"{what}{about} evaluates on a {dataset} data set that the server must have, and no data-path names it: "
-        "pass --set data-path=PATH, a path on the server (a relative path is taken from the directory "
+        f"{what} reads its {dataset} data from a file the server must have, and no data-path names it{about}: "
+        "pass --set data-path=PATH, that file's path on the server (a relative path is taken from the directory "
         "`fedge server` was started in)"
     )
 

@@ -38,6 +38,8 @@ HOSPITALS = {
     "switzerland": "processed.switzerland.data",
     "va": "processed.va.data",
 }
+# heart-disease names no table of its own (no install ships one): the server's evaluation table, from the checkout
+SERVER_TABLE = ["--set", f"data-path={DATA / 'processed.cleveland.data'}"]
 
 
 def _fresh_import_seconds(modules: str, repeats: int) -> list[float]:
@@ -59,7 +61,8 @@ def _env(home: Path) -> dict[str, str]:
 
 def run_simulation(tmp: Path, settings: list[str]) -> list[dict]:
     runs = tmp / "sim-runs"
-    args = ["-m", "simulations.cli", "simulate", "-c", "heart-disease", "--runs-dir", str(runs)]
+    args = ["-m", "simulations.cli", "simulate", "-c", "heart-disease", "--runs-dir", str(runs), *SERVER_TABLE]
+    args += ["--set", "node-data-paths=" + ",".join(str(DATA / f) for f in HOSPITALS.values())]
     subprocess.run(
         [sys.executable, *args, "--set", "run-id=sim", *settings],
         cwd=ROOT,
@@ -119,7 +122,16 @@ def run_deployment(tmp: Path, settings: list[str]) -> list[dict]:
             time.sleep(0.5)
         wait_for_port(link.address, timeout=5)
         runs = tmp / "dep-runs"
-        args = ["run", "--superlink", link.address, "--ca", str(tls.ca_certificate), "-c", "heart-disease"]
+        args = [
+            "run",
+            "--superlink",
+            link.address,
+            "--ca",
+            str(tls.ca_certificate),
+            "-c",
+            "heart-disease",
+            *SERVER_TABLE,
+        ]
         subprocess.run(
             [sys.executable, "-m", "simulations.cli", *args, "--runs-dir", str(runs), "--set", "run-id=dep", *settings],
             cwd=ROOT,

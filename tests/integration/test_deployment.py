@@ -23,7 +23,10 @@ import pytest
 from server.credentials import make_node_keys, make_test_certificates
 from server.processes import stop_tree
 
-pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process-tree clean-up reads /proc (Linux)")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/proc").is_dir(), reason="process-tree clean-up reads /proc (Linux)"),
+]
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 HOSPITALS = {
@@ -196,6 +199,8 @@ def deployment(tmp_path_factory):
             "target-epsilon=50",
             "--set",
             "straggler-timeout=15",
+            "--set",  # the server's evaluation table: heart-disease names none (no install ships one)
+            f"data-path={DATA / 'processed.cleveland.data'}",
         ]
         common = ["--superlink", fed.address, "--ca", str(fed.tls.ca_certificate)]
         members = [*HOSPITALS, "mismatched"]
