@@ -7,6 +7,8 @@ commands, so ``fedge --help`` stays quick.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,9 +50,10 @@ def broker(
         Path | None,
         typer.Option(
             help=(
-                "Run Eclipse Mosquitto instead, from a config written to this directory: password file (random "
-                "passwords, saved in DIR/credentials.json, mode 0600), ACL (a device writes only its own topics), "
-                "persistence. Give the devices with --devices."
+                "Run Eclipse Mosquitto instead, from a config written to this directory: a device listener on --port "
+                "(client id = user name = device id) and a server listener on the next free port, password files "
+                "(random passwords, in DIR/credentials.json and DIR/passwords/USER, mode 0600), ACLs (a device "
+                "writes only its own topics), persistence. Give the devices with --devices."
             )
         ),
     ] = None,
@@ -63,9 +66,6 @@ def broker(
     By default the embedded pure-Python broker (amqtt, anonymous, about 1,000 msg/s: for demos); with --mosquitto
     DIR a real Mosquitto with password file and ACL (for a fleet).
     """
-    import json
-    import os
-
     from edge.delivery.brokers import EmbeddedBrokerProcess
     from edge.delivery.errors import BrokerError
     from edge.delivery.mosquitto import SERVER_USER, MosquittoProcess, write_mosquitto_files
@@ -78,13 +78,12 @@ def broker(
         if not ids:
             raise BrokerError("--mosquitto needs the device ids that may log in: --devices dev-1,dev-2")
         setup = write_mosquitto_files(mosquitto, port=port, devices=ids)
-        credentials = mosquitto / "credentials.json"
-        credentials.write_text(
-            json.dumps({u: setup.address(u).url(with_password=True) for u in setup.passwords}, indent=2) + "\n"
-        )
-        os.chmod(credentials, 0o600)
+        credentials = setup.write_credentials()
         process = MosquittoProcess(setup).start()
-        console.print(f"Mosquitto on mqtt://127.0.0.1:{port} (config {setup.config_file})")
+        console.print(
+            f"Mosquitto: devices on mqtt://127.0.0.1:{port}, the server on mqtt://127.0.0.1:{setup.server_port} "
+            f"(config {setup.config_file})"
+        )
         console.print(f"broker URLs with passwords, per user ({SERVER_USER} for the server): {credentials}")
     else:
         process = EmbeddedBrokerProcess(port, host=host).start(timeout=30)
@@ -107,17 +106,82 @@ def keygen(
     force: Annotated[
         bool, typer.Option(help="Replace an existing key (devices that trust the old one stop updating).")
     ] = False,
+    root: Annotated[
+        bool,
+        typer.Option(
+            "--root", help="Make a root key: it signs only key sets (`fedge keys rotate`); devices --trust-root it."
+        ),
+    ] = False,
 ) -> None:
-    """Make the server's Ed25519 signing key pair.
+    """Make an Ed25519 key pair: the server's signing key, or (--root) the root key that signs key sets.
 
     Writes PATH.key (PKCS#8 PEM, mode 0600; encrypted when FEDGE_KEY_PASSPHRASE is set) and PATH.pub, the public
-    key every device trusts (`fedge agent --trust PATH.pub`).
+    key devices trust (`fedge agent --trust PATH.pub`, or `--trust-root PATH.pub` for a root key).
     """
     from edge.delivery.keys import SigningKey, write_keypair
 
     key = SigningKey.generate()
     private, public = write_keypair(key, path, overwrite=force)
-    Console().print(f"private key: {private} (keep it secret)\npublic key:  {public} (key id {key.keyid[:16]})")
+    kind = "root key: keep it offline; it signs key sets" if root else "keep it secret"
+    Console().print(f"private key: {private} ({kind})\npublic key:  {public} (key id {key.keyid[:16]})")
+
+
+keys_app = typer.Typer(help="Key rotation: the root-signed set of signing keys devices trust.", no_args_is_help=True)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    root: Annotated[Path, typer.Option(help="The root key (PATH.key from `fedge keygen --root`).")],
+    key: Annotated[
+        list[Path], typer.Option(help="Public key of a signing key devices should trust (PATH.pub; repeatable).")
+    ],
+    revoke: Annotated[
+        list[str] | None,
+        typer.Option(help="Signing key never to trust again: PATH.pub or its key id (repeatable)."),
+    ] = None,
+    broker_url: Annotated[
+        str | None, typer.Option("--broker", help="Publish the key set (retained) on this broker (the server's URL).")
+    ] = None,
+    version: Annotated[int | None, typer.Option(help="Key set version (default: the current Unix time).")] = None,
+    expires_days: Annotated[float, typer.Option(help="Days a device still takes this key set.")] = 365.0,
+    out: Annotated[Path | None, typer.Option(help="Also write the signed key set to this file.")] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
+) -> None:
+    """Sign a new key set with the root key and publish it: devices that trust the root take it if its version is
+    higher than theirs, then trust exactly its signing keys and refuse every revoked one.
+    """
+    from edge.delivery.client import ServerClient
+    from edge.delivery.errors import DeliveryError
+    from edge.delivery.keys import build_keyset, load_signing_key
+    from edge.delivery.publisher import ModelPublisher
+
+    if broker_url is None and out is None:
+        raise DeliveryError("say where the key set goes: --broker URL (publish it) and/or --out FILE")
+    root_key = load_signing_key(root)
+    envelope = build_keyset(root_key, key, revoked=revoke or (), version=version, expires_in_s=expires_days * 86400)
+    if out is not None:
+        out.write_bytes(envelope)
+    if broker_url is not None:
+        client = ServerClient(f"fedge-keys-{os.getpid()}", _broker(broker_url), ca_file=ca, clean_session=True)
+        with client.connect():
+            ModelPublisher(client, root_key).publish_keyset(envelope)
+    version_out = json.loads(envelope)["signed"]["version"]
+    Console().print(f"key set v{version_out}: {len(key)} signing keys, {len(revoke or [])} revoked")
+
+
+def _broker(url: str):
+    """The broker address of a server command; the password from the URL or from $FEDGE_BROKER_PASSWORD."""
+    import dataclasses
+
+    from edge.agent.cli import PASSWORD_ENV
+    from edge.agent.protocol import BrokerAddress
+    from edge.delivery.errors import as_delivery_error
+
+    with as_delivery_error():
+        address = BrokerAddress.parse(url)
+    if address.password is None and os.environ.get(PASSWORD_ENV):
+        address = dataclasses.replace(address, password=os.environ[PASSWORD_ENV])
+    return address
 
 
 # ------------------------------------------------------------------------------------------------------- publish
@@ -129,7 +193,9 @@ def publish(
         list[Path],
         typer.Argument(help="Model files, one per format (int8.onnx int8.tflite): each device gets its runtime's."),
     ],
-    broker_url: Annotated[str, typer.Option("--broker", help="mqtt://[user:password@]host[:port] of the broker.")],
+    broker_url: Annotated[
+        str, typer.Option("--broker", help="mqtt://USER@HOST:PORT of the broker (password: $FEDGE_BROKER_PASSWORD).")
+    ],
     key: Annotated[Path, typer.Option(help="The server's signing key (PATH.key from `fedge keygen`).")],
     devices: Annotated[
         list[str] | None,
@@ -161,6 +227,17 @@ def publish(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Publish and assign to --devices, then return (no staged rollout).")
     ] = False,
+    group: Annotated[
+        str | None, typer.Option(help="With --no-wait: address the manifest to this device group, not each device.")
+    ] = None,
+    accept_no_baseline: Annotated[
+        bool,
+        typer.Option(
+            "--accept-no-baseline",
+            help="Judge the canaries on their own error rate when the previous version has too few reports "
+            "(else the rollout is held); recorded in the report.",
+        ),
+    ] = False,
     ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
 ) -> None:
     """Sign a model and roll it out to the devices, canaries first.
@@ -169,77 +246,49 @@ def publish(
     share first, the rest when the canaries report healthy (else a signed rollback command to them). Prints what
     each device did (applied, rejected and why, rolled back); exit code 1 unless the rollout completed.
     """
-    import json
-    import os
-
-    from edge.agent.protocol import BrokerAddress
-    from edge.delivery.client import ServerClient
-    from edge.delivery.collector import FleetCollector, FleetStore
-    from edge.delivery.errors import ArtifactError, RolloutError, as_delivery_error
     from edge.delivery.keys import load_signing_key
-    from edge.delivery.publisher import ModelPublisher, load_artifact, sign_artifact
-    from edge.delivery.rollout import RolloutPolicy, StagedRollout
+    from edge.delivery.rollout import RolloutPolicy, publish_rollout, sign_models
 
     console = Console()
     signing = load_signing_key(key)
-    with as_delivery_error():
-        address = BrokerAddress.parse(broker_url)
-    loaded = [load_artifact(p, model_id=model_id, version=version) for p in artifacts]
-    if version is None and len({a.version for a in loaded}) > 1:  # no version anywhere: one clock reading for all
-        now = int(time.time())
-        loaded = [load_artifact(p, model_id=model_id, version=now) for p in artifacts]
-    formats = [a.format for a in loaded]
-    if len(set(formats)) != len(formats):
-        raise ArtifactError(f"one artifact per format, got {', '.join(formats)}")
-    models = {
-        a.format: sign_artifact(a, signing, chunk_size=chunk_kb * 1024, expires_in_s=expires_days * 86400)
-        for a in loaded
-    }
+    address = _broker(broker_url)
+    models = sign_models(
+        artifacts,
+        signing,
+        model_id=model_id,
+        version=version,
+        chunk_size=chunk_kb * 1024,
+        expires_in_s=expires_days * 86400,
+    )
     first = next(iter(models.values())).manifest
     console.print(
         f"{first.model_id} v{first.version}: " + ", ".join(f"{f} {m.manifest.length} bytes" for f, m in models.items())
     )
-    suffix = f"{os.getpid()}"
-    client = ServerClient(f"fedge-publish-{suffix}", address, ca_file=ca, clean_session=True).connect()
-    publisher = ModelPublisher(client, signing, timeout=timeout)
-    try:
-        if no_wait:
-            targets = _split(devices)
-            if not targets:
-                raise RolloutError("--no-wait needs --devices (without waiting, nobody is asked who is online)")
-            if len(models) != 1:  # checked before anything is published: no stray retained chunks
-                raise RolloutError(
-                    "--no-wait assigns one artifact; for several formats, let the rollout match runtimes"
-                )
-            for model in models.values():
-                publisher.publish_chunks(model)
-            publisher.assign(next(iter(models.values())), targets)
-            console.print(f"assigned to {len(targets)} devices")
-            return
-        collector = FleetCollector(
-            address, FleetStore(db), client_id=f"fedge-publish-collector-{suffix}", ca_file=ca, clean_session=True
-        ).start()
-        try:
-            time.sleep(1.0)  # the retained states of the fleet arrive on subscribing
-            targets = _split(devices) or [
-                d["device_id"] for d in collector.store.devices() if d.get("state") in ("ready", "waiting", "updating")
-            ]
-            policy = RolloutPolicy(
-                canary_fraction=canary,
-                health_reports=health_reports,
-                max_accuracy_drop=max_accuracy_drop,
-                apply_timeout_s=timeout,
-                health_timeout_s=timeout,
-            )
-            report = StagedRollout(
-                publisher=publisher, collector=collector, models=models, policy=policy, progress=console.print
-            ).run(targets)
-        finally:
-            collector.stop()
-    finally:
-        client.close()
+    policy = RolloutPolicy(
+        canary_fraction=canary,
+        health_reports=health_reports,
+        max_accuracy_drop=max_accuracy_drop,
+        apply_timeout_s=timeout,
+        health_timeout_s=timeout,
+        accept_no_baseline=accept_no_baseline,
+    )
+    report = publish_rollout(
+        models,
+        broker=address,
+        key=signing,
+        db=db,
+        devices=_split(devices),
+        group=group or "",
+        policy=policy,
+        no_wait=no_wait,
+        ca_file=ca,
+        progress=console.print,
+    )
+    if report.status == "assigned":
+        console.print(f"assigned to {len(report.devices)} devices")
+        return
     _print_rollout(console, report.to_dict())
-    console.print_json(json.dumps({"status": report.status, "verdict": report.verdict}))
+    console.print_json(json.dumps({"status": report.status, "verdict": report.verdict, "overrides": report.overrides}))
     if report.status != "completed":
         raise typer.Exit(1)
 
@@ -394,3 +443,4 @@ def fleet_collect(
 
 
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(keys_app, name="keys")

@@ -2,12 +2,21 @@
 
 ``fedge keygen`` writes ``NAME.key`` (PKCS#8 PEM, mode 0600, optionally encrypted with a passphrase from the
 ``FEDGE_KEY_PASSPHRASE`` environment variable) and ``NAME.pub`` (the public key a device trusts).
+
+Key rotation (TUF's root idea, kept small): ``fedge keygen --root`` makes a root key, kept offline; devices trust its
+public half (``--trust-root``). The root signs a key set (:func:`build_keyset`: a version, an expiry, the signing
+keys' public halves and the revoked key ids); ``fedge keys rotate`` publishes it, retained, on
+:data:`~edge.agent.protocol.KEYS_TOPIC`. A device takes a key set only if the root signed it and its version is
+higher than the one it has; manifests signed by a revoked key are refused from then on.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +24,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.agent.protocol import canonical_json, keyid_of
+from edge.agent.errors import AgentError
+from edge.agent.protocol import KeySet, canonical_json, keyid_of
+from edge.agent.verify import load_public_key
 from edge.delivery.errors import KeyFileError
 
 PASSPHRASE_ENV = "FEDGE_KEY_PASSPHRASE"
@@ -85,3 +96,51 @@ def load_signing_key(path: Path) -> SigningKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path} is not an Ed25519 key (make one with `fedge keygen`)")
     return SigningKey(key)
+
+
+def read_public_key(path: Path) -> tuple[str, bytes]:
+    """A public key file (``NAME.pub`` from ``fedge keygen``): ``(key id, raw 32 bytes)``."""
+    try:
+        keyid, key = load_public_key(Path(path).read_bytes())
+    except OSError as e:
+        raise KeyFileError(f"cannot read the public key {path}: {e}") from e
+    except AgentError as e:
+        raise KeyFileError(f"{path}: {e}") from e
+    return keyid, key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+DEFAULT_KEYSET_EXPIRES_S = 365 * 24 * 3600
+
+
+def build_keyset(
+    root: SigningKey,
+    keys: Sequence[Path],
+    *,
+    revoked: Sequence[Path | str] = (),
+    version: int | None = None,
+    expires_in_s: float = DEFAULT_KEYSET_EXPIRES_S,
+    now: float | None = None,
+) -> bytes:
+    """The root-signed key set naming the signing keys devices trust (``keys``: public key files) and the key ids
+    (or public key files) they must never trust again. Without a version, the current Unix time (always higher)."""
+    now = time.time() if now is None else now
+    listed = dict(read_public_key(p) for p in keys)
+    if not listed:
+        raise KeyFileError("a key set needs at least one signing key (--key PATH.pub)")
+    revoked_ids = [r if isinstance(r, str) and len(r) == 64 else read_public_key(Path(r))[0] for r in revoked]
+    if set(listed) & set(revoked_ids):
+        raise KeyFileError("a key cannot be both trusted and revoked: drop it from --key or from --revoke")
+    if root.keyid in listed:
+        raise KeyFileError("the root key signs key sets only: list the signing keys (`fedge keygen`), not the root")
+    keyset = KeySet(
+        version=int(now) if version is None else int(version),
+        issued=int(now),
+        expires=int(now + expires_in_s),
+        keys=listed,
+        revoked=tuple(revoked_ids),
+    )
+    try:
+        KeySet.from_signed(keyset.to_signed())  # the checks a device runs
+    except AgentError as e:
+        raise KeyFileError(f"the key set is not valid: {e}") from e
+    return json.dumps(root.sign(keyset.to_signed()), separators=(",", ":")).encode("utf-8")

@@ -19,6 +19,7 @@ from typing import Any
 
 from edge.agent.protocol import (
     FORMATS,
+    KEYS_TOPIC,
     Command,
     Manifest,
     canonical_json,
@@ -198,6 +199,10 @@ class ModelPublisher:
         else:
             messages = [(manifest_topic(d), model.addressed(self.key, [d]).envelope, True) for d in device_ids]
         self.client.publish_all(messages, self.timeout)
+
+    def publish_keyset(self, envelope: bytes) -> None:
+        """Publish a root-signed key set (:func:`edge.delivery.keys.build_keyset`), retained, for every device."""
+        self.client.publish_all([(KEYS_TOPIC, envelope, True)], self.timeout)
 
     def unassign(self, device_ids: list[str]) -> None:
         self.client.publish_all([(manifest_topic(d), b"", True) for d in device_ids], self.timeout)

@@ -2,21 +2,38 @@
 command when they do worse than the version they ran before.
 
 The decision (:func:`judge_canaries`) is a pure function of what the canaries reported; :class:`StagedRollout`
-does the waiting and the publishing, reading the devices' reports from a :class:`FleetCollector`.
+does the waiting and the publishing, reading the devices' reports from a :class:`FleetCollector`;
+:func:`publish_rollout` is the whole of ``fedge publish`` (artifacts in, report out), callable without a subprocess.
+
+A verdict without enough reports on either side fails closed: the rollout is ``held`` (the canaries keep the new
+version, nobody else gets it) and the report says why. ``accept_no_baseline`` (``--accept-no-baseline``) judges the
+canaries on their own error rate instead when there is no baseline; the report records that override.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from edge.agent.protocol import BrokerAddress
+from edge.delivery.client import ServerClient
 from edge.delivery.collector import FleetCollector, FleetStore, VersionStats
-from edge.delivery.errors import RolloutError
-from edge.delivery.publisher import ModelPublisher, SignedModel
+from edge.delivery.errors import ArtifactError, RolloutError
+from edge.delivery.keys import SigningKey
+from edge.delivery.publisher import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_EXPIRES_S,
+    ModelPublisher,
+    SignedModel,
+    load_artifact,
+    sign_artifact,
+)
 
 
 @dataclass(frozen=True)
@@ -40,12 +57,20 @@ class RolloutPolicy:
     apply_timeout_s: float = 120.0
     #: seconds to wait for the canaries' telemetry on the new version
     health_timeout_s: float = 120.0
+    #: telemetry messages the canaries must have sent on the previous version for a baseline (0: health_reports)
+    min_baseline_reports: int = 0
+    #: without such a baseline, judge the canaries on their own error rate instead of holding (recorded)
+    accept_no_baseline: bool = False
 
 
 @dataclass(frozen=True)
 class Verdict:
     healthy: bool
     reason: str
+    #: not enough reports to judge: neither roll out nor roll back (fail closed)
+    held: bool = False
+    #: an override the verdict relied on (recorded in the rollout report)
+    override: str = ""
 
 
 def _noise(p1: float, n1: int, p2: float, n2: int, z: float) -> float:
@@ -53,17 +78,35 @@ def _noise(p1: float, n1: int, p2: float, n2: int, z: float) -> float:
     return z * math.sqrt(p1 * (1 - p1) / max(n1, 1) + p2 * (1 - p2) / max(n2, 1))
 
 
-def judge_canaries(new: VersionStats, old: VersionStats | None, policy: RolloutPolicy) -> Verdict:
+def judge_canaries(new: VersionStats, old: VersionStats | None, policy: RolloutPolicy, *, canaries: int = 1) -> Verdict:
     """Healthy when the canaries' accuracy and error rate on the new version are no worse than on the previous one,
     within the policy's margins plus sampling noise (``noise_z`` standard errors). Without labels, accuracy is
-    not compared."""
+    not compared. Too few reports on the new version, or on the previous one (no baseline), hold the rollout."""
     if new.reports == 0:
         return Verdict(False, "the canaries sent no telemetry on the new version")
+    needed = policy.health_reports * canaries
+    if new.reports < needed:
+        return Verdict(
+            False,
+            f"only {new.reports} of {needed} reports on the new version: not enough to judge, rollout held",
+            held=True,
+        )
     new_err = new.error_rate or 0.0
-    if old is None or old.reports == 0:
+    baseline_needed = (policy.min_baseline_reports or policy.health_reports) * canaries
+    if old is None or old.reports < baseline_needed:
+        have = 0 if old is None else old.reports
+        if not policy.accept_no_baseline:
+            return Verdict(
+                False,
+                f"no baseline: {have} of {baseline_needed} reports on the previous version (was a collector "
+                "running?); rollout held. Run `fedge fleet collect` while the previous version serves, or pass "
+                "--accept-no-baseline to judge the canaries on their own error rate",
+                held=True,
+            )
+        override = f"accept-no-baseline: judged without a baseline ({have} of {baseline_needed} reports)"
         if new_err > policy.max_error_rate:
-            return Verdict(False, f"error rate {new_err:.3f} is above {policy.max_error_rate:.3f}")
-        return Verdict(True, f"no previous version to compare with; error rate {new_err:.3f}")
+            return Verdict(False, f"error rate {new_err:.3f} is above {policy.max_error_rate:.3f}", override=override)
+        return Verdict(True, f"no baseline (accepted by override); error rate {new_err:.3f}", override=override)
     old_err = old.error_rate or 0.0
     n_new, n_old = new.inferences + new.errors, old.inferences + old.errors
     if new_err > old_err + policy.max_error_rate_increase + _noise(new_err, n_new, old_err, n_old, policy.noise_z):
@@ -89,7 +132,7 @@ def choose_canaries(device_ids: list[str], fraction: float, min_canaries: int, *
 class RolloutReport:
     model_id: str
     version: int
-    status: str = "started"  # completed, rolled-back, aborted, incomplete
+    status: str = "started"  # completed, rolled-back, held, aborted, incomplete, assigned
     devices: list[str] = field(default_factory=list)
     canaries: list[str] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
@@ -99,6 +142,8 @@ class RolloutReport:
     verdict: str = ""
     baseline: dict[str, Any] | None = None
     canary_stats: dict[str, Any] | None = None
+    #: overrides of the policy's safety checks this rollout relied on (e.g. accept-no-baseline)
+    overrides: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,8 +270,15 @@ class StagedRollout:
             )
             new = self.store.version_stats(canaries, self.version, since=since)
             report.canary_stats = _stats_dict(new)
-            verdict = judge_canaries(new, baseline, self.policy)
+            verdict = judge_canaries(new, baseline, self.policy, canaries=len(canaries))
             report.verdict = verdict.reason
+            if verdict.override:
+                report.overrides.append(verdict.override)
+            if verdict.held:
+                self.progress(f"rollout held: {verdict.reason}")
+                report.status = "held"
+                report.seconds = time.time() - started
+                return report
             if not verdict.healthy:
                 self.progress(f"canaries unhealthy ({verdict.reason}): rolling back")
                 since = time.time()
@@ -252,3 +304,107 @@ class StagedRollout:
         report.status = "completed" if not report.rejected and not report.missing else "incomplete"
         report.seconds = time.time() - started
         return report
+
+
+# ------------------------------------------------------------------------------------------------ fedge publish
+
+
+def sign_models(
+    artifacts: Sequence[Path],
+    key: SigningKey,
+    *,
+    model_id: str | None = None,
+    version: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    expires_in_s: float = DEFAULT_EXPIRES_S,
+    now: float | None = None,
+) -> dict[str, SignedModel]:
+    """Read the artifacts (one per format) and sign them as one version of one model: without a version anywhere,
+    one clock reading for all of them; artifacts that disagree on the model id are refused."""
+    loaded = [load_artifact(p, model_id=model_id, version=version) for p in artifacts]
+    if not loaded:
+        raise ArtifactError("no artifact to publish")
+    if version is None and len({a.version for a in loaded}) > 1:
+        clock = int(time.time() if now is None else now)
+        loaded = [load_artifact(p, model_id=model_id, version=clock) for p in artifacts]
+    formats = [a.format for a in loaded]
+    if len(set(formats)) != len(formats):
+        raise ArtifactError(f"one artifact per format, got {', '.join(formats)}")
+    if len({a.model_id for a in loaded}) != 1:
+        raise ArtifactError(
+            f"the artifacts name different model ids ({sorted({a.model_id for a in loaded})}): pass --model-id"
+        )
+    return {a.format: sign_artifact(a, key, chunk_size=chunk_size, expires_in_s=expires_in_s, now=now) for a in loaded}
+
+
+def wait_for_fleet(collector: FleetCollector, devices: Sequence[str], *, timeout: float, quiet_s: float = 0.5) -> None:
+    """Wait until the fleet's retained states have arrived: every named device's, or, without names, until no new
+    message came for ``quiet_s`` (retained states all come right after subscribing), ``timeout`` at most."""
+    if devices:
+        collector.wait_until(lambda s: all(s.device(d) is not None for d in devices), timeout)
+        return
+    deadline = time.monotonic() + timeout
+    last, changed = collector.received, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if collector.received != last:
+            last, changed = collector.received, time.monotonic()
+        elif time.monotonic() - changed >= quiet_s and collector.store.devices():
+            return
+
+
+ONLINE_STATES = ("ready", "waiting", "updating")
+
+
+def publish_rollout(
+    models: dict[str, SignedModel],
+    *,
+    broker: BrokerAddress,
+    key: SigningKey,
+    db: Path,
+    devices: Sequence[str] = (),
+    group: str = "",
+    policy: RolloutPolicy | None = None,
+    no_wait: bool = False,
+    ca_file: Path | None = None,
+    fleet_timeout_s: float = 10.0,
+    progress: Callable[[str], None] = lambda message: None,
+) -> RolloutReport:
+    """``fedge publish``: publish signed models and roll them out.
+
+    With ``no_wait``: send the chunks, assign the one model to ``devices`` and return (status ``assigned``).
+    Otherwise: listen to the fleet (the devices' retained states, ``fleet_timeout_s`` at most), target ``devices``
+    or every online device, and run a :class:`StagedRollout`.
+    """
+    policy = policy or RolloutPolicy()
+    first = next(iter(models.values())).manifest
+    suffix = str(os.getpid())
+    client = ServerClient(f"fedge-publish-{suffix}", broker, ca_file=ca_file, clean_session=True).connect()
+    publisher = ModelPublisher(client, key, timeout=policy.apply_timeout_s)
+    try:
+        if no_wait:
+            if not devices:
+                raise RolloutError("--no-wait needs --devices (without waiting, nobody is asked who is online)")
+            if len(models) != 1:  # checked before anything is published: no stray retained chunks
+                raise RolloutError(
+                    "--no-wait assigns one artifact; for several formats, let the rollout match runtimes"
+                )
+            model = next(iter(models.values()))
+            publisher.publish_chunks(model)
+            publisher.assign(model, list(devices), group=group)
+            return RolloutReport(first.model_id, first.version, status="assigned", devices=sorted(devices))
+        collector = FleetCollector(
+            broker, FleetStore(db), client_id=f"fedge-publish-collector-{suffix}", ca_file=ca_file, clean_session=True
+        ).start()
+        try:
+            wait_for_fleet(collector, devices, timeout=fleet_timeout_s)
+            targets = list(devices) or [
+                d["device_id"] for d in collector.store.devices() if d.get("state") in ONLINE_STATES
+            ]
+            return StagedRollout(
+                publisher=publisher, collector=collector, models=models, policy=policy, progress=progress
+            ).run(targets)
+        finally:
+            collector.stop()
+    finally:
+        client.close()

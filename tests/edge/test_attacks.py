@@ -219,3 +219,252 @@ def test_device_reports_are_dropped_without_an_answer(running_v1):
         running_v1.handle(topic, b'{"type": "state", "device_id": "dev-2", "state": "ready"}')
     assert running_v1.transport.published == before
     assert running_v1.ignored == 3 and running_v1.version == 1
+
+
+# ------------------------------------------------------------------------------------------------ issue 10 attacks
+
+
+def test_rejects_mix_and_match_manifest_for_another_device(running_v1):
+    """A validly signed manifest copied from another device's retained topic onto this one's."""
+    deliver(running_v1, signed(onnx_model(), 2, targets=("dev-2",)))
+    assert_rejected(running_v1, "not-addressed")
+
+
+def test_rejects_manifest_for_another_model_id(running_v1):
+    deliver(running_v1, signed(onnx_model(), 2, model_id="other-model"))
+    assert_rejected(running_v1, "not-addressed")
+
+
+def test_rejects_old_format_manifest_without_target(running_v1):
+    envelope = json.loads(signed(onnx_model(), 2).envelope)
+    del envelope["signed"]["targets"], envelope["signed"]["group"]
+    running_v1.handle(MANIFEST, json.dumps(signing_key().sign(envelope["signed"])).encode())
+    assert_rejected(running_v1, "not-addressed")
+
+
+def test_group_manifest_reaches_only_its_group(make_agent, v1):
+    agent = make_agent(group="ward-3")
+    deliver(agent, v1)
+    deliver(agent, signed(onnx_model(), 2, targets=(), group="ward-4"))
+    assert agent.transport.outcomes()[-1]["reason"] == "not-addressed" and agent.version == 1
+    deliver(agent, signed(onnx_model(), 2, targets=(), group="ward-3"))
+    assert agent.version == 2
+
+
+def test_foreign_model_version_does_not_raise_this_models_floor(make_agent, v1):
+    """Floors are per model id: a huge version of another model (a Unix time) never blocks this model's next one."""
+    agent = make_agent(model_ids=("digits", "other"))
+    deliver(agent, v1)
+    deliver(agent, signed(onnx_model(), 1_700_000_000, model_id="other"))
+    assert agent.store.state.floor("other") == 1_700_000_000
+    deliver(agent, signed(onnx_model(), 2))
+    assert (agent.version, agent.store.state.current.model_id) == (2, "digits")
+    assert agent.store.state.floor("digits") == 2
+
+
+def test_rejects_identifier_with_trailing_newline(running_v1):
+    from edge.agent.errors import MalformedMessageError
+    from edge.agent.protocol import check_id, parse_topic
+
+    with pytest.raises(MalformedMessageError):
+        check_id("model id", "digits\n")
+    assert parse_topic("fedge/v1/devices/dev-1\n/manifest") is None
+    envelope = json.loads(signed(onnx_model(), 2).envelope)
+    envelope["signed"]["model_id"] = "digits\n"
+    running_v1.handle(MANIFEST, json.dumps(signing_key().sign(envelope["signed"])).encode())
+    assert_rejected(running_v1, "malformed")
+
+
+def test_chunk_index_with_non_ascii_digit_is_malformed_not_internal_error(running_v1):
+    deliver(running_v1, signed(onnx_model(), 2), chunks=[])
+    running_v1.handle("fedge/v1/models/digits/2/onnx/\u00b2", b"x")
+    assert running_v1.transport.outcomes()[-1]["reason"] == "unknown-topic"
+    assert running_v1.pending is not None  # the transfer goes on
+    for topic, payload, _ in signed(onnx_model(), 2).chunk_messages():
+        running_v1.handle(topic, payload)
+    assert running_v1.version == 2
+
+
+def test_out_of_range_chunk_does_not_abandon_a_good_transfer(running_v1):
+    model = signed(onnx_model(), 2)
+    deliver(running_v1, model, chunks=model.chunk_messages()[:1])
+    running_v1.handle(f"fedge/v1/models/digits/2/onnx/{model.manifest.chunks + 7}", b"junk")
+    assert running_v1.transport.outcomes()[-1]["reason"] == "tampered-chunk"
+    assert running_v1.pending is not None
+    for topic, payload, _ in model.chunk_messages()[1:]:
+        running_v1.handle(topic, payload)
+    assert running_v1.version == 2
+
+
+def test_cleared_manifest_cancels_the_transfer_in_flight(running_v1):
+    """A version being rolled back (its manifest cleared) is never installed from chunks still arriving."""
+    model = signed(onnx_model(bad=True), 2)
+    deliver(running_v1, model, chunks=model.chunk_messages()[:1])
+    running_v1.handle(MANIFEST, b"")
+    assert running_v1.pending is None
+    for topic, payload, _ in model.chunk_messages():
+        running_v1.handle(topic, payload)
+    assert running_v1.version == 1
+    deliver(running_v1, signed(onnx_model(), 3))
+    assert running_v1.version == 3
+
+
+def test_replacing_manifest_cancels_the_transfer_in_flight(running_v1):
+    model = signed(onnx_model(bad=True), 3)
+    deliver(running_v1, model, chunks=model.chunk_messages()[:1])
+    deliver(running_v1, signed(onnx_model(bad=True), 1))  # authentic, addressed, but not newer: refused, and ...
+    assert running_v1.transport.outcomes()[-1]["reason"] == "rollback"
+    assert running_v1.pending is None  # ... the transfer it replaced is cancelled
+    for topic, payload, _ in model.chunk_messages():
+        running_v1.handle(topic, payload)
+    assert running_v1.version == 1
+    deliver(running_v1, signed(onnx_model(), 4))
+    assert running_v1.version == 4
+
+
+def test_rollback_with_a_damaged_previous_model_keeps_the_current_one(running_v1, make_agent, tmp_path):
+    from tests.edge.test_agent import rollback_command
+
+    deliver(running_v1, signed(onnx_model(), 2))
+    previous = running_v1.store.state.previous
+    running_v1.store.path(previous).write_bytes(b"damaged")
+    running_v1.handle("fedge/v1/devices/dev-1/cmd/rollback", rollback_command("dev-1", 2))
+    last = running_v1.transport.outcomes()[-1]
+    assert (last["outcome"], last["reason"]) == ("rejected", "previous-unusable")
+    assert running_v1.version == 2 and running_v1.runner is not None
+    assert running_v1.store.intact(running_v1.store.state.current)  # nothing deleted
+    restarted = make_agent(tmp_path / "store")
+    assert restarted.version == 2 and restarted.runner is not None
+    deliver(restarted, signed(onnx_model(), 3))
+    assert restarted.version == 3
+
+
+def test_restart_with_every_model_damaged_says_so_and_takes_the_same_version_again(running_v1, make_agent, tmp_path):
+    deliver(running_v1, signed(onnx_model(), 2))
+    for model in (running_v1.store.state.current, running_v1.store.state.previous):
+        running_v1.store.path(model).write_bytes(b"damaged")
+    restarted = make_agent(tmp_path / "store")
+    assert restarted.version is None and restarted.runner is None
+    restarted.on_connect()
+    assert restarted.transport.messages("state")[-1]["state"] == "waiting"
+    deliver(restarted, signed(onnx_model(), 1))  # older than the lost one: still a rollback
+    assert restarted.transport.outcomes()[-1]["reason"] == "rollback"
+    deliver(restarted, signed(onnx_model(), 2))  # the very version it lost, same bytes: a repair
+    assert restarted.version == 2 and restarted.runner is not None
+
+
+def test_temp_file_write_does_not_follow_a_planted_symlink(running_v1, tmp_path):
+    target = tmp_path / "outside.txt"
+    target.write_text("keep me")
+    planted = running_v1.store.models / ".digits-v2.onnx.tmp"
+    planted.symlink_to(target)
+    deliver(running_v1, signed(onnx_model(), 2))
+    assert running_v1.version == 2
+    assert target.read_text() == "keep me"
+
+
+def test_failed_write_leaves_no_temp_file(running_v1, monkeypatch):
+    import os as _os
+
+    from edge.agent import store as store_module
+
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "disk full")))
+    deliver(running_v1, signed(onnx_model(), 2))
+    monkeypatch.undo()
+    assert not [f for f in _os.listdir(running_v1.store.models) if f.endswith(".tmp")]
+    assert running_v1.version == 1 and running_v1.runner is not None
+    deliver(running_v1, signed(onnx_model(), 3))
+    assert running_v1.version == 3
+
+
+def test_junk_topic_flood_leaves_the_topic_cache_bounded(running_v1):
+    limits = running_v1.limits
+    for i in range(5000):
+        running_v1.handle(f"fedge/v1/devices/dev-1/cmd/x{i}/" + "y" * 300, b"junk")
+        running_v1.handle(f"fedge/v1/devices/dev-1/cmd/c{i}", b"junk")
+    assert len(running_v1.topics) <= limits.topic_cache_entries
+    assert len(running_v1._reported) <= limits.reported_rejections
+    deliver(running_v1, signed(onnx_model(), 2))
+    assert running_v1.version == 2
+
+
+# ------------------------------------------------------------------------------------------------ key rotation
+
+
+@pytest.fixture
+def rotation(tmp_path):
+    """A root key, two signing keys (old, new) as files, and a maker of root-signed key sets."""
+    from edge.delivery.keys import build_keyset, write_keypair
+
+    keys = {name: SigningKey.generate() for name in ("root", "old", "new")}
+    for name, key in keys.items():
+        write_keypair(key, tmp_path / "keys" / name)
+
+    def keyset(*names, revoked=(), version, signer="root", now=None, expires_in_s=3600):
+        return build_keyset(
+            keys[signer],
+            [tmp_path / "keys" / f"{n}.pub" for n in names],
+            revoked=[tmp_path / "keys" / f"{n}.pub" for n in revoked],
+            version=version,
+            now=now,
+            expires_in_s=expires_in_s,
+        )
+
+    return keys, keyset
+
+
+def rooted_agent(make_agent, keys, keyset, store=None):
+    from edge.agent.verify import load_public_key
+
+    root_id, root_pub = load_public_key(keys["root"].public_pem())
+    agent = make_agent(store, trusted={}, root={root_id: root_pub})
+    agent.handle("fedge/v1/keys", keyset("old", version=1))
+    deliver(agent, signed(onnx_model(), 1, key=keys["old"]))
+    assert agent.version == 1
+    return agent
+
+
+def test_rotated_key_is_accepted_and_the_revoked_one_refused(make_agent, rotation, tmp_path):
+    keys, keyset = rotation
+    agent = rooted_agent(make_agent, keys, keyset)
+    agent.handle("fedge/v1/keys", keyset("new", revoked=["old"], version=2))
+    assert agent.signers.keyset_version == 2
+    deliver(agent, signed(onnx_model(), 2, key=keys["old"]))
+    assert agent.transport.outcomes()[-1]["reason"] == "revoked-signer" and agent.version == 1
+    deliver(agent, signed(onnx_model(), 3, key=keys["new"]))
+    assert agent.version == 3
+    restarted = make_agent(tmp_path / "store", trusted={}, root=agent.signers.root)  # the key set survives a restart
+    assert restarted.signers.keyset_version == 2 and "old" not in restarted.trusted
+
+
+def test_rejects_keyset_not_signed_by_the_root(make_agent, rotation):
+    keys, keyset = rotation
+    agent = rooted_agent(make_agent, keys, keyset)
+    agent.handle("fedge/v1/keys", keyset("new", version=5, signer="old"))
+    assert agent.transport.outcomes()[-1]["reason"] == "unknown-signer"
+    assert agent.signers.keyset_version == 1
+    deliver(agent, signed(onnx_model(), 2, key=keys["new"]))
+    assert agent.transport.outcomes()[-1]["reason"] == "unknown-signer" and agent.version == 1
+    deliver(agent, signed(onnx_model(), 3, key=keys["old"]))
+    assert agent.version == 3
+
+
+def test_rejects_replayed_older_keyset(make_agent, rotation):
+    keys, keyset = rotation
+    agent = rooted_agent(make_agent, keys, keyset)
+    agent.handle("fedge/v1/keys", keyset("new", revoked=["old"], version=2))
+    agent.handle("fedge/v1/keys", keyset("old", version=1))  # the old set replayed: would bring the old key back
+    assert agent.transport.outcomes()[-1]["reason"] == "rollback"
+    assert agent.signers.keyset_version == 2
+    deliver(agent, signed(onnx_model(), 2, key=keys["new"]))
+    assert agent.version == 2
+
+
+def test_rejects_expired_keyset(make_agent, rotation, clock):
+    keys, keyset = rotation
+    agent = rooted_agent(make_agent, keys, keyset)
+    agent.handle("fedge/v1/keys", keyset("new", version=2, now=clock.now - 7200, expires_in_s=60))
+    assert agent.transport.outcomes()[-1]["reason"] == "expired"
+    assert agent.signers.keyset_version == 1
+    deliver(agent, signed(onnx_model(), 2, key=keys["old"]))
+    assert agent.version == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,102 @@ def test_artifact_metadata_from_an_edge_export_description(tmp_path):
         "latency_ms": 0.05,
         "run_id": "demo-1",
     }
+
+
+def test_canaries_held_without_a_baseline():
+    """No reports on the previous version (no collector ran): fail closed, never pass by default."""
+    new = VersionStats(4, 400, 0, 400, 360)
+    verdict = judge_canaries(new, None, POLICY)
+    assert not verdict.healthy and verdict.held and "no baseline" in verdict.reason
+    verdict = judge_canaries(new, VersionStats(1, 100, 0, 100, 90), POLICY, canaries=2)  # 1 of 4 reports
+    assert verdict.held
+
+
+def test_canaries_held_with_too_few_reports_on_the_new_version():
+    verdict = judge_canaries(VersionStats(1, 100, 0, 100, 90), VersionStats(8, 800, 0, 800, 720), POLICY, canaries=2)
+    assert not verdict.healthy and verdict.held and "not enough" in verdict.reason
+
+
+def test_accept_no_baseline_override_is_recorded():
+    policy = RolloutPolicy(accept_no_baseline=True)
+    verdict = judge_canaries(VersionStats(4, 400, 0, 400, 360), None, policy)
+    assert verdict.healthy and not verdict.held and verdict.override.startswith("accept-no-baseline")
+    assert not judge_canaries(VersionStats(4, 300, 100, 0, 0), None, policy).healthy  # its error rate still counts
+
+
+def test_broker_refuses_reserved_device_names(tmp_path):
+    from edge.delivery.errors import BrokerError
+    from edge.delivery.mosquitto import write_mosquitto_files
+
+    for bad in (["fedge-server"], ["fedge-collector"], ["dev-1", "dev-1"], ["dev-1\n"]):
+        with pytest.raises(BrokerError):
+            write_mosquitto_files(tmp_path / "m", port=1883, devices=bad)
+
+
+def test_broker_config_ties_client_ids_to_users_and_writes_secrets_0600(tmp_path):
+    from edge.delivery.mosquitto import SERVER_USER, write_mosquitto_files
+
+    setup = write_mosquitto_files(tmp_path / "m", port=18830, devices=["dev-1"], server_port=18831)
+    conf = setup.config_file.read_text()
+    device_listener = conf.split("listener 18831")[0]
+    assert "use_username_as_clientid true" in device_listener and "per_listener_settings true" in conf
+    assert SERVER_USER not in (tmp_path / "m" / "passwd-devices").read_text()
+    assert "dev-1" not in (tmp_path / "m" / "passwd-server").read_text()
+    assert setup.address(SERVER_USER).port == 18831 and setup.address("dev-1").port == 18830
+    credentials = setup.write_credentials()
+    for path in (credentials, setup.password_file("dev-1"), tmp_path / "m" / "passwd-devices"):
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600", path
+    assert setup.password_file("dev-1").read_text().strip() == setup.passwords["dev-1"]
+
+
+def test_agent_argv_never_carries_the_broker_password(tmp_path, monkeypatch):
+    from edge.agent.cli import agent_argv, config_from_args, parser
+    from edge.agent.errors import AgentConfigError
+
+    common = {"device_id": "dev-1", "store": tmp_path, "model_ids": ["digits"]}
+    with pytest.raises(AgentConfigError, match="password"):
+        agent_argv(broker_url="mqtt://dev-1:s3cret@127.0.0.1:1883", **common)
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    argv = agent_argv(broker_url="mqtt://dev-1@127.0.0.1:1883", password_file=secret, **common)
+    assert "s3cret" not in " ".join(argv)
+    with pytest.raises(AgentConfigError, match="chmod 600"):
+        config_from_args(parser().parse_args(argv))
+    secret.chmod(0o600)
+    assert config_from_args(parser().parse_args(argv)).broker.password == "s3cret"
+    monkeypatch.setenv("FEDGE_BROKER_PASSWORD", "from-env")
+    argv = agent_argv(broker_url="mqtt://dev-1@127.0.0.1:1883", **common)
+    assert config_from_args(parser().parse_args(argv)).broker.password == "from-env"
+
+
+def test_keyset_lists_signing_keys_and_refuses_the_root_or_a_key_both_kept_and_revoked(tmp_path):
+    from edge.agent.protocol import KeySet
+    from edge.delivery.keys import build_keyset
+
+    root, signer = SigningKey.generate(), SigningKey.generate()
+    write_keypair(root, tmp_path / "root")
+    write_keypair(signer, tmp_path / "signer")
+    envelope = json.loads(build_keyset(root, [tmp_path / "signer.pub"], version=3))
+    keyset = KeySet.from_signed(envelope["signed"])
+    assert keyset.version == 3 and list(keyset.keys) == [signer.keyid]
+    assert envelope["signatures"][0]["keyid"] == root.keyid
+    with pytest.raises(KeyFileError):
+        build_keyset(root, [tmp_path / "root.pub"])
+    with pytest.raises(KeyFileError):
+        build_keyset(root, [tmp_path / "signer.pub"], revoked=[tmp_path / "signer.pub"])
+
+
+def test_manifest_is_signed_per_device():
+    from edge.agent.protocol import Manifest
+    from edge.delivery.publisher import Artifact
+
+    key = SigningKey.generate()
+    model = sign_artifact(Artifact(Path("m.onnx"), onnx_model(), "digits", 2, "onnx", {}), key)
+    assert model.manifest.targets == ()
+    for device in ("dev-a", "dev-b"):
+        addressed = model.addressed(key, [device])
+        signed_part = Manifest.from_signed(json.loads(addressed.envelope)["signed"])
+        assert signed_part.targets == (device,) and signed_part.chunk_sha256 == model.manifest.chunk_sha256
+    with pytest.raises(ArtifactError):
+        model.addressed(key, [])
