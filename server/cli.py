@@ -6,9 +6,6 @@ Its :data:`app` is added to the root ``fedge`` command by :mod:`simulations.cli`
 
 from __future__ import annotations
 
-import json
-import secrets
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,49 +21,20 @@ out = Console()
 def _run_config(
     config: str | None, settings: list[str], resume: Path | None, rounds: int | None, runs_dir: str | None
 ) -> dict[str, Any]:
-    from simulations.experiment import DEFAULT_RUN_CONFIG, Experiment, apply_overrides, load_experiment
-
-    if resume is not None:
-        resume = resume.expanduser().resolve()
-        saved = resume / "config.json"
-        if not saved.is_file():
-            raise DeploymentError(
-                f"{resume} is not a run directory (no config.json); "
-                "give --resume the runs/<run-id>/ of the run to go on"
-            )
-        if not (resume / "resume.pt").is_file():
-            raise DeploymentError(
-                f"{resume} has no saved server state (resume.pt): its first round never finished; start a new run"
-            )
-        base = {k: v for k, v in json.loads(saved.read_text()).items() if k in DEFAULT_RUN_CONFIG}
-        experiment = Experiment(
-            name=resume.name, description="", num_supernodes=1, run_config={**DEFAULT_RUN_CONFIG, **base}
-        )
-    elif config is not None:
-        experiment = load_experiment(config)
-    else:
-        experiment = Experiment(name="run", description="", num_supernodes=1, run_config=dict(DEFAULT_RUN_CONFIG))
-    overrides = list(settings)
-    if rounds is not None:
-        overrides.append(f"num-server-rounds={rounds}")
-    if runs_dir is not None:
-        overrides.append(f"runs-dir={runs_dir}")
-    apply_overrides(experiment, overrides)
-    cfg = experiment.run_config
-    if resume is not None:
-        cfg["resume-from"] = str(resume)
-        cfg["run-id"] = resume.name
-        cfg["runs-dir"] = str(resume.parent)
-    elif not cfg.get("run-id"):
-        cfg["run-id"] = f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    # data-path and runs-dir are paths on the server: they travel as given and the server resolves them
     from server.deployment import check_server_data
-    from shared_models.federation import FederatedData
+    from simulations.experiment import deployment_experiment
 
-    FederatedData.from_run_config(cfg)  # bad partitioner settings fail here, not on the server
+    experiment = deployment_experiment(
+        experiment=config,
+        resume=resume,
+        overrides=settings,
+        settings={"num-server-rounds": rounds, "runs-dir": runs_dir},
+    )
     if resume is None:
-        check_server_data(cfg, experiment=experiment.name if config else "", description=experiment.description)
-    return cfg
+        check_server_data(
+            experiment.run_config, experiment=experiment.name if config else "", description=experiment.description
+        )
+    return experiment.run_config
 
 
 app = typer.Typer()

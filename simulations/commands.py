@@ -48,22 +48,13 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Run an experiment on Flower's simulation engine and write its run record under runs/<run-id>/."""
-    from simulations.experiment import apply_overrides, load_experiment
+    from simulations.experiment import apply_overrides, apply_settings, load_experiment
     from simulations.simulate import run_experiment
 
     experiment = load_experiment(config)
-    overrides = list(setting or [])
-    for key, value in (
-        ("num-server-rounds", rounds),
-        ("strategy", strategy),
-        ("dp", dp),
-        ("target-epsilon", target_epsilon),
-        ("data-path", data_path),
-        ("runs-dir", runs_dir),
-    ):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    apply_overrides(experiment, overrides)
+    apply_overrides(experiment, setting or [])
+    typed = {"num-server-rounds": rounds, "strategy": strategy, "dp": dp, "target-epsilon": target_epsilon}
+    apply_settings(experiment, {**typed, "data-path": data_path, "runs-dir": runs_dir})
     if num_clients is not None:
         experiment.num_supernodes = num_clients
     if ray_address is not None:

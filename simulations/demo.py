@@ -17,7 +17,6 @@ a ``finally``, so also on Ctrl-C (and on SIGTERM, which the command turns into C
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import subprocess
 import time
@@ -30,6 +29,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from edge.agent.cli import agent_command
 from shared_models.errors import FedgeError
+from shared_models.run_dir import RunDir
 
 INT8, FP32 = "int8", "fp32"
 
@@ -73,15 +73,13 @@ def _stage(console: Console, number: int, text: str) -> None:
 
 def train(options: DemoOptions, console: Console) -> Path:
     """Stage 1: the federated simulation; returns its run directory."""
-    from simulations.experiment import apply_overrides, load_experiment
+    from shared_models.run_config import mint_run_id
+    from simulations.experiment import apply_settings, load_experiment
     from simulations.simulate import run_experiment
 
     experiment = load_experiment(options.experiment)
-    run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    overrides = [f"runs-dir={options.runs_dir}", f"run-id={run_id}"]
-    if options.rounds is not None:
-        overrides.append(f"num-server-rounds={options.rounds}")
-    apply_overrides(experiment, overrides)
+    settings = {"runs-dir": options.runs_dir, "run-id": mint_run_id("demo"), "num-server-rounds": options.rounds}
+    apply_settings(experiment, settings)
     if options.num_clients is not None:
         experiment.num_supernodes = options.num_clients
     summary = run_experiment(experiment, verbose=options.verbose)
@@ -111,10 +109,11 @@ def package(
     package_options = PackageOptions(
         formats=formats, variants=(FP32, INT8), fine_tune_epochs=0, latency_runs=options.latency_runs
     )
-    paths = {p: {f: run_dir / "artifacts" / f"{p}.{f}" for f in formats} for p in (FP32, INT8)}
+    run = RunDir(run_dir)
+    paths = {p: {f: run.artifacts / f"{p}.{f}" for f in formats} for p in (FP32, INT8)}
     wanted = [path for by_format in paths.values() for path in by_format.values()]
     if options.from_run is not None and all(p.is_file() and Path(f"{p}.json").is_file() for p in wanted):
-        console.print(f"reusing the artifacts in {run_dir / 'artifacts'} (delete them to export again)")
+        console.print(f"reusing the artifacts in {run.artifacts} (delete them to export again)")
     else:
         _export(inputs, package_options, run_dir, console)
     for path in wanted:
@@ -122,7 +121,7 @@ def package(
             raise DemoError(f"packaging did not write {path}")
     samples = []  # each device gets its own share of the evaluation half, as devices see their own data
     for i in range(options.devices):
-        path = run_dir / "edge" / "samples" / f"dev-{i + 1:02d}.npz"
+        path = run.edge / "samples" / f"dev-{i + 1:02d}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
         x, y = test.x[i :: options.devices], test.y[i :: options.devices]
         if len(x) == 0:
@@ -143,7 +142,7 @@ def _export(inputs: Any, package_options: Any, run_dir: Path, console: Console) 
         task = progress.add_task("packaging", total=total)
         result = package_model(
             inputs,
-            run_dir / "artifacts",
+            RunDir(run_dir).artifacts,
             package_options,
             on_step=lambda d: progress.update(task, advance=1, description=d),
         )
@@ -250,7 +249,8 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
     _stage(console, 1, "federated training with differential privacy (Flower + Opacus)")
     if options.from_run is not None:
         run_dir = Path(options.from_run)
-        missing = [name for name in ("config.json", "model.json", "model.pt") if not (run_dir / name).is_file()]
+        finished = RunDir(run_dir)
+        missing = finished.missing(finished.config, finished.model_info, finished.model)
         if missing:
             raise DemoError(
                 f"--from-run {run_dir} is not a finished fedge run (no {', '.join(missing)}); give a directory "
@@ -260,7 +260,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
     else:
         run_dir = train(options, console)
     timings["train_s"] = time.monotonic() - started
-    edge_dir = run_dir / "edge"
+    edge_dir = RunDir(run_dir).edge
     if edge_dir.exists():  # a previous demo on this run: its devices' stores would refuse versions 1 and 2 again
         if not any((edge_dir / name).exists() for name in ("demo.json", "fleet.db", "devices", "keys")):
             raise DemoError(

@@ -115,20 +115,23 @@ def new_run_id(experiment: Experiment) -> str:
     return str(cfg["run-id"])
 
 
-def deployment_run_config(
+def deployment_experiment(
     *,
     experiment: str | None = None,
     resume: str | Path | None = None,
     overrides: Sequence[str] = (),
     settings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The run config that ``fedge run`` submits to a federation, checked and with absolute paths.
+) -> Experiment:
+    """What ``fedge run`` submits to a federation: the experiment, its run config checked and complete.
 
     A new run: pyproject's defaults, then ``experiment`` (a name or a TOML file), then ``overrides`` (``--set``
-    strings) and ``settings`` (typed options); it gets a new run id unless one is set. A resumed run (``resume``,
-    its run directory): the run's own saved config instead of an experiment (keys this version no longer knows are
-    dropped), then the overrides; its run id, runs-dir and resume-from are then pinned to that directory, whatever
-    the overrides say, since the clients find their privacy accountants by the run id.
+    strings) and ``settings`` (typed options; ``None`` = not given); it gets a new run id unless one is set.
+
+    A resumed run (``resume``, its run directory): the run's own saved config instead of an experiment (keys this
+    version no longer knows are dropped), then the overrides; its run id, runs-dir and resume-from are then pinned
+    to that directory whatever the overrides say, since the clients find their privacy accountants by the run id.
+
+    ``data-path`` and ``runs-dir`` travel as given: they are paths on the server, which resolves them.
     """
     if resume is not None:
         run = RunDir(Path(resume).expanduser().resolve())
@@ -150,14 +153,12 @@ def deployment_run_config(
         chosen = Experiment(name="run", description="", num_supernodes=1, run_config=dict(DEFAULT_RUN_CONFIG))
     apply_overrides(chosen, overrides)
     apply_settings(chosen, settings or {})
-    cfg = chosen.run_config
     if resume is not None:
-        cfg.update({"resume-from": str(run.path), "run-id": run.run_id, "runs-dir": str(run.path.parent)})
+        chosen.run_config.update({"resume-from": str(run.path), "run-id": run.run_id, "runs-dir": str(run.path.parent)})
     else:
         new_run_id(chosen)
-    resolve_paths(chosen)
-    FederatedData.from_run_config(cfg)  # bad partitioner settings fail here, not on the server
-    return cfg
+    FederatedData.from_run_config(chosen.run_config)  # bad partitioner settings fail here, not on the server
+    return chosen
 
 
 def resolve_paths(experiment: Experiment) -> None:

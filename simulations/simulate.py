@@ -8,18 +8,16 @@ private Flower call fedge makes (``simulations/flower_adapter.py``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import secrets
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
-from simulations.experiment import Experiment, ExperimentError, resolve_paths, validate  # noqa: E402
+from shared_models.run_dir import RunDir  # noqa: E402
+from simulations.experiment import Experiment, ExperimentError, new_run_id, resolve_paths, validate  # noqa: E402
 
 
 def backend_config(experiment: Experiment, *, verbose: bool = False) -> dict[str, Any]:
@@ -39,10 +37,9 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> dict[str
     logging.getLogger("flwr").setLevel(logging.DEBUG if verbose else logging.ERROR)
     resolve_paths(experiment)
     cfg = experiment.run_config
-    if not cfg.get("run-id"):
-        cfg["run-id"] = f"{experiment.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    new_run_id(experiment)
     validate(experiment)
-    if int(cfg.get("max-in-flight", 0)) == 0 and not experiment.ray_address:
+    if cfg["max-in-flight"] == 0 and not experiment.ray_address:
         # Feed the simulation engine a few messages per Ray actor at a time instead of all at once: its search
         # for each node's next message scans every stored message (see server/rounds.py).
         actors = max(1, int((os.cpu_count() or 1) / max(experiment.client_num_cpus, 0.01)))
@@ -53,7 +50,7 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> dict[str
     from server.server_app import app as server_app
     from simulations.flower_adapter import run_simulation_in_process
 
-    run_dir = Path(cfg["runs-dir"]) / str(cfg["run-id"])
+    run = RunDir.of(cfg["runs-dir"], cfg["run-id"])
     with tempfile.TemporaryDirectory(prefix="fedge-app-") as tmp:
         app_dir = write_app_dir(Path(tmp) / "app", cfg, name="fedge-simulation")
         try:
@@ -70,15 +67,13 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> dict[str
             if isinstance(e.__cause__, ExperimentError):
                 raise e.__cause__ from None
             raise
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise ExperimentError(f"the simulation ended without writing {metrics_path}; rerun with --verbose to see why")
-    rounds = json.loads(metrics_path.read_text())["rounds"]
-    privacy = json.loads((run_dir / "privacy.json").read_text())
+    if not run.metrics.is_file():
+        raise ExperimentError(f"the simulation ended without writing {run.metrics}; rerun with --verbose to see why")
+    rounds = run.read_metrics()
     return {
-        "run-dir": str(run_dir),
+        "run-dir": str(run.path),
         "rounds": rounds,
-        "privacy": privacy,
+        "privacy": run.read_privacy(),
         "initial-accuracy": rounds[0]["central-accuracy"],
         "final-accuracy": rounds[-1]["central-accuracy"],
     }

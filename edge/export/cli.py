@@ -94,6 +94,7 @@ def package(
     """
     from edge.export.package import PackageOptions, package_model, plan_steps
     from edge.export.run_source import run_package_inputs
+    from shared_models.run_dir import RunDir
 
     options = PackageOptions(
         formats=tuple(formats) if formats else ("onnx", "tflite"),
@@ -113,7 +114,7 @@ def package(
     inputs = run_package_inputs(
         run_dir, tune_on=tune_on, calibration=calibration, calibration_size=calibration_size, seed=seed
     )
-    out_dir = out or Path(run_dir) / "artifacts"
+    out_dir = out or RunDir(run_dir).artifacts
     console = Console()
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
