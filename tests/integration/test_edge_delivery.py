@@ -486,3 +486,130 @@ def test_collector_stores_a_telemetry_burst_once_through_buffered_reads(mosquitt
         assert socket_reads["collector"] < n / 2, socket_reads  # at least ~3 reads per message unbuffered
     else:
         assert socket_reads["collector"] > 2 * n * 4  # each ~450-byte message took several 100-byte reads
+
+
+# ------------------------------------------------------------------------------------------------ issue 10 attacks
+
+
+@needs_mosquitto
+def test_session_takeover_with_another_devices_client_id_is_impossible(mosquitto, env):
+    """dev-b's credentials connecting with dev-a's client id: Mosquitto (fedge's config) replaces the client id by
+    the user name, so dev-a's session is neither wiped nor disconnected, and dev-a still takes its updates."""
+    agent = env.agent(mosquitto, "dev-a")
+    assert wait_for(lambda: agent.transport.connected, 20)
+    drops: list[int] = []
+    agent.transport.client.on_disconnect = lambda *a: (drops.append(1), agent.transport._connected.clear())
+    intruder = ServerClient("dev-a", mosquitto.setup.address("dev-b"), clean_session=True).connect()
+    try:
+        publisher = env.publisher(mosquitto)
+        publisher.publish_chunks(model(1))
+        publisher.assign(model(1), ["dev-a"])
+        assert wait_for(lambda: agent.agent.version == 1, 20)
+        assert intruder.connected and not drops
+    finally:
+        intruder.close()
+
+
+@needs_mosquitto
+def test_mix_and_match_copied_manifest_over_the_broker_is_refused(mosquitto, env):
+    collector = env.collector(mosquitto)
+    agents = {d: env.agent(mosquitto, d) for d in ("dev-a", "dev-b")}
+    publisher = env.publisher(mosquitto)
+    publisher.publish_chunks(model(1))
+    publisher.assign(model(1), ["dev-a", "dev-b"])
+    assert wait_for(lambda: all(a.agent.version == 1 for a in agents.values()), 20)
+    v2 = model(2)
+    publisher.publish_chunks(v2)
+    copied = v2.addressed(signing_key(), ["dev-a"]).envelope  # dev-a's canary manifest, copied to dev-b's topic
+    publisher.client.publish_all([("fedge/v1/devices/dev-b/manifest", copied, True)])
+    assert collector.wait_until(lambda s: any(e["reason"] == "not-addressed" for e in s.events("dev-b")), 20), (
+        collector.store.events("dev-b")
+    )
+    assert agents["dev-b"].agent.version == 1
+    publisher.assign(v2, ["dev-b"])  # and its own manifest still goes through
+    assert wait_for(lambda: agents["dev-b"].agent.version == 2, 20)
+
+
+@needs_mosquitto
+def test_rollout_without_a_baseline_is_held_not_passed(mosquitto, env, tmp_path):
+    """The previous version's reports were never collected (a fresh fleet database): the canary check holds."""
+    devices = ["dev-a", "dev-b", "dev-c"]
+    agents = {d: env.agent(mosquitto, d) for d in devices}
+    publisher = env.publisher(mosquitto)
+    publisher.publish_chunks(model(1))
+    publisher.assign(model(1), devices)
+    assert wait_for(lambda: all(a.agent.version == 1 for a in agents.values()), 20)
+    collector = env.collector(mosquitto, db="late.db")  # starts only now: it never saw v1's telemetry
+    assert collector.wait_until(lambda s: len(s.devices()) == 3, 20)
+    report = rollout(env, mosquitto, collector, model(2), devices)
+    assert report.status == "held", report
+    assert "no baseline" in report.verdict and report.overrides == []
+    rest = [d for d in devices if d not in report.canaries]
+    assert all(agents[d].agent.version == 1 for d in rest)  # nobody else got it
+    override = RolloutPolicy(**{**FAST.__dict__, "accept_no_baseline": True})
+    report = rollout(env, mosquitto, collector, model(3), devices, override)
+    assert report.status == "completed", report
+    assert report.overrides and report.overrides[0].startswith("accept-no-baseline")
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+JUNK_FLOOD_BOUND_KIB = 32 * 1024  # what the flood may add to the agent's peak RSS
+
+
+@needs_mosquitto
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_junk_topic_flood_keeps_the_agent_process_memory_bounded(mosquitto, env, tmp_path):
+    """20,000 distinct long topics under the agent's own command topic, with 1 KiB junk payloads, into a real
+    `python -m edge.agent` process (password from the environment): its peak memory grows by less than the bound,
+    and it still takes a good update."""
+    import os
+
+    address = mosquitto.setup.address("dev-a")
+    pub = write_public_key(signing_key(), tmp_path / "server.pub")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.agent", "--broker", f"mqtt://dev-a@127.0.0.1:{address.port}", "--device-id",
+         "dev-a", "--store", str(tmp_path / "dev-a"), "--model-id", "digits", "--trust", str(pub)],
+        env={**os.environ, "FEDGE_BROKER_PASSWORD": address.password},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        collector = env.collector(mosquitto)
+        publisher = env.publisher(mosquitto)
+        publisher.publish_chunks(model(1))
+        publisher.assign(model(1), ["dev-a"])
+        assert collector.wait_until(lambda s: (s.device("dev-a") or {}).get("version") == 1, 60)
+        before = _peak_rss_kib(proc.pid)
+        assert "dev-a" in " ".join(Path(f"/proc/{proc.pid}/cmdline").read_text().split("\0"))
+        assert address.password not in Path(f"/proc/{proc.pid}/cmdline").read_text()
+        junk = os.urandom(1024)
+        for start in range(0, 20_000, 2000):
+            publisher.client.publish_all(
+                [(f"fedge/v1/devices/dev-a/cmd/x{i}-" + "y" * 200, junk, False) for i in range(start, start + 2000)]
+            )
+        since = time.time()
+        publisher.client.publish_all([("fedge/v1/devices/dev-a/cmd/flood-end", b"end", False)])
+        assert collector.wait_until(
+            lambda s: any("flood-end" in (e.get("detail") or "") for e in s.events("dev-a", since=since - 60)), 120
+        )
+        after = _peak_rss_kib(proc.pid)
+        print(f"agent peak RSS: {before / 1024:.1f} MiB before the flood, {after / 1024:.1f} MiB after")
+        assert after - before < JUNK_FLOOD_BOUND_KIB, (before, after)
+        publisher.publish_chunks(model(2))
+        publisher.assign(model(2), ["dev-a"])
+        assert collector.wait_until(lambda s: (s.device("dev-a") or {}).get("version") == 2, 60)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
