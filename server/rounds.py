@@ -84,6 +84,23 @@ class RoundOutcome:
     """Why each failed node failed (node id -> the reason in its error reply)."""
 
 
+class _CountStreamedReplies(logging.Filter):
+    """With streaming aggregation the strategy gets one reply, the running mean of all, so Flower's strategy logs
+    "Received 1 results" while fedge reports "3/3 trained": this filter on Flower's logger puts the number of
+    replies that went into the mean (and the failures) into that line, for the length of one aggregate call."""
+
+    MESSAGE = "%s: Received %s results and %s failures"
+
+    def __init__(self, replied: int, failed: int) -> None:
+        super().__init__()
+        self.replied, self.failed = replied, failed
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.MESSAGE and isinstance(record.args, tuple) and len(record.args) == 3:
+            record.args = (record.args[0], self.replied, self.failed)
+        return True
+
+
 def _client_id(msg: Message) -> str:
     """The client's name in the ledger: a real node's ``node-name``, else its simulated partition, else its node id."""
     for key in ("node-name", "partition-id"):
@@ -216,7 +233,15 @@ class RoundLoop:
             )
             held = []
         elif held:
-            new_arrays, train_metrics = self.strategy.aggregate_train(server_round, held)
+            counted = _CountStreamedReplies(outcome.replied, outcome.failed) if mean is not None else None
+            flower_log = logging.getLogger("flwr")
+            if counted is not None:
+                flower_log.addFilter(counted)
+            try:
+                new_arrays, train_metrics = self.strategy.aggregate_train(server_round, held)
+            finally:
+                if counted is not None:
+                    flower_log.removeFilter(counted)
             if new_arrays is not None:
                 outcome.arrays = new_arrays
             outcome.train_metrics = dict(train_metrics or {})

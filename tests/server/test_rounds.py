@@ -1,5 +1,6 @@
 """Unit tests of the round loop with an in-process grid (the real simulation is in tests/integration)."""
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -255,3 +256,22 @@ def test_a_negative_max_in_flight_is_refused():
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run)
     with pytest.raises(ServerConfigError, match="max-in-flight"):
         ServerConfig.from_context(context)
+
+
+def test_flowers_log_counts_every_streamed_reply_not_the_one_mean():
+    # streaming hands FedAvg one pre-averaged reply; Flower's "Received N results" must still say 3, as fedge does
+    grid = ScriptedGrid([1, 2, 3, 4], lambda node, msg: Error(code=1, reason="boom") if node == 4 else _content(1, 10))
+    loop = RoundLoop(strategy=FedAvg(fraction_evaluate=0.0), grid=grid, ledger=PrivacyLedger(3, 1e-5), stream=True)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    flower_log = logging.getLogger("flwr")
+    flower_log.addHandler(handler)
+    try:
+        start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
+        outcome = loop.train_round(1, start, ConfigRecord())
+    finally:
+        flower_log.removeHandler(handler)
+    assert (outcome.replied, outcome.failed) == (3, 1)
+    assert "aggregate_train: Received 3 results and 1 failures" in lines, lines
+    assert not flower_log.filters  # the count applies to that one call only
