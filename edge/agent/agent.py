@@ -37,6 +37,7 @@ from edge.agent.protocol import (
     KEYS_TOPIC,
     QOS,
     Manifest,
+    Telemetry,
     TopicParser,
     command_filter,
     events_topic,
@@ -424,18 +425,17 @@ class DeviceAgent:
             return None
         now = self.clock()
         self.seq += 1
-        message = {
-            "type": "telemetry",
-            "device_id": self.device_id,
-            "session": self.session,
-            "seq": self.seq,
-            "ts": round(now, 3),
-            "model_id": current.model_id,
-            "version": current.version,
-            "runtime": self.config.runtime,
+        message = Telemetry(
+            device_id=self.device_id,
+            session=self.session,
+            seq=self.seq,
+            ts=now,
+            model_id=current.model_id,
+            version=current.version,
+            runtime=self.config.runtime,
+            dropped=self.outbox.dropped,
             **self.window.snapshot(now),
-            "dropped": self.outbox.dropped,
-        }
+        ).to_message()
         self.window = TelemetryWindow(now)
         self._send(telemetry_topic(self.device_id), _dumps(message))
         return message

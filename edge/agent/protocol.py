@@ -34,6 +34,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -557,43 +558,137 @@ def update_event(
     }
 
 
-#: the fields a telemetry message carries (see :func:`edge.agent.telemetry.TelemetryWindow.snapshot`)
-TELEMETRY_FIELDS = (
-    "type",
-    "device_id",
-    "session",
-    "seq",
-    "ts",
-    "model_id",
-    "version",
-    "runtime",
-    "window_s",
-    "inferences",
-    "errors",
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "mean_confidence",
-    "histogram",
-    "labelled",
-    "correct",
-    "accuracy",
-    "dropped",
-)
+@dataclass(frozen=True, kw_only=True)
+class Telemetry:
+    """One telemetry message: what a device measured over one report window (see
+    :class:`edge.agent.telemetry.TelemetryWindow`), numbered per connection (``session``, ``seq`` from 1) so the
+    collector can count what was lost on the way. The agent builds one and sends :meth:`to_message`; the collector
+    reads one with :func:`parse_telemetry`. Counts are required; the rest may be absent (``None``)."""
+
+    device_id: str
+    session: str
+    seq: int
+    inferences: int
+    errors: int
+    labelled: int
+    correct: int
+    ts: float | None = None
+    model_id: str | None = None
+    version: int | None = None
+    runtime: str | None = None
+    window_s: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    mean_confidence: float | None = None
+    histogram: tuple[int, ...] | None = None  # predictions per class
+    accuracy: float | None = None
+    dropped: int = 0  # messages the device's offline buffer dropped so far (oldest first)
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON object sent on :func:`telemetry_topic`."""
+        return {
+            "type": "telemetry",
+            "device_id": self.device_id,
+            "session": self.session,
+            "seq": self.seq,
+            "ts": None if self.ts is None else round(self.ts, 3),
+            "model_id": self.model_id,
+            "version": self.version,
+            "runtime": self.runtime,
+            "window_s": self.window_s,
+            "inferences": self.inferences,
+            "errors": self.errors,
+            "latency_ms_p50": self.latency_ms_p50,
+            "latency_ms_p95": self.latency_ms_p95,
+            "mean_confidence": self.mean_confidence,
+            "histogram": None if self.histogram is None else list(self.histogram),
+            "labelled": self.labelled,
+            "correct": self.correct,
+            "accuracy": self.accuracy,
+            "dropped": self.dropped,
+        }
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any], what: str = "telemetry") -> Telemetry:
+        """Validate a decoded telemetry message (types and ranges); unknown fields are ignored. Table-driven and
+        inlined: the collector runs this for every message a fleet sends."""
+        if msg.get("type", "telemetry") != "telemetry":
+            raise MalformedMessageError(f"{what}: type {msg.get('type')!r} is not 'telemetry'")
+        values: dict[str, Any] = {"device_id": check_id("device id", msg.get("device_id"))}
+        for key in _TELEMETRY_COUNTS:
+            value = msg.get(key)
+            if type(value) is not int or value < 0:  # type(): a bool is not a count
+                raise MalformedMessageError(_field_error(msg, key, "an integer >= 0", what))
+            values[key] = value
+        if values["seq"] < 1:
+            raise MalformedMessageError(f"{what}: seq starts at 1")
+        session = msg.get("session")
+        if type(session) is not str:
+            raise MalformedMessageError(_field_error(msg, "session", "a string", what))
+        values["session"] = session
+        for key, kinds in _TELEMETRY_OPTIONAL.items():
+            value = msg.get(key)
+            if value is None:
+                continue
+            if type(value) not in kinds:
+                raise MalformedMessageError(_field_error(msg, key, "", what))
+            if kinds is _NUMBER and not math.isfinite(value):
+                raise MalformedMessageError(f"{what}: field {key!r} must be a finite number")
+            values[key] = value
+        if values.get("dropped", 0) < 0:
+            raise MalformedMessageError(f"{what}: field 'dropped' must be >= 0")
+        histogram = msg.get("histogram")
+        if histogram is not None:
+            if type(histogram) is not list or any(type(n) is not int or n < 0 for n in histogram):
+                raise MalformedMessageError(f"{what}: field 'histogram' must be a list of counts")
+            values["histogram"] = tuple(histogram)
+        return cls(**values)
 
 
-def parse_device_message(topic: Topic, payload: bytes) -> dict[str, Any]:
-    """Validate a message a device sent (state, telemetry or events), for the collector."""
-    what = f"{topic.kind} of {topic.device_id}"
+_NUMBER = (int, float)
+#: required telemetry fields (integers >= 0) and the optional ones with the JSON types each may have
+_TELEMETRY_COUNTS = ("seq", "inferences", "errors", "labelled", "correct")
+_TELEMETRY_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "ts": _NUMBER,
+    "model_id": (str,),
+    "version": (int,),
+    "runtime": (str,),
+    "window_s": _NUMBER,
+    "latency_ms_p50": _NUMBER,
+    "latency_ms_p95": _NUMBER,
+    "mean_confidence": _NUMBER,
+    "accuracy": _NUMBER,
+    "dropped": (int,),
+}
+
+
+def _field_error(msg: dict[str, Any], key: str, want: str, what: str) -> str:
+    if key not in msg:
+        return f"{what}: missing field {key!r}"
+    value = msg[key]
+    if want and type(value) is int:
+        return f"{what}: field {key!r} must be >= 0"
+    return f"{what}: field {key!r} has the wrong type ({type(value).__name__})" + (f"; expected {want}" if want else "")
+
+
+def parse_telemetry(topic: Topic, payload: bytes) -> Telemetry:
+    """Validate a telemetry message from the device its topic names, for the collector."""
+    what = f"telemetry of {topic.device_id}"
     msg = load_json_object(payload, what)
     if msg.get("device_id") != topic.device_id:
         raise MalformedMessageError(f"{what}: device_id {msg.get('device_id')!r} does not match the topic")
+    return Telemetry.from_message(msg, what)
+
+
+def parse_device_message(topic: Topic, payload: bytes) -> dict[str, Any]:
+    """Validate a state or events message a device sent, for the collector (telemetry: :func:`parse_telemetry`)."""
+    what = f"{topic.kind} of {topic.device_id}"
     if topic.kind == "telemetry":
-        _get(msg, "session", str, what)
-        if _nonneg_int(msg, "seq", what) < 1:
-            raise MalformedMessageError(f"{what}: seq starts at 1")
-        for key in ("inferences", "errors", "labelled", "correct"):
-            _nonneg_int(msg, key, what)
-    elif topic.kind == "state":
+        return parse_telemetry(topic, payload).to_message()
+    msg = load_json_object(payload, what)
+    if msg.get("device_id") != topic.device_id:
+        raise MalformedMessageError(f"{what}: device_id {msg.get('device_id')!r} does not match the topic")
+    if topic.kind == "state":
         if msg.get("state") not in STATES:
             raise MalformedMessageError(f"{what}: unknown state {msg.get('state')!r}")
     elif topic.kind == "events":

@@ -37,8 +37,9 @@ class TelemetryWindow:
         self.errors += 1
 
     def snapshot(self, now: float) -> dict[str, Any]:
+        """The window's fields of a :class:`edge.agent.protocol.Telemetry` message, by name."""
         lat = np.asarray(self.latencies_ms, dtype=np.float64)
-        histogram = np.bincount(self.predictions).tolist() if self.predictions else []
+        histogram = tuple(np.bincount(self.predictions).tolist()) if self.predictions else ()
         return {
             "window_s": round(now - self.started, 3),
             "inferences": len(self.latencies_ms),

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from edge.agent.errors import AgentError
-from edge.agent.protocol import FLEET_FILTERS, BrokerAddress, parse_device_message, parse_topic
+from edge.agent.protocol import (
+    FLEET_FILTERS,
+    BrokerAddress,
+    Telemetry,
+    parse_device_message,
+    parse_telemetry,
+    parse_topic,
+)
 from edge.delivery.client import ServerClient
 
 _log = logging.getLogger("fedge.collector")
@@ -131,7 +138,8 @@ class FleetStore:
                 raise AgentError(f"not a device message topic: {topic[:200]!r}")
             if parsed.kind == "state" and not payload:
                 return None  # a cleared retained state
-            msg = parse_device_message(parsed, payload)
+            parse = parse_telemetry if parsed.kind == "telemetry" else parse_device_message
+            msg = parse(parsed, payload)
         except AgentError as e:
             self._db.execute("INSERT INTO malformed VALUES (?, ?, ?)", (received, topic[:200], str(e)[:300]))
             return None
@@ -154,28 +162,28 @@ class FleetStore:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", (*fields.values(), device_id))
 
-    def _record_telemetry(self, device_id: str, msg: dict[str, Any], received: float) -> None:
+    def _record_telemetry(self, device_id: str, msg: Telemetry, received: float) -> None:
         if self._pending_touch is not None:
             self._pending_touch[device_id] = max(received, self._pending_touch.get(device_id, 0.0))
         else:
             self._touch(device_id, received)
         row = (
             device_id,
-            msg["session"],
-            msg["seq"],
-            msg.get("ts"),
+            msg.session,
+            msg.seq,
+            msg.ts,
             received,
-            msg.get("model_id"),
-            msg.get("version"),
-            msg["inferences"],
-            msg["errors"],
-            msg["labelled"],
-            msg["correct"],
-            msg.get("latency_ms_p50"),
-            msg.get("latency_ms_p95"),
-            msg.get("mean_confidence"),
-            msg.get("accuracy"),
-            json.dumps(msg.get("histogram")),
+            msg.model_id,
+            msg.version,
+            msg.inferences,
+            msg.errors,
+            msg.labelled,
+            msg.correct,
+            msg.latency_ms_p50,
+            msg.latency_ms_p95,
+            msg.mean_confidence,
+            msg.accuracy,
+            json.dumps(msg.histogram),
         )
         if self._pending_telemetry is not None:
             self._pending_telemetry.append(row)
