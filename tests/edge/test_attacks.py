@@ -275,7 +275,7 @@ def test_rejects_identifier_with_trailing_newline(running_v1):
     assert_rejected(running_v1, "malformed")
 
 
-def test_chunk_index_with_non_ascii_digit_is_malformed_not_internal_error(running_v1):
+def test_chunk_index_with_non_ascii_digit_is_refused_as_unknown_topic_not_internal_error(running_v1):
     deliver(running_v1, signed(onnx_model(), 2), chunks=[])
     running_v1.handle("fedge/v1/models/digits/2/onnx/\u00b2", b"x")
     assert running_v1.transport.outcomes()[-1]["reason"] == "unknown-topic"
