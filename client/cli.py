@@ -6,10 +6,6 @@ Thin: the logic lives in :mod:`client.node`. Its :data:`app` is added to the roo
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,37 +14,6 @@ from rich.console import Console
 
 err = Console(stderr=True)
 app = typer.Typer()
-
-
-def _run_supernode(command: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run ``flower-supernode`` in the foreground, passing its log through; (exit code, last lines of its log)."""
-    from server.processes import stop_tree
-
-    proc = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,  # its group holds the flower-superexec it starts, even once orphaned
-    )
-    tail: list[str] = []
-
-    def relay() -> None:  # Flower's log, passed through; its exit codes are only in the text
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            tail[:] = [*tail[-49:], line]
-
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
-    try:
-        code = proc.wait()
-    finally:
-        stop_tree(proc, kill=True)  # the flower-superexec child outlives the SuperNode
-        reader.join(timeout=5)
-    return code, "".join(tail)
 
 
 @app.command("node")
@@ -92,9 +57,10 @@ def node(
 ) -> None:
     """Join a federation as a node (flower-supernode) with this node's data, device and key."""
 
-    from client.node import REFUSED_EXIT_CODES, NodeError, NodeSettings, explain_exit, flower_exit_code
+    from client.node import NodeError, NodeSettings, join_federation
     from server.credentials import check_private_key
     from server.deployment import flower_env, flower_executable
+    from server.processes import run_in_foreground
 
     node_name = name or data.stem.replace("processed.", "")
     settings = NodeSettings(
@@ -114,12 +80,10 @@ def node(
     env = flower_env()
     if threads:  # inherited by every ClientApp process the SuperNode starts
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    for attempt in range(1, max(1, join_attempts) + 1):
-        code, log = _run_supernode(settings.command(flower_executable("flower-supernode")), env)
-        flower_code = flower_exit_code(log, default=code)
-        if flower_code not in REFUSED_EXIT_CODES or attempt >= join_attempts:
-            break
-        err.print(f"the SuperLink refused this node (attempt {attempt} of {join_attempts}); retrying in 20 s")
-        time.sleep(20)
-    if code:
-        raise NodeError(explain_exit(flower_code, settings))
+    join_federation(
+        settings,
+        settings.command(flower_executable("flower-supernode")),
+        lambda command: run_in_foreground(command, env),
+        join_attempts=join_attempts,
+        say=err.print,
+    )

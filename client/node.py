@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from client.errors import ClientError
 # flower-supernode's exit codes (flwr.common.exit.ExitCode) that mean the SuperLink said no.
 REFUSED_EXIT_CODES = {305: "the SuperLink refused the connection or could not be reached"}
 AUTH_KEY_EXIT_CODE = 302
+# A node restarted right after a crash is refused until its old session on the SuperLink expires (about a minute).
+REJOIN_WAIT_SECONDS = 20.0
 
 
 class NodeError(ClientError):
@@ -64,9 +69,9 @@ class NodeSettings:
         if self.insecure:
             cmd.append("--insecure")
         else:
-            cmd += ["--root-certificates", str(self.ca_certificate)]
+            cmd += ["--root-certificates", str(self.ca_certificate.absolute())]
         if self.auth_key is not None:
-            cmd += ["--auth-supernode-private-key", str(self.auth_key)]
+            cmd += ["--auth-supernode-private-key", str(self.auth_key.absolute())]
         if self.max_wait_time is not None:
             cmd += ["--max-wait-time", str(self.max_wait_time)]
         return cmd
@@ -89,3 +94,31 @@ def explain_exit(code: int, settings: NodeSettings) -> str:
             "restarted right after a crash is also refused until its old session expires: try again in a minute"
         )
     return f"flower-supernode exited with code {code}; rerun with --verbose to see Flower's log"
+
+
+def join_federation(
+    settings: NodeSettings,
+    command: list[str],
+    run: Callable[[list[str]], tuple[int, str]],
+    *,
+    join_attempts: int = 4,
+    wait_seconds: float = REJOIN_WAIT_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
+) -> None:
+    """Run the node's SuperNode (``run(command)`` -> exit code and the end of its log) until it ends.
+
+    When the SuperLink refuses the node, try again after ``wait_seconds``, ``join_attempts`` tries in all: a node
+    restarted right after a crash is refused until its old session expires. Any other end is final; one that is
+    not a clean exit raises :class:`NodeError` saying what it means and what to do.
+    """
+    attempts = max(1, join_attempts)
+    for attempt in range(1, attempts + 1):
+        code, log = run(command)
+        flower_code = flower_exit_code(log, default=code)
+        if flower_code not in REFUSED_EXIT_CODES or attempt == attempts:
+            break
+        say(f"the SuperLink refused this node (attempt {attempt} of {attempts}); retrying in {wait_seconds:g} s")
+        sleep(wait_seconds)
+    if code:
+        raise NodeError(explain_exit(flower_code, settings))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -102,3 +104,33 @@ def stop_tree(proc: subprocess.Popen | int, *, grace: float = 5.0, kill: bool = 
             os.waitpid(p, os.WNOHANG)
         except ChildProcessError:
             pass
+
+
+def run_in_foreground(command: list[str], env: dict[str, str], *, tail_lines: int = 50) -> tuple[int, str]:
+    """Run a long-lived Flower process (``flower-supernode``) until it exits, passing its log through to stdout;
+    (its exit code, the last ``tail_lines`` lines of its log). Whatever it started is stopped with it."""
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its group holds the flower-superexec it starts, even once orphaned
+    )
+    tail: list[str] = []
+
+    def relay() -> None:  # Flower's log, passed through; its exit codes are only in the text
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail[:] = [*tail[-(tail_lines - 1) :], line]
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait()
+    finally:
+        stop_tree(proc, kill=True)  # the flower-superexec child outlives the SuperNode
+        reader.join(timeout=5)
+    return code, "".join(tail)
