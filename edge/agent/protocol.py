@@ -37,6 +37,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -50,8 +51,19 @@ KEYSET_TYPE = "fedge-keyset"
 COMMANDS = ("rollback",)
 QOS = 1  # everything that must not be lost: manifests, chunks, commands, telemetry, events, state
 
-#: model formats and their file suffix; the runtime that runs each
+#: model formats and their file suffix (the one list: the exporter, the publisher and the agent's runtimes read it)
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+
+
+def format_of(filename: str | PurePath) -> str | None:
+    """The model format of a file, by its suffix (``None`` if it is none of :data:`FORMATS`).
+
+    >>> format_of("artifacts/int8.tflite"), format_of("model.pt")
+    ('tflite', None)
+    """
+    suffix = PurePath(filename).suffix
+    return next((fmt for fmt, known in FORMATS.items() if suffix == known), None)
+
 
 #: device states published (retained) on the state topic
 STATES = ("ready", "waiting", "updating", "disconnected", "lost")

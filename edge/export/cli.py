@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edge.agent.protocol import FORMATS
+
 TUNE_CHOICES = ("held-out", "pool")
 
 app = typer.Typer()
@@ -27,7 +29,7 @@ def package(
     ],
     formats: Annotated[
         list[str] | None,
-        typer.Option("--format", "-f", help="Artifact format: onnx, tflite (repeatable; default: both)."),
+        typer.Option("--format", "-f", help=f"Artifact format: {', '.join(FORMATS)} (repeatable; default: all)."),
     ] = None,
     variants: Annotated[
         list[str] | None,
@@ -97,7 +99,7 @@ def package(
     from shared_models.run_dir import RunDir
 
     options = PackageOptions(
-        formats=tuple(formats) if formats else ("onnx", "tflite"),
+        **({"formats": tuple(formats)} if formats else {}),
         **({"variants": tuple(variants)} if variants else {}),
         sparsity=sparsity,
         channel_amount=channels,

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from edge.agent.protocol import FORMATS
 from edge.compress.calibration import CalibrationSet
-from edge.compress.distill import distill, make_student
+from edge.compress.distill import DEFAULT_STUDENT_WIDTH, distill, make_student
 from edge.compress.errors import CalibrationError, DistillationError, MissingExtraError
 from edge.compress.pruning import FineTune, check_amount, count_nonzero, prune_channels, prune_unstructured
 from edge.compress.quantize import quantize_onnx
@@ -35,7 +36,7 @@ from edge.export.artifact import describe_artifact, write_description
 from edge.export.errors import UnknownFormatError
 from edge.export.onnx_export import check_onnx, export_onnx
 from edge.export.report import markdown_report, plot_accuracy_size
-from edge.export.runtime import FORMATS, ArtifactRunner, measure_latency, open_artifact
+from edge.export.runtime import ArtifactRunner, measure_latency, open_artifact
 from edge.export.tflite_export import export_tflite
 from edge.export.verify import compare_logits
 from shared_models.data import ArrayDataset
@@ -80,7 +81,7 @@ def parse_variant(name: str) -> Variant:
 class PackageOptions:
     """What to build and how. Defaults suit the registry's small models on a laptop."""
 
-    formats: tuple[str, ...] = ("onnx", "tflite")
+    formats: tuple[str, ...] = tuple(FORMATS)
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     sparsity: float = 0.5
     channel_amount: float = 0.5
@@ -218,7 +219,8 @@ def _build_kinds(
         models["student"] = result.student
         summary["student"] = {
             **result.summary(),
-            "student": options.student or f"{inputs.model_name} x{options.student_width or 0.4:g} width",
+            "student": options.student
+            or f"{inputs.model_name} x{options.student_width or DEFAULT_STUDENT_WIDTH:g} width",
         }
     return models, summary
 

@@ -18,11 +18,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge.agent.protocol import FORMATS, format_of
 from edge.agent.runtime import from_output_tensor, to_input_tensor
 from edge.compress.errors import MissingExtraError
 from edge.export.errors import UnknownFormatError, VerificationError
-
-FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 
 
 class ArtifactRunner(Protocol):
@@ -203,16 +202,21 @@ class TFLiteRunner:
         return call
 
 
+#: the runner of each format of :data:`edge.agent.protocol.FORMATS`
+_RUNNERS: dict[str, Callable[..., ArtifactRunner]] = {"onnx": OnnxRunner, "tflite": TFLiteRunner}
+
+
 def open_artifact(path: str | Path, *, threads: int = 1) -> ArtifactRunner:
-    """The runner for the artifact at ``path``, by its suffix (``.onnx`` or ``.tflite``)."""
+    """The runner for the artifact at ``path``, by its suffix (:data:`edge.agent.protocol.FORMATS`)."""
     path = Path(path)
     if not path.is_file():
         raise VerificationError(f"artifact {path} does not exist")
-    if path.suffix == ".onnx":
-        return OnnxRunner(path, threads=threads)
-    if path.suffix == ".tflite":
-        return TFLiteRunner(path, threads=threads)
-    raise UnknownFormatError(f"unknown artifact format {path.suffix!r} ({path}); fedge runs .onnx and .tflite")
+    runner = _RUNNERS.get(format_of(path) or "")
+    if runner is None:
+        raise UnknownFormatError(
+            f"unknown artifact format {path.suffix!r} ({path}); fedge runs {' and '.join(FORMATS.values())}"
+        )
+    return runner(path, threads=threads)
 
 
 def measure_latency(
