@@ -117,6 +117,10 @@ def demo(
     ] = None,
     latency_runs: Annotated[int, typer.Option(help="Timed calls per artifact when packaging.")] = 50,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
+    ui: Annotated[
+        bool, typer.Option("--ui", help="Serve the live dashboard (fedge ui) during the demo and print its address.")
+    ] = False,
+    ui_port: Annotated[int, typer.Option(help="Port of the dashboard with --ui (0: a free one).")] = 8765,
 ) -> None:
     """The whole pipeline on this machine: train with DP, export, deliver to device agents, collect telemetry.
 
@@ -142,7 +146,52 @@ def demo(
         from_run=from_run,
         latency_runs=latency_runs,
         verbose=verbose,
+        ui=ui,
+        ui_port=ui_port,
     )
     summary = run_demo(options, console=Console())
     if len(summary["on_int8"]) != devices:
         raise typer.Exit(1)
+
+
+@app.command()
+def ui(
+    runs: Annotated[Path, typer.Option("--runs", help="The runs directory to show (runs/<run-id>/ each).")] = Path(
+        "runs"
+    ),
+    fleet: Annotated[
+        Path | None,
+        typer.Option(
+            "--fleet", help="A fleet database (SQLite) to show; default: the selected run's own edge/fleet.db."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; other than loopback only with --token.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDGE_UI_TOKEN",
+            show_envvar=True,
+            help="Access token every request must carry (?token= once, or Authorization: Bearer).",
+        ),
+    ] = None,
+) -> None:
+    """A live, read-only web dashboard of the runs, their artifacts, the fleet and the rollouts, until Ctrl-C.
+
+    Runs: accuracy and privacy spent per round, the privacy ledger per client, refusals and failures. Artifacts:
+    size, accuracy, agreement and latency against fp32. Fleet: devices, state, runtime, model version, last seen,
+    latency, accuracy, telemetry over time; rollouts and update events. The page follows a simulation, a rollout or
+    telemetry as they happen. Prometheus metrics of the fleet at /metrics.
+    """
+    from simulations.dashboard.server import serve
+
+    def ready(server) -> None:
+        Console().print(
+            f"dashboard: [bold]{server.url}[/]"
+            + (" (open it once with ?token=TOKEN)" if token else "")
+            + "; Ctrl-C stops"
+        )
+
+    serve(runs, fleet, host=host, port=port, token=token, on_ready=ready)

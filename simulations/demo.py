@@ -55,6 +55,9 @@ class DemoOptions:
     chunk_size: int = 16 * 1024
     timeout_s: float = 90.0
     verbose: bool = False
+    #: serve the dashboard (``fedge ui``) on this port while the demo runs
+    ui: bool = False
+    ui_port: int = 8765
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -232,8 +235,32 @@ def _rollout(collector, publisher, models, devices, policy, console: Console, la
     return report
 
 
+def _record_rollouts(edge_dir: Path, reports: list) -> None:
+    """``edge/rollouts.json`` after each rollout, so the dashboard shows one as soon as it ends."""
+    from shared_models.run_dir import write_json
+
+    write_json(edge_dir / "rollouts.json", [r.to_dict() for r in reports])
+
+
+def _run_with_dashboard(options: DemoOptions, console: Console) -> dict[str, Any]:
+    """The demo with the dashboard served over its runs directory while it runs (``fedge demo --ui``)."""
+    from dataclasses import replace
+
+    from simulations.dashboard.server import DashboardServer
+
+    runs_dir = options.from_run.parent if options.from_run is not None else options.runs_dir
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with DashboardServer(runs_dir, port=options.ui_port) as dashboard:
+        console.print(f"[bold]dashboard:[/] {dashboard.url} (live while the demo runs)")
+        summary = run_demo(replace(options, ui=False), console=console)
+        console.print(f"the dashboard stops with the demo; look again with: fedge ui --runs {runs_dir}")
+    return summary
+
+
 def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[str, Any]:
     """Run the demo; return its summary (also written to ``runs/<run-id>/edge/demo.json``)."""
+    if options.ui:
+        return _run_with_dashboard(options, console or Console())
     from edge.delivery.brokers import EmbeddedBrokerProcess, free_port
     from edge.delivery.cli import fleet_table
     from edge.delivery.client import ServerClient
@@ -341,6 +368,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
             canary_fraction=0.0, apply_timeout_s=options.timeout_s, health_timeout_s=options.timeout_s
         )
         reports.append(_rollout(collector, publisher, signed[FP32], devices, policy, console, "fp32 v1"))
+        _record_rollouts(edge_dir, reports)
         if reports[-1].status != "completed":
             raise DemoError(f"the fp32 rollout did not complete: {reports[-1].to_dict()}")
         # the canaries need reports on v1 to be judged against
@@ -352,6 +380,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
             health_timeout_s=options.timeout_s,
         )
         reports.append(_rollout(collector, publisher, signed[INT8], devices, policy, console, "int8 v2"))
+        _record_rollouts(edge_dir, reports)
         timings["rollout_s"] = time.monotonic() - t
 
         _stage(console, 6, f"telemetry for {options.telemetry_s:g} s")
