@@ -6,7 +6,6 @@ Every loader returns an :class:`ArrayDataset` of float32 features and int64 labe
 
 from __future__ import annotations
 
-import csv
 import functools
 import gzip
 import math
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared_models.errors import DatasetError, SchemaMismatchError
+from shared_models.errors import DatasetError
+from shared_models.loaders.tables import MISSING_MARKERS, read_table, standardize  # noqa: F401  (re-exported)
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-MISSING_MARKERS = frozenset({"", "?", "na", "nan", "null", "none"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,20 @@ class ArrayDataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
+
+    def with_classes(self, num_classes: int) -> ArrayDataset:
+        """The same data numbered in the federation's ``num_classes`` classes (a node may hold only some of them);
+        a label outside ``0..num_classes-1`` is refused by name. ``0`` (not agreed) keeps this data's own count."""
+        if not num_classes or num_classes == self.num_classes:
+            return self
+        if len(self.y) and int(self.y.max()) >= num_classes:
+            label = int(self.y.max())
+            raise DatasetError(
+                f"{self.name}: label {label} ({int((self.y >= num_classes).sum())} samples) is outside the "
+                f"federation's {num_classes} classes (0..{num_classes - 1}, the server's data set); set num-classes "
+                "in the run config to the federation's count, or relabel or remove those samples on this node"
+            )
+        return ArrayDataset(self.name, self.x, self.y, num_classes)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
         idx = np.asarray(indices, dtype=np.int64)
@@ -150,43 +163,6 @@ def load_mnist(directory: str | Path) -> ArrayDataset:
     return ArrayDataset("mnist", x, y, 10)
 
 
-def _check_schema(path: Path, columns: list[str], expected: Sequence[str], header: bool) -> list[str]:
-    """The table's column names, checked against the federation's schema before any value is parsed.
-
-    A file without a header takes the schema's names when it has as many columns; one with a header must have the
-    schema's names in the schema's order. Anything else is refused with :class:`SchemaMismatchError`.
-    """
-    if not expected or list(columns) == list(expected):
-        return list(columns)
-    if not header:
-        if len(columns) == len(expected):
-            return list(expected)
-        raise SchemaMismatchError(
-            f"{path} has {len(columns)} columns but the federation's schema has {len(expected)} "
-            f"({', '.join(expected)}); this node's table does not fit the federation's model. "
-            "Give this node a file with the same columns, in the same order, as the other nodes"
-        )
-    missing = [c for c in expected if c not in columns]
-    unexpected = [c for c in columns if c not in expected]
-    detail = f"missing {missing or 'none'}, unexpected {unexpected or 'none'}"
-    if not missing and not unexpected:
-        detail = f"same names in another order: {columns}"
-    raise SchemaMismatchError(
-        f"{path}: its columns do not match the federation's schema ({detail}); expected {list(expected)}. "
-        "Rename or reorder the columns of this node's file (or fix csv-columns in the run config)"
-    )
-
-
-def standardize(x: np.ndarray) -> np.ndarray:
-    """Each feature to mean 0 and standard deviation 1 with this table's own statistics (constant columns to 0).
-
-    Only the node's own rows are used, so no statistic leaves the node.
-    """
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    return ((x - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
-
-
 def load_csv(
     path: str | Path,
     *,
@@ -196,73 +172,27 @@ def load_csv(
     binarize_at: float = 0.0,
     num_classes: int = 0,
     standardize_features: bool = False,
+    encoding: str = "utf-8-sig",
+    delimiter: str = "",
 ) -> ArrayDataset:
-    """A node's table: one label column, numeric features, missing values allowed.
+    """A node's table: one label column, numeric features, missing values allowed (read by
+    :func:`shared_models.loaders.tables.read_table`, which documents every option).
 
-    Missing values (empty, ``?``, ``NA``, ``nan``) are imputed with the column mean of this file only, so no
-    statistics leave the node. Labels must be integers ``0..K-1`` (``K`` from the largest label seen, or
-    ``num_classes``). Without a header the columns are named by the schema (``columns``) if one is given, else by
-    position ``"0"``, ``"1"``, ...
-
-    ``columns`` is the federation's schema (every column, label included, in order): a file that differs is refused
-    with :class:`SchemaMismatchError` before any value is parsed. ``binarize_at`` > 0 turns the label into
-    ``label >= binarize_at`` (the heart disease files: ``num`` 0-4, disease when >= 1). ``standardize_features``
-    scales every feature with this file's own mean and standard deviation.
+    ``num_classes`` is the federation's class count: a node whose labels are a subset still numbers its classes as
+    the others do, and a label outside it is refused by name.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"CSV file {path} does not exist; check the node's data path")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = [row for row in csv.reader(fh) if any(cell.strip() for cell in row)]
-    if not rows:
-        raise DatasetError(f"{path} is empty; a node needs at least one row of data")
-    names = [c.strip() for c in rows[0]] if header else [str(i) for i in range(len(rows[0]))]
-    names = _check_schema(path, names, columns, header)
-    body = rows[1:] if header else rows
-    if label_column not in names:
-        raise DatasetError(
-            f"{path} has no label column {label_column!r}; its columns are {names}. "
-            "Name the label column in the config (label-column) or add it to the file"
-        )
-    label_idx = names.index(label_column)
-    values = np.full((len(body), len(names)), np.nan, dtype=np.float64)
-    for r, row in enumerate(body, start=2 if header else 1):
-        if len(row) != len(names):
-            what = "the header has" if header else "the first row has"
-            raise DatasetError(f"{path}, line {r}: {len(row)} fields but {what} {len(names)}")
-        for c, cell in enumerate(row):
-            cell = cell.strip()
-            if cell.lower() in MISSING_MARKERS:
-                continue
-            try:
-                values[r - (2 if header else 1), c] = float(cell)
-            except ValueError:
-                raise DatasetError(
-                    f"{path}, line {r}, column {names[c]!r}: {cell!r} is not a number; "
-                    "features must be numeric (encode categories as numbers)"
-                ) from None
-    if not body:
-        raise DatasetError(f"{path} has a header but no data rows")
-    labels = values[:, label_idx]
-    if np.isnan(labels).any():
-        raise DatasetError(f"{path}: {int(np.isnan(labels).sum())} rows have no label in column {label_column!r}")
-    if binarize_at > 0:
-        labels = (labels >= binarize_at).astype(np.float64)
-    if (labels != np.round(labels)).any() or labels.min() < 0:
-        raise DatasetError(f"{path}: labels in {label_column!r} must be non-negative integers (class indices)")
-    classes = int(labels.max()) + 1
-    if num_classes and classes > num_classes:
-        raise DatasetError(
-            f"{path}: label {classes - 1} in {label_column!r} is outside the federation's {num_classes} classes "
-            f"(0..{num_classes - 1}); check num-classes, or label-binarize-at for a yes/no label"
-        )
-    features = np.delete(values, label_idx, axis=1)
-    means = np.nanmean(np.where(np.isnan(features).all(axis=0), 0.0, features), axis=0)
-    features = np.where(np.isnan(features), means, features)
-    if standardize_features:
-        features = standardize(features)
-    num = num_classes or (2 if binarize_at > 0 else classes)
-    return ArrayDataset(path.stem, features.astype(np.float32), labels.astype(np.int64), num)
+    table = read_table(
+        path,
+        label_column=label_column,
+        header=header,
+        columns=columns,
+        binarize_at=binarize_at,
+        num_classes=num_classes,
+        standardize_features=standardize_features,
+        encoding=encoding,
+        delimiter=delimiter,
+    )
+    return ArrayDataset(Path(path).stem, table.x, table.y, table.num_classes)
 
 
 BUILTIN_DATASETS = ("digits", "breast-cancer", "mnist", "csv")
@@ -278,6 +208,8 @@ class CsvFormat:
     binarize_at: float = 0.0
     num_classes: int = 0
     standardize: bool = True
+    encoding: str = "utf-8-sig"
+    delimiter: str = ""
 
     def load(self, path: str | Path) -> ArrayDataset:
         return load_csv(
@@ -288,6 +220,8 @@ class CsvFormat:
             binarize_at=self.binarize_at,
             num_classes=self.num_classes,
             standardize_features=self.standardize,
+            encoding=self.encoding,
+            delimiter=self.delimiter,
         )
 
 
