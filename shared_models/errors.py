@@ -1,14 +1,14 @@
-"""The one exception base of fedge and the family of errors raised by ``shared_models``.
+"""The family of errors raised by ``shared_models``, and (re-exported) fedge's one exception base.
 
 Every error fedge raises on purpose derives from :class:`FedgeError`, so the command line can show its
-message (what happened, why, and the fix) instead of a traceback.
+message (what happened, why, and the fix) instead of a traceback. It is defined in :mod:`edge.agent.errors`, the
+bottom layer that every install has (a device's ``fedge[agent]`` has no ``shared_models`` dependencies such as
+torch), and re-exported here for the server, the clients and the commands.
 """
 
 from __future__ import annotations
 
-
-class FedgeError(Exception):
-    """Base of every error fedge raises on purpose."""
+from edge.agent.errors import FedgeError as FedgeError  # re-exported: the root lives at the bottom layer
 
 
 class SharedModelsError(FedgeError):

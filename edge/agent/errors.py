@@ -1,10 +1,15 @@
-"""The device agent's own exception family.
+"""The root of fedge's exception family, and the device agent's own errors.
 
-The rest of fedge derives its errors from ``shared_models.errors.FedgeError``, but the agent runs on a device that
-installs only ``fedge[agent]`` (no torch) and must not import ``shared_models`` at all, so it has a base of its
-own, :class:`AgentError`. The server side (``edge.delivery``) turns an ``AgentError`` it meets (a malformed
-artifact, a bad key) into its own ``DeliveryError``, a ``FedgeError``, so the ``fedge`` command still shows one
-clear line instead of a traceback; ``python -m edge.agent`` does the same for its own errors.
+:class:`FedgeError` is defined here, at the bottom layer (standard library only), because this module is in every
+install, the device's ``fedge[agent]`` included: the agent must not import ``shared_models`` (nor torch), and the
+server side of edge delivery needs no torch either. ``shared_models.errors`` re-exports it, so
+``from shared_models.errors import FedgeError`` keeps working for the server, the clients and the commands; every
+error fedge raises on purpose derives from it, so the ``fedge`` command shows its message (what happened, why, and
+the fix) as one line instead of a traceback.
+
+The agent's errors derive from :class:`AgentError`, a :class:`FedgeError`. The server side (``edge.delivery``) still
+turns an ``AgentError`` it meets (a malformed artifact, a bad key) into its own ``DeliveryError`` where it wants to
+say what the server was doing; ``python -m edge.agent`` shows the agent's errors as one line too.
 
 Every rejection of an update is a :class:`RejectedUpdateError` with a short machine-readable ``reason`` (reported to
 the server in the update outcome) and a human message.
@@ -13,7 +18,11 @@ the server in the update outcome) and a human message.
 from __future__ import annotations
 
 
-class AgentError(Exception):
+class FedgeError(Exception):
+    """Base of every error fedge raises on purpose."""
+
+
+class AgentError(FedgeError):
     """Base of every error the device agent raises on purpose."""
 
 

@@ -1,9 +1,10 @@
 """Errors raised by ``edge.delivery`` (the server side of edge delivery).
 
-They derive from :class:`~shared_models.errors.FedgeError` (``shared_models.errors`` imports nothing heavy), so the
-``fedge`` command shows them as one clear line. Errors from the agent's own family (``edge.agent.errors``), which
-the server side meets when it reads an artifact or a key with the agent's checks, are re-raised as
-:class:`DeliveryError` by :func:`as_delivery_error`.
+They derive from :class:`~edge.agent.errors.FedgeError`, fedge's root error, which lives in the torch-free bottom
+layer ``edge.agent.errors`` (so edge delivery needs no ``shared_models``), and the ``fedge`` command shows them as
+one clear line. The agent's own errors (``AgentError``, a ``FedgeError`` too), which the server side meets when it
+reads an artifact or a key with the agent's checks, are re-raised as :class:`DeliveryError` (or a subclass naming
+what the server was doing) by :func:`as_delivery_error`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from edge.agent.errors import AgentError
-from shared_models.errors import FedgeError
+from edge.agent.errors import AgentError, FedgeError
 
 
 class DeliveryError(FedgeError):
@@ -37,7 +37,7 @@ class RolloutError(DeliveryError):
 
 @contextlib.contextmanager
 def as_delivery_error(kind: type[DeliveryError] | None = None) -> Iterator[None]:
-    """Re-raise the agent's errors (not FedgeErrors, by design) as ``kind`` (DeliveryError by default)."""
+    """Re-raise the agent's errors as ``kind`` (DeliveryError by default), so they read as the server's."""
     try:
         yield
     except AgentError as e:

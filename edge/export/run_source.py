@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.agent.errors import FedgeError
 from edge.compress.calibration import CalibrationSet
 from edge.export.errors import CheckpointError
 from edge.export.package import PackageInputs
 from shared_models.data import ArrayDataset
-from shared_models.errors import FedgeError
 from shared_models.federation import FederatedData
 from shared_models.models import build_model, set_weights
 from shared_models.run_config import DEFAULT_RUN_CONFIG

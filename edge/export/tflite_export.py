@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from edge.agent.errors import FedgeError
 from edge.compress.calibration import CalibrationSet
 from edge.compress.errors import CalibrationError, MissingExtraError
 from edge.compress.quantize import prepare_pt2e
 from edge.export.errors import ExportError, UnknownFormatError
 from edge.export.failures import export_failure
 from edge.export.narrow_conv import stack_rows_of_narrow_convs
-from shared_models.errors import FedgeError
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
