@@ -58,13 +58,21 @@ def _local_model(config: ClientConfig, data: ArrayDataset, arrays: ArrayRecord) 
     return model.to(config.device)
 
 
+def agreed_classes(server_config: ConfigRecord) -> int:
+    """The federation's number of classes, as the server sends it with every round (``num-classes``: the run
+    config's, else its own data set's); 0 where it sent none. A node whose labels are a subset of the federation's
+    (a hospital with diagnoses 0 and 1 of 0..4) numbers its classes with it, so its model has the global model's
+    output layer."""
+    return int(server_config.get("num-classes", 0))
+
+
 def train_locally(
     config: ClientConfig, arrays: ArrayRecord, server_config: ConfigRecord, state: RecordDict
 ) -> RecordDict:
     """One round of local training; pure of Flower's Context so tests can call it directly."""
     data = config.data.client_train_set(
         config.partition_id, config.num_partitions, node_data_path=config.node_data_path
-    )
+    ).with_classes(agreed_classes(server_config))
     model = _local_model(config, data, arrays)
     server_round = int(server_config.get("server-round", 1))
     lr = config.learning_rate_at(server_round)
@@ -185,7 +193,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         config = ClientConfig.from_context(context)
         data = config.data.client_train_set(
             config.partition_id, config.num_partitions, node_data_path=config.node_data_path
-        )
+        ).with_classes(agreed_classes(msg.content.config_records.get("config", ConfigRecord())))
         model = _local_model(config, data, msg.content["arrays"])
         result = evaluate_model(model, data, device=config.device)
         metrics = MetricRecord({"eval-loss": result.loss, "eval-accuracy": result.accuracy, "num-examples": len(data)})

@@ -248,7 +248,9 @@ class RoundLoop:
         else:
             log.warning("round %d: no client trained; the global model is unchanged", server_round)
         del held
-        eval_messages = list(self.strategy.configure_evaluate(server_round, outcome.arrays, ConfigRecord(), self.grid))
+        # The round's settings (num-classes among them) reach the evaluating nodes too.
+        eval_config = ConfigRecord(dict(config))
+        eval_messages = list(self.strategy.configure_evaluate(server_round, outcome.arrays, eval_config, self.grid))
         if eval_messages:
             replies = list(self._collect(eval_messages))
             outcome.evaluate_metrics = dict(self.strategy.aggregate_evaluate(server_round, replies) or {})

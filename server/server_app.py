@@ -36,6 +36,13 @@ log = logging.getLogger("fedge.server")
 app = ServerApp()
 
 
+def round_config(server_round: int, *, num_classes: int) -> ConfigRecord:
+    """What every node gets with a round: its number, and the federation's number of classes (the run config's
+    ``num-classes``, else the server's data set's), so a node whose labels are a subset still builds the global
+    model's output layer."""
+    return ConfigRecord({"server-round": server_round, "num-classes": int(num_classes)})
+
+
 def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
     """Run a whole federated training and return its summary (also written to the run directory)."""
     random.seed(config.seed)  # Flower's strategies sample nodes with `random`
@@ -174,7 +181,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             initial,
             num_rounds=config.num_rounds,
             first_round=first_round,
-            train_config=lambda r: ConfigRecord({"server-round": r}),
+            train_config=lambda r: round_config(r, num_classes=test_set.num_classes),
             after_round=after_round,
         )
     record.save_final(final.to_torch_state_dict())
