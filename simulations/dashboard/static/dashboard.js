@@ -221,7 +221,7 @@
       <td class="num">${a["latency-ms"] === null || a["latency-ms"] === undefined ? "" : num(a["latency-ms"], 3) + " ms"}</td>
       <td class="num">${ratio(a["latency-ratio"])}</td></tr>`).join("");
     setHTML($("artifacts").tBodies[0], html ||
-      `<tr><td colspan="9" class="empty">no artifacts: fedge package --run DIR exports them</td></tr>`);
+      `<tr><td colspan="9" class="empty">no artifacts yet: fedge package RUN_DIR exports them</td></tr>`);
     const notes = (pkg && pkg.notes) || [];
     setHTML($("package-notes"), notes.map((n) => `<li>${esc(n)}</li>`).join(""));
   }
