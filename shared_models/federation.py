@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from shared_models.data import ArrayDataset, CsvFormat, load_dataset, train_test_split
+from shared_models.data import ArrayDataset, CsvFormat, train_test_split
 from shared_models.errors import DatasetError, PartitionError
 from shared_models.partition import partition_indices
-from shared_models.run_config import DEFAULT_RUN_CONFIG, setting
+from shared_models.registry import DataLoaderSpec, resolve_loader
+from shared_models.run_config import DEFAULT_RUN_CONFIG, options, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,10 @@ class FederatedData:
     label_binarize_at: float = DEFAULT_RUN_CONFIG["label-binarize-at"]
     num_classes: int = DEFAULT_RUN_CONFIG["num-classes"]
     standardize: bool = DEFAULT_RUN_CONFIG["standardize"]
+    data_options: tuple[tuple[str, Any], ...] = ()
+    """The run config's ``data-options.NAME`` keys, as sorted (name, value) pairs (hashable: the shares cache)."""
+    project_dir: str = DEFAULT_RUN_CONFIG["project-dir"]
+    """The user's project directory, put on ``sys.path`` so a loader named by import path imports."""
 
     def __post_init__(self) -> None:
         if self.partitioner == "dirichlet" and not self.alpha > 0:
@@ -63,6 +68,8 @@ class FederatedData:
             label_binarize_at=setting(config, "label-binarize-at"),
             num_classes=setting(config, "num-classes"),
             standardize=setting(config, "standardize"),
+            data_options=tuple(sorted(options(config, "data-options").items())),
+            project_dir=setting(config, "project-dir"),
         )
 
     @property
@@ -76,8 +83,31 @@ class FederatedData:
             standardize=self.standardize,
         )
 
+    @property
+    def loader(self) -> DataLoaderSpec:
+        """The data set's loader, resolved from ``dataset`` (a built-in name or an import path)."""
+        return resolve_loader(self.dataset, project_dir=self.project_dir or None)
+
+    @property
+    def loader_options(self) -> dict[str, Any]:
+        """What the loader is called with: ``data-options.NAME`` keys; for the ``csv`` built-in, first the run
+        config's CSV keys (``label-column``, ``csv-header``, ...)."""
+        given = dict(self.data_options)
+        if self.dataset == "csv":
+            fmt = self.csv_format
+            return {
+                "label_column": fmt.label_column,
+                "header": fmt.header,
+                "columns": fmt.columns,
+                "binarize_at": fmt.binarize_at,
+                "num_classes": fmt.num_classes,
+                "standardize": fmt.standardize,
+                **given,
+            }
+        return given
+
     def _load(self, data_path: str | None = None) -> ArrayDataset:
-        return load_dataset(self.dataset, data_path=data_path or self.data_path, csv_format=self.csv_format)
+        return self.loader.load(data_path or self.data_path, self.loader_options, num_classes=self.num_classes)
 
     def split(self) -> tuple[ArrayDataset, ArrayDataset]:
         """(train pool, server test set) of a pooled data set."""

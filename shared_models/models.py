@@ -192,6 +192,42 @@ def build_model(
     return spec.build(shape, num_classes, width)
 
 
+# The built-ins as factories with the contract's signature (shared_models/registry.py maps each name to one):
+# ``factory(input_shape, num_classes, width=1.0)``. A model registered in MODELS by name only gets one through
+# the module's __getattr__ (``shared_models.models:its_name``).
+
+
+def digits_cnn(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> nn.Module:
+    return build_model("digits-cnn", input_shape=input_shape, num_classes=num_classes, width=width)
+
+
+def mnist_cnn(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> nn.Module:
+    return build_model("mnist-cnn", input_shape=input_shape, num_classes=num_classes, width=width)
+
+
+def mnist_small_cnn(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> nn.Module:
+    return build_model("mnist-small-cnn", input_shape=input_shape, num_classes=num_classes, width=width)
+
+
+def tabular_mlp(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> nn.Module:
+    return build_model("tabular-mlp", input_shape=input_shape, num_classes=num_classes, width=width)
+
+
+def _named_factory(name: str) -> Callable[..., nn.Module]:
+    def factory(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0) -> nn.Module:
+        return build_model(name, input_shape=input_shape, num_classes=num_classes, width=width)
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    return factory
+
+
+def __getattr__(attribute: str) -> Callable[..., nn.Module]:
+    for name in MODELS:
+        if name.replace("-", "_") == attribute:
+            return _named_factory(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

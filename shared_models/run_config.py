@@ -70,6 +70,7 @@ DEFAULT_RUN_CONFIG: Mapping[str, Value] = MappingProxyType(
         "momentum": 0.0,
         "dp": True,
         "dp-mode": "ghost",
+        "dp-fix-model": False,
         "noise-multiplier": 0.0,
         "target-epsilon": 3.0,
         "target-delta": 1e-5,
@@ -78,8 +79,15 @@ DEFAULT_RUN_CONFIG: Mapping[str, Value] = MappingProxyType(
         "runs-dir": "runs",
         "run-id": "",
         "progress": True,
+        "project-dir": "",
     }
 )
+
+#: Prefixes of the open-ended keys: ``model-options.NAME`` reach the model factory as ``NAME=value``,
+#: ``data-options.NAME`` the data loader. Flower flattens a TOML table ``[tool.flwr.app.config.model-options]``
+#: into these dotted keys; :func:`options` also reads the nested form (an experiment file's
+#: ``[run-config.model-options]`` table).
+OPTION_PREFIXES = ("model-options", "data-options")
 
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 _TYPE_NAMES = {bool: "a bool (true or false)", int: "an int", float: "a float", str: "a string"}
@@ -100,6 +108,10 @@ def parse_setting(key: str, value: Any) -> Value:
     """``value`` as the type of ``key``'s default: a string (``--set KEY=VALUE``) is parsed, a typed value
     (a command's option, a TOML value) is checked; an int is taken where a float is expected, a path where a
     string is. Raises :class:`RunConfigError` naming the key, the value and the type it needs."""
+    if is_option_key(key):
+        if not isinstance(value, bool | int | float | str) and not isinstance(value, os.PathLike):
+            raise RunConfigError(f"{key}={value!r}: an option's value must be a bool, a number or a string")
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
     if key not in DEFAULT_RUN_CONFIG:
         raise unknown_setting(key)
     kind = type(DEFAULT_RUN_CONFIG[key])
@@ -112,6 +124,51 @@ def parse_setting(key: str, value: Any) -> Value:
     if type(value) is not kind:
         raise RunConfigError(f"{key}={value!r}: expected {_TYPE_NAMES[kind]}")
     return value
+
+
+def is_option_key(key: str) -> bool:
+    """Whether ``key`` is a ``model-options.NAME`` or ``data-options.NAME`` key (any NAME).
+
+    >>> is_option_key("model-options.hidden"), is_option_key("model-options"), is_option_key("dp")
+    (True, False, False)
+    """
+    prefix, dot, name = key.partition(".")
+    return bool(dot and name) and prefix in OPTION_PREFIXES
+
+
+def options(config: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The ``prefix.NAME`` keys of a run config as ``{NAME: value}``, flat (``model-options.hidden``, as Flower
+    passes them) or nested (``{"model-options": {"hidden": 64}}``, as a TOML table reads); hyphens in NAME become
+    underscores, so ``model-options.hidden-size`` reaches ``hidden_size=``.
+
+    >>> options({"model-options.hidden-size": 64, "dp": True}, "model-options")
+    {'hidden_size': 64}
+    """
+    if prefix not in OPTION_PREFIXES:
+        raise RunConfigError(f"{prefix!r} is not an option table; use one of {', '.join(OPTION_PREFIXES)}")
+    found: dict[str, Any] = {}
+    for key, value in _flatten(config).items():
+        head, dot, name = key.partition(".")
+        if head == prefix and dot and name:
+            found[name.replace("-", "_")] = value
+    return found
+
+
+def _flatten(config: Mapping[str, Any], parent: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        full = f"{parent}.{key}" if parent else str(key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, full))
+        else:
+            flat[full] = value
+    return flat
+
+
+def flatten_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config with any nested option table (``{"model-options": {"hidden": 64}}``) as Flower's dotted keys
+    (``{"model-options.hidden": 64}``); every other key unchanged."""
+    return _flatten(config)
 
 
 def _parse_text(key: str, text: str, kind: type) -> Value:
