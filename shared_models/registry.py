@@ -77,6 +77,8 @@ BUILTIN_DATASETS: dict[str, str] = {
     "csv": "shared_models.builtin_data:csv",
     "npz": "shared_models.loaders.arrays:load_npz",
     "image-folder": "shared_models.loaders.images:load_image_folder",
+    "windows": "shared_models.loaders.series:load_windows",
+    "ts": "shared_models.loaders.series:load_ts",
 }
 
 FACTORY_SIGNATURE = "build_model(input_shape: tuple[int, ...], num_classes: int, **options) -> torch.nn.Module"

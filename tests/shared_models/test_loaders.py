@@ -250,3 +250,22 @@ def test_ts_missing_values_unequal_lengths_and_bad_files(tmp_path):
     path.write_text("@problemName small\n@classLabel true a\n")
     with pytest.raises(DatasetError, match="no @data line"):
         read_ts(path)
+
+
+# --- through the registry, as a run config names them -----------------------------------------------------------
+
+
+def test_builtin_loaders_resolve_by_short_name_with_run_config_options(tmp_path):
+    from shared_models.registry import resolve_loader
+
+    data = resolve_loader("ts").load(str(BASIC_MOTIONS), {"window": 50, "stride": 50})
+    assert data.input_shape == (6, 50) and len(data) == 80 and data.num_classes == 4
+    for i in range(2):
+        _png(tmp_path / "imgs" / "cat" / f"{i}.png")
+    _png(tmp_path / "imgs" / "dog" / "0.png")
+    images = resolve_loader("image-folder").load(str(tmp_path / "imgs"), {"channels": 1}, num_classes=3)
+    assert images.input_shape == (1, 4, 6) and images.num_classes == 3 and images.y.tolist() == [0, 0, 1]
+    path = tmp_path / "watch.csv"
+    path.write_text("ax,label\n" + "\n".join(f"{t},{t // 4}" for t in range(8)) + "\n")
+    windows = resolve_loader("windows").load(str(path), {"window": 4, "label": "last"})
+    assert windows.y.tolist() == [0, 1] and windows.num_classes == 2
