@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edge.agent.protocol import FORMATS
+from edge.export.variants import DEFAULT_VARIANTS, precision_choices
 
 TUNE_CHOICES = ("held-out", "pool")
 
@@ -37,10 +38,10 @@ def package(
             "--variant",
             "-V",
             help=(
-                "What to build (repeatable): a precision (fp32, int8, dynamic, fp16, tflite only) of the trained "
+                f"What to build (repeatable): a precision ({precision_choices()}) of the trained "
                 "model, or KIND-PRECISION with KIND one of pruned (unstructured), channels (channel pruning), "
                 "student (distilled), e.g. pruned-int8, student. "
-                "Default: fp32, int8, pruned-int8, channels-int8, student, student-int8."
+                f"Default: {', '.join(DEFAULT_VARIANTS)}."
             ),
         ),
     ] = None,

@@ -1,17 +1,7 @@
 """One pipeline from a trained float model to verified artifacts: compress, export, verify, time, describe, report.
 
-A *variant* is a model kind and a precision, written ``KIND-PRECISION``:
-
-- kinds: the trained model itself (no prefix), ``pruned`` (global unstructured magnitude pruning, fine-tuned),
-  ``channels`` (channel pruning that rebuilds smaller layers, fine-tuned), ``student`` (distilled);
-- precisions: ``fp32``, ``int8`` (static: calibrated, QDQ in ONNX, full integer in TFLite), ``dynamic``
-  (int8 weights, activations quantized at run time), ``fp16`` (TFLite only).
-
-So ``int8`` is the trained model quantized, ``pruned-int8`` the pruned model quantized, ``student`` the student in
-float32. Every variant is written in every asked format (a precision a format lacks is skipped with a note).
-
->>> parse_variant("pruned-int8")
-Variant(name='pruned-int8', kind='pruned', precision='int8')
+What it builds are *variants* (a model kind and a precision, such as ``pruned-int8``; see
+:mod:`edge.export.variants`), each in every asked format.
 """
 
 from __future__ import annotations
@@ -38,43 +28,17 @@ from edge.export.onnx_export import check_onnx, export_onnx
 from edge.export.report import markdown_report, plot_accuracy_size
 from edge.export.runtime import ArtifactRunner, measure_latency, open_artifact
 from edge.export.tflite_export import export_tflite
+from edge.export.variants import DEFAULT_VARIANTS, FORMAT_PRECISIONS, KINDS, Variant, parse_variant
 from edge.export.verify import compare_logits
 from shared_models.data import ArrayDataset
 from shared_models.models import count_parameters
 from shared_models.training import predict
 
-KINDS = ("base", "pruned", "channels", "student")
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
-FORMAT_PRECISIONS = {"onnx": ("fp32", "dynamic", "int8"), "tflite": ("fp32", "fp16", "dynamic", "int8")}
 # What exporting and verifying each format imports, and the extra that brings it.
 FORMAT_TOOLS = {
     "onnx": (("onnx", "export"), ("onnxscript", "export"), ("onnxruntime", "export")),
     "tflite": (("litert_torch", "tflite"), ("ai_edge_litert", "tflite")),
 }
-DEFAULT_VARIANTS = ("fp32", "int8", "pruned-int8", "channels-int8", "student", "student-int8")
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    kind: str
-    precision: str
-
-
-def parse_variant(name: str) -> Variant:
-    """``int8`` -> (base, int8); ``pruned`` -> (pruned, fp32); ``student-int8`` -> (student, int8)."""
-    text = name.strip().lower()
-    choices = (
-        f"a precision ({', '.join(PRECISIONS)}), a kind ({', '.join(KINDS[1:])}) or KIND-PRECISION such as pruned-int8"
-    )
-    if text in PRECISIONS:
-        return Variant(text, "base", text)
-    if text in KINDS[1:]:
-        return Variant(f"{text}-fp32", text, "fp32")
-    kind, _, precision = text.partition("-")
-    if kind in KINDS[1:] and precision in PRECISIONS:
-        return Variant(text, kind, precision)
-    raise UnknownFormatError(f"unknown variant {name!r}; give {choices}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,8 +30,9 @@ from edge.compress.quantize import prepare_pt2e
 from edge.export.errors import ExportError, UnknownFormatError
 from edge.export.failures import export_failure
 from edge.export.narrow_conv import stack_rows_of_narrow_convs
+from edge.export.variants import FORMAT_PRECISIONS
 
-TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+TFLITE_PRECISIONS = FORMAT_PRECISIONS["tflite"]
 
 
 def _litert_torch() -> Any:
