@@ -15,6 +15,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +29,6 @@ from client.errors import PrivacyBudgetExhaustedError
 from client.state_file import restore_state, save_state, state_file
 from shared_models.data import ArrayDataset
 from shared_models.errors import FedgeError, SchemaMismatchError
-from shared_models.models import build_model
 from shared_models.training import evaluate as evaluate_model
 from shared_models.training import train_epochs
 
@@ -42,7 +42,7 @@ app = ClientApp()
 
 def _local_model(config: ClientConfig, data: ArrayDataset, arrays: ArrayRecord) -> nn.Module:
     """The global model on this node's device; refused if this node's data does not fit it."""
-    model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes)
+    model = config.model_setup.build(data.input_shape, data.num_classes)
     local = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     incoming = {k: tuple(a.shape) for k, a in arrays.items()}
     if local != incoming:
@@ -81,12 +81,20 @@ def train_locally(
     loader = data.loader(config.batch_size, shuffle=True, seed=int(server_config.get("server-round", 0)))
     proximal_mu = float(server_config.get("proximal-mu", 0.0))
     metrics: dict[str, float | int] = {}
+    dp_details: dict[str, str] = {}
     privacy = config.privacy
     accountant = None
     if privacy.enabled:
         # Imported here, not at the top: Flower starts a fresh process per message, and Opacus takes seconds to
         # import; evaluation, refusals and non-private runs never need it.
-        from client.privacy import epsilon_after_round, load_accountant, make_private, plan_round, save_accountant
+        from client.privacy import (
+            epsilon_after_round,
+            load_accountant,
+            make_private,
+            plan_round,
+            prepare_model,
+            save_accountant,
+        )
 
         accountant = load_accountant(state)
         history_before = list(accountant.history)
@@ -109,10 +117,26 @@ def train_locally(
                     "refusal": ConfigRecord({"reason": str(e), **config.identity}),
                 }
             )
+        prepared = prepare_model(model, fix=privacy.fix_model, requested_mode=privacy.grad_sample_mode)
+        if prepared.replaced:
+            log.info("replaced for DP-SGD: %s", "; ".join(prepared.replaced))
+        if prepared.mode_note:
+            log.info(
+                "DP mode %s instead of %s: %s", prepared.grad_sample_mode, privacy.grad_sample_mode, prepared.mode_note
+            )
+        # the optimizer again: the recurrent layers were swapped for Opacus's, with new parameters
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum)
         train_model, optimizer, loader, criterion = make_private(
-            model, optimizer, loader, criterion, plan=plan, config=privacy, accountant=accountant
+            model,
+            optimizer,
+            loader,
+            criterion,
+            plan=plan,
+            config=replace(privacy, grad_sample_mode=prepared.grad_sample_mode),
+            accountant=accountant,
         )
         metrics.update({"noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate})
+        dp_details = {"dp-mode": prepared.grad_sample_mode, "dp-replaced-layers": "; ".join(prepared.replaced)}
     else:
         train_model = model
     loss, steps = train_epochs(
@@ -130,11 +154,13 @@ def train_locally(
     metrics.update(
         {"train-loss": loss, "num-examples": len(data), "steps": steps, "delta": privacy.target_delta, "refused": 0}
     )
+    trained = model.cpu().state_dict()
     return RecordDict(
         {
-            "arrays": ArrayRecord(model.cpu().state_dict()),
+            # in the global model's order: Opacus's DP recurrent layers keep torch's names but not their order
+            "arrays": ArrayRecord({key: trained[key] for key in arrays.keys()}),
             "metrics": MetricRecord(metrics),
-            "client": ConfigRecord({**config.identity, "device": str(config.device)}),
+            "client": ConfigRecord({**config.identity, "device": str(config.device), **dp_details}),
         }
     )
 

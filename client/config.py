@@ -11,6 +11,7 @@ from flwr.app import Context
 
 from client.errors import ClientConfigError
 from shared_models.federation import FederatedData
+from shared_models.registry import ModelConfig
 from shared_models.run_config import DEFAULT_RUN_CONFIG, setting
 
 DP_MODES = ("ghost", "hooks", "ew", "functorch")
@@ -27,6 +28,9 @@ class PrivacyConfig:
     max_grad_norm: float = DEFAULT_RUN_CONFIG["max-grad-norm"]
     grad_sample_mode: str = DEFAULT_RUN_CONFIG["dp-mode"]
     planned_rounds: int = 1
+    fix_model: bool = DEFAULT_RUN_CONFIG["dp-fix-model"]
+    """Replace the layers Opacus refuses (BatchNorm -> GroupNorm, LSTM/GRU/RNN -> DP versions) instead of
+    refusing the model."""
 
     def __post_init__(self) -> None:
         if not self.enabled:
@@ -59,9 +63,17 @@ class ClientConfig:
     state_dir: str = ""
     run_key: str = ""
     node_name: str = ""
+    model_config: ModelConfig | None = None
+    """How the model is built (model-options, project-dir, BatchNorm replaced for DP); ``None``: ``model`` as is."""
     learning_rate_decay: float = DEFAULT_RUN_CONFIG["learning-rate-decay"]
     """The learning rate of round r is ``learning_rate * learning_rate_decay ** (r - 1)``: DP-SGD's noisy steps
     settle better when they shrink towards the end of the run."""
+
+    @property
+    def model_setup(self) -> ModelConfig:
+        return self.model_config or ModelConfig(
+            model=self.model, fix_for_dp=self.privacy.enabled and self.privacy.fix_model
+        )
 
     def learning_rate_at(self, server_round: int) -> float:
         return self.learning_rate * self.learning_rate_decay ** max(0, server_round - 1)
@@ -88,6 +100,7 @@ class ClientConfig:
             )
         return cls(
             model=setting(run, "model"),
+            model_config=ModelConfig.from_run_config(run),
             data=FederatedData.from_run_config(run),
             partition_id=int(node.get("partition-id", 0)),
             num_partitions=int(node.get("num-partitions", 1)),
@@ -105,6 +118,7 @@ class ClientConfig:
                 max_grad_norm=setting(run, "max-grad-norm"),
                 grad_sample_mode=setting(run, "dp-mode"),
                 planned_rounds=setting(run, "num-server-rounds"),
+                fix_model=setting(run, "dp-fix-model"),
             ),
             device=choose_device(str(node.get("device", setting(run, "device")))),
             state_dir=str(node.get("state-dir", "")),

@@ -15,3 +15,8 @@ class ClientConfigError(ClientError):
 
 class PrivacyBudgetExhaustedError(ClientError):
     """The next round of training would spend more than the client's privacy budget (target epsilon)."""
+
+
+class ModelNotPrivateError(ClientError):
+    """A model with layers Opacus cannot train with DP-SGD (BatchNorm, nn.LSTM, ...) and no fix asked for, or one
+    that cannot be made private at all."""

@@ -16,11 +16,14 @@ from flwr.app import ConfigRecord, RecordDict
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.layers import DPGRU, DPLSTM, DPRNN
+from opacus.layers.dp_rnn import RNNLinear
+from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
 from client.config import PrivacyConfig
-from client.errors import PrivacyBudgetExhaustedError
+from client.errors import ModelNotPrivateError, PrivacyBudgetExhaustedError
 
 STATE_KEY = "dp-accountant"
 
@@ -130,6 +133,145 @@ def epsilon_after_round(
     if _merged(list(accountant.history)) == _merged(planned):
         return plan.epsilon_after
     return accountant.get_epsilon(delta)
+
+
+#: What each kind of offending layer is replaced by under ``dp-fix-model`` (Opacus's own fixers, plus nn.RNN).
+FIXABLE = {
+    "BatchNorm1d": "GroupNorm",
+    "BatchNorm2d": "GroupNorm",
+    "BatchNorm3d": "GroupNorm",
+    "SyncBatchNorm": "GroupNorm",
+    "LSTM": "opacus.layers.DPLSTM",
+    "GRU": "opacus.layers.DPGRU",
+    "RNN": "opacus.layers.DPRNN",
+    "MultiheadAttention": "opacus.layers.DPMultiheadAttention",
+    "InstanceNorm1d": "InstanceNorm without running statistics",
+    "InstanceNorm2d": "InstanceNorm without running statistics",
+    "InstanceNorm3d": "InstanceNorm without running statistics",
+}
+RECURRENT = {nn.LSTM: DPLSTM, nn.GRU: DPGRU, nn.RNN: DPRNN}
+
+
+@dataclass(frozen=True)
+class DpModel:
+    """A model ready for DP-SGD: the model, the layers replaced to get there, and how per-sample gradients are
+    clipped (``grad_sample_mode``, with why when it is not the one asked for)."""
+
+    model: nn.Module
+    replaced: tuple[str, ...]
+    grad_sample_mode: str
+    mode_note: str = ""
+
+
+def unsupported_layers(model: nn.Module) -> list[tuple[str, str, str]]:
+    """(layer name, layer type, Opacus's reason) for every layer Opacus refuses for DP-SGD, by name."""
+    found = []
+    for name, module in model.named_modules():
+        validator = ModuleValidator.VALIDATORS.get(type(module))
+        if validator is None:
+            continue
+        for error in validator(module):
+            reason = str(error).split(". ")[0]
+            found.append((name or "(the model)", type(module).__name__, reason))
+    return found
+
+
+def _replace_recurrent(model: nn.Module) -> list[str]:
+    """nn.LSTM / nn.GRU / nn.RNN -> Opacus's DPLSTM / DPGRU / DPRNN, weights mapped (their state_dict keeps the
+    torch names, so the global model's arrays load and the reply's arrays are the server's)."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        dp_type = RECURRENT.get(type(module))
+        if dp_type is None:
+            continue
+        kwargs = {
+            "input_size": module.input_size,
+            "hidden_size": module.hidden_size,
+            "num_layers": module.num_layers,
+            "bias": module.bias,
+            "batch_first": module.batch_first,
+            "dropout": module.dropout,
+            "bidirectional": module.bidirectional,
+        }
+        if isinstance(module, nn.RNN):
+            kwargs["nonlinearity"] = module.nonlinearity
+        dp_module = dp_type(**kwargs)
+        dp_module.load_state_dict(module.state_dict())
+        dp_module.to(next(module.parameters()).device)
+        if name:
+            model.set_submodule(name, dp_module)
+        else:
+            raise ModelNotPrivateError(
+                f"the model itself is an {type(module).__name__}; wrap it in a module with an output layer"
+            )
+        replaced.append(f"{name}: {type(module).__name__} -> {dp_type.__name__} (weights kept)")
+    return replaced
+
+
+def prepare_model(model: nn.Module, *, fix: bool, requested_mode: str) -> DpModel:
+    """Check ``model`` with Opacus's validator and make it trainable with DP-SGD.
+
+    Without ``fix`` a layer Opacus refuses is an error listing every such layer and the fix; with it,
+    BatchNorm becomes GroupNorm and LSTM/GRU/RNN Opacus's DP versions (every replaced layer named), through
+    ``ModuleValidator.fix``. What is still refused after that cannot be made private: an error naming it.
+    """
+    offending = unsupported_layers(model)
+    replaced: list[str] = []
+    if offending and not fix:
+        listed = "; ".join(f"{name} ({kind}: {reason})" for name, kind, reason in offending)
+        fixable = all(kind in FIXABLE for _, kind, _ in offending)
+        raise ModelNotPrivateError(
+            f"the model has layers Opacus cannot train with DP-SGD: {listed}. "
+            + (
+                "Set dp-fix-model = true in the run config (fedge simulate --fix-model) to replace them "
+                "(BatchNorm -> GroupNorm, LSTM/GRU/RNN -> Opacus's DPLSTM/DPGRU/DPRNN), or change the model"
+                if fixable
+                else "Change the model (or train without DP: dp = false)"
+            )
+        )
+    if offending:
+        replaced += _replace_recurrent(model)
+        before = {name: type(m).__name__ for name, m in model.named_modules()}
+        fixed = ModuleValidator.fix(model)
+        if fixed is not model:
+            raise ModelNotPrivateError("Opacus replaced the whole model; wrap the offending layer in a module")
+        after = {name: type(m).__name__ for name, m in model.named_modules()}
+        replaced += [f"{n}: {before[n]} -> {after[n]}" for n in before if n in after and before[n] != after[n]]
+    left = ModuleValidator.validate(model, strict=False)
+    if left:
+        raise ModelNotPrivateError(
+            "the model cannot be made private: "
+            + "; ".join(str(e).split(". ")[0] for e in left)
+            + ". Change these layers (or train without DP: dp = false)"
+        )
+    mode, note = choose_grad_sample_mode(model, requested_mode)
+    return DpModel(model, tuple(replaced), mode, note)
+
+
+EXPANDED_WEIGHTS_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.GroupNorm, nn.LayerNorm)
+
+
+def choose_grad_sample_mode(model: nn.Module, requested: str) -> tuple[str, str]:
+    """The per-sample gradient mode for ``model``: the one asked for where it is correct, else the fastest that is,
+    and why. Ghost clipping (norms without per-sample gradients for Linear/Embedding, hooks or functorch for the
+    rest) fits any validated model except one whose layer runs several times per forward pass: a recurrent DP
+    layer's Linear runs once per time step, and ghost clipping takes one norm per call, so those use per-sample
+    hooks (which add the calls up). Expanded weights know only a few layer types; other models use hooks."""
+    recurrent = any(isinstance(m, RNNLinear) for m in model.modules())
+    if requested == "ghost" and recurrent:
+        return "hooks", "ghost clipping takes one norm per layer call and a recurrent layer is called per time step"
+    if requested == "ew":
+        others = sorted(
+            {
+                type(m).__name__
+                for m in model.modules()
+                if any(p.requires_grad for p in m.parameters(recurse=False))
+                and not isinstance(m, EXPANDED_WEIGHTS_LAYERS)
+            }
+        )
+        if others:
+            return "hooks", f"expanded weights do not support {', '.join(others)}"
+    return requested, ""
 
 
 def make_private(

@@ -12,6 +12,7 @@ from flwr.app import Context
 from server.errors import ServerConfigError
 from server.strategies import StrategyOptions, strategy_name
 from shared_models.federation import FederatedData
+from shared_models.registry import ModelConfig
 from shared_models.run_config import mint_run_id, setting
 from shared_models.run_dir import RunDir
 
@@ -22,6 +23,7 @@ class ServerConfig:
     strategy: str
     strategy_options: StrategyOptions
     model: str
+    model_config: ModelConfig
     data: FederatedData
     run_dir: Path
     dp: bool
@@ -76,6 +78,7 @@ class ServerConfig:
             strategy=strategy,
             strategy_options=StrategyOptions.from_run_config(run),
             model=setting(run, "model"),
+            model_config=ModelConfig.from_run_config(run),
             data=FederatedData.from_run_config(run),
             run_dir=run_dir,
             dp=setting(run, "dp"),

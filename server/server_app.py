@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from server.config import ServerConfig
+from server.errors import ServerConfigError
 from server.ledger import PrivacyLedger
 from server.resume import (
     ResumeError,
@@ -29,7 +30,8 @@ from server.resume import (
 from server.rounds import RoundLoop, RoundOutcome
 from server.run_record import RunRecord
 from server.strategies import MEAN_BASED, build_strategy
-from shared_models.models import build_model, count_parameters
+from shared_models.models import count_parameters
+from shared_models.registry import batchnorm_layers
 from shared_models.training import evaluate
 
 log = logging.getLogger("fedge.server")
@@ -43,12 +45,23 @@ def round_config(server_round: int, *, num_classes: int) -> ConfigRecord:
     return ConfigRecord({"server-round": server_round, "num-classes": int(num_classes)})
 
 
+def refuse_batchnorm_without_fix(model: torch.nn.Module, config: ServerConfig) -> None:
+    """Before any round: a DP run of a model with BatchNorm layers fails on every client, so it stops here."""
+    layers = batchnorm_layers(model) if config.dp else []
+    if layers:
+        raise ServerConfigError(
+            f"the model {config.model_config.factory.import_path} has BatchNorm layers ({', '.join(layers)}), which "
+            "DP-SGD cannot train; set dp-fix-model = true to replace them by GroupNorm, or change the model"
+        )
+
+
 def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
     """Run a whole federated training and return its summary (also written to the run directory)."""
     random.seed(config.seed)  # Flower's strategies sample nodes with `random`
     torch.manual_seed(config.seed)
     test_set = config.data.server_test_set()
-    model = build_model(config.model, input_shape=test_set.input_shape, num_classes=test_set.num_classes)
+    model = config.model_config.build(test_set.input_shape, test_set.num_classes)
+    refuse_batchnorm_without_fix(model, config)
     strategy = build_strategy(config.strategy, config.strategy_options)
     ledger = PrivacyLedger(config.target_epsilon, config.target_delta, enabled=config.dp)
     saved = load_server_state(config.resume_from) if config.resume_from is not None else None
@@ -59,7 +72,8 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         config.run_dir,
         config=config.raw,
         model_info={
-            "model": config.model,
+            **config.model_config.record(model),
+            "device-preprocessing": config.data.loader.device_preprocessing(config.data.loader_options),
             "input-shape": list(test_set.input_shape),
             "num-classes": test_set.num_classes,
             "parameters": count_parameters(model),
