@@ -172,8 +172,8 @@ def run(
     err.print(f"submitting run {cfg['run-id']} to {superlink}" + (f" (resuming {resume})" if resume else ""))
     outcome = run_on_federation(cfg, connection, echo=lambda line: print(line, end="", flush=True))
     if outcome.run_record is None:
-        out.print(f"run {cfg['run-id']} completed; the server did not say where its run record is")
+        out.print(f"run {cfg['run-id']} completed; the server did not say where its run record is", soft_wrap=True)
     elif Path(outcome.run_record).is_dir():
-        out.print(f"run record: {outcome.run_record}")
+        out.print(f"run record: {outcome.run_record}", soft_wrap=True)
     else:
-        out.print(f"run record (on the server): {outcome.run_record}")
+        out.print(f"run record (on the server): {outcome.run_record}", soft_wrap=True)

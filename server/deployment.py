@@ -430,6 +430,26 @@ def follow_logs(flower_run_id: int, flwr_home: Path, on_line: Callable[[str], No
             stop_tree(proc)
 
 
+def _late_run_record(
+    flower_run_id: int, flwr_home: Path, seen: list[str], *, wait: float = 15
+) -> tuple[str | None, str]:
+    """The run-record line a finished run's ServerApp wrote last, and the log lines the stream had not shown yet.
+
+    Flower ends the log stream when the run's status turns finished, and the ServerApp uploads its last lines as it
+    exits, so the stream can end before them: ask for the whole log (``flwr log --show``) until they are in.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        result = _flwr(["log", str(flower_run_id), CONNECTION, "--show"], flwr_home, timeout=60)
+        lines = (result.stdout or "").splitlines(keepends=True)
+        found = [m.group(1) for m in map(RUN_RECORD_LINE.search, lines) if m]
+        if found or time.monotonic() > deadline:
+            last = seen[-1].rstrip() if seen else None
+            start = max((i + 1 for i, line in enumerate(lines) if line.rstrip() == last), default=0)
+            return (found[-1] if found else None), "".join(lines[start:])
+        time.sleep(0.5)
+
+
 def run_on_federation(
     run_config: dict[str, Any], connection: Connection, *, echo: Callable[[str], None] = sys.stdout.write
 ) -> RunOutcome:
@@ -467,6 +487,10 @@ def run_on_federation(
                 f"with code {code}): {e}. If the server went down, restart it and go on with "
                 "`fedge run --resume RUN_DIR`"
             ) from None
+        if not record and status.endswith(":completed"):
+            late, unseen = _late_run_record(flower_run_id, home, tail)
+            echo(unseen)
+            record.extend([late] if late else [])
     outcome = RunOutcome(
         flower_run_id=flower_run_id, status=status, details=details, run_record=record[-1] if record else None
     )
