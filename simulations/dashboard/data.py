@@ -155,7 +155,8 @@ class DashboardData:
         config = self._cache.read(run.config) or {}
         rounds = self._rounds(run)
         last = rounds[-1] if rounds else {}
-        updated = max(_mtime(run.metrics), _mtime(run.config), _mtime(run.edge / "fleet.db"))
+        fleet_db = run.edge / "fleet.db"  # in WAL mode, writes land in fleet.db-wal first
+        updated = max(_mtime(run.metrics), _mtime(run.config), _mtime(fleet_db), _mtime(run.edge / "fleet.db-wal"))
         finished = run.is_finished()
         round_s = max((r.get("seconds") or 0.0 for r in rounds[-3:]), default=0.0)
         if finished:
@@ -165,7 +166,7 @@ class DashboardData:
         else:
             status = "stopped"
         demo = self._cache.read(run.edge / "demo.json")
-        edge_live = (run.edge / "fleet.db").is_file() and demo is None and now - updated <= RUNNING_GRACE_S
+        edge_live = fleet_db.is_file() and demo is None and now - updated <= RUNNING_GRACE_S
         if finished and edge_live:
             status = "delivering"
         return {
