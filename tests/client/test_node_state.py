@@ -14,7 +14,8 @@ from shared_models.errors import SchemaMismatchError
 from shared_models.federation import FederatedData
 from shared_models.models import build_model
 from shared_models.run_config import DEFAULT_RUN_CONFIG
-from tests.server.test_rounds import task_identity  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def test_persisted_keys_are_the_privacy_modules():

@@ -1,15 +1,21 @@
 """Small real models and data for the edge tests: a logistic regression on scikit-learn's digits, built as an ONNX
 graph with onnx.helper (instant) and converted to TFLite with litert-torch (a couple of seconds), plus a "bad"
-twin (shuffled classes) for the rollback tests, and a signing key."""
+twin (shuffled classes) for the rollback tests, a signing key, and an in-memory transport and clock for driving an
+agent without a broker (the fixtures that use them are in conftest.py)."""
 
 from __future__ import annotations
 
 import functools
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 
+from edge.agent.agent import DeviceAgent
+from edge.agent.protocol import parse_topic
 from edge.delivery.keys import SigningKey
+from edge.delivery.publisher import Artifact, SignedModel, sign_artifact
 
 
 @functools.cache
@@ -153,3 +159,72 @@ def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     )
     paths[2].chmod(0o600)
     return paths
+
+
+class FakeTransport:
+    """An in-memory broker connection: records what the agent publishes and subscribes to."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.published: list[tuple[str, bytes, bool]] = []
+        self.subscribed: set[str] = set()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        self.published.append((topic, payload, retain))
+
+    def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
+        self.subscribed.add(topic_filter)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self.subscribed.discard(topic_filter)
+
+    def messages(self, kind: str) -> list[dict]:
+        out = []
+        for topic, payload, _ in self.published:
+            parsed = parse_topic(topic)
+            if parsed is not None and parsed.kind == kind and payload:
+                out.append(json.loads(payload))
+        return out
+
+    def outcomes(self) -> list[dict]:
+        return self.messages("events")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def signed(
+    data: bytes,
+    version: int,
+    *,
+    fmt: str = "onnx",
+    key=None,
+    chunk_size: int = 1024,
+    expires_in_s: float = 3600,
+    now: float | None = None,
+    model_id: str = "digits",
+    targets: tuple[str, ...] = ("dev-1",),
+    group: str = "",
+) -> SignedModel:
+    """A model signed for ``targets`` (the test agent, dev-1, by default) and/or ``group``."""
+    art = Artifact(Path(f"m.{fmt}"), data, model_id, version, fmt, {})
+    return sign_artifact(
+        art,
+        key or signing_key(),
+        chunk_size=chunk_size,
+        expires_in_s=expires_in_s,
+        now=now,
+        targets=targets,
+        group=group,
+    )
+
+
+def deliver(agent: DeviceAgent, model: SignedModel, *, chunks: list[tuple[str, bytes, bool]] | None = None) -> None:
+    agent.handle(f"fedge/v1/devices/{agent.device_id}/manifest", model.envelope)
+    for topic, payload, _ in chunks if chunks is not None else model.chunk_messages():
+        agent.handle(topic, payload)

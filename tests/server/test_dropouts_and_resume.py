@@ -21,7 +21,9 @@ from server.resume import (
 )
 from server.rounds import RoundLoop
 from shared_models.run_config import DEFAULT_RUN_CONFIG
-from tests.server.test_rounds import ScriptedGrid, task_identity  # noqa: F401 (fixture)
+from tests.server.scripted_grid import ScriptedGrid
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _reply(value: float, name: str, eps: float) -> RecordDict:

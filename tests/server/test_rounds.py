@@ -1,30 +1,21 @@
 """Unit tests of the round loop with an in-process grid (the real simulation is in tests/integration)."""
 
 import logging
-from collections.abc import Iterable
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.errors import ServerConfigError
 from server.ledger import PrivacyLedger
 from server.rounds import RoundLoop, StreamingMean
 from server.strategies import STRATEGIES, StrategyOptions, build_strategy
 from shared_models.run_config import DEFAULT_RUN_CONFIG, RunConfigError
+from tests.server.scripted_grid import ScriptedGrid
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Inside a ServerApp, Flower sets the task's identity; messages cannot be created without it."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _content(value: float, n: int, eps: float = 1.0, pid: int = 0) -> RecordDict:
@@ -38,51 +29,6 @@ def _content(value: float, n: int, eps: float = 1.0, pid: int = 0) -> RecordDict
             "client": ConfigRecord({"partition-id": pid}),
         }
     )
-
-
-class ScriptedGrid(Grid):
-    """Each node answers with what ``behaviour(node_id, message)`` returns: content, an Error, or None (silent)."""
-
-    def __init__(self, nodes, behaviour):
-        self.nodes, self.behaviour = list(nodes), behaviour
-        self.outbox: dict[str, Message] = {}
-
-    def set_run(self, run):  # pragma: no cover
-        pass
-
-    @property
-    def run(self):  # pragma: no cover
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.nodes
-
-    def create_message(self, *a, **k):  # pragma: no cover - not used by the loop
-        raise NotImplementedError
-
-    def push_messages(self, messages):
-        ids = []
-        for i, msg in enumerate(messages):
-            mid = f"m{len(self.outbox)}-{i}"
-            msg.metadata.__dict__["_message_id"] = mid
-            answer = self.behaviour(msg.metadata.dst_node_id, msg)
-            if answer is not None:
-                reply = (
-                    Message(answer, reply_to=msg)
-                    if isinstance(answer, Error)
-                    else Message(content=answer, reply_to=msg)
-                )
-                reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
-                self.outbox[mid] = reply
-            ids.append(mid)
-        return ids
-
-    def pull_messages(self, message_ids):
-        out = [self.outbox.pop(m) for m in list(message_ids) if m in self.outbox]
-        return out
-
-    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - the loop streams instead
-        raise NotImplementedError
 
 
 def test_streaming_mean_equals_flowers_weighted_average():

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +13,9 @@ from edge.compress.calibration import CalibrationSet
 from edge.export import PackageInputs, PackageOptions, package_model
 from edge.export.package import plan_steps
 from tests.edge.compress.trained_digits import INPUT_SHAPE, digits_split, trained_digits_cnn
+from tests.edge.export.checks import check_description, fedge
 
 ROOT = Path(__file__).resolve().parents[3]
-MANIFEST_KEYS = {"format", "dtype", "input", "output", "sha256", "size-bytes", "gzip-size-bytes", "metrics", "file"}
-
-
-def _check_description(out: Path, description: dict) -> None:
-    data = (out / description["file"]).read_bytes()
-    assert description["sha256"] == hashlib.sha256(data).hexdigest()
-    assert description["size-bytes"] == len(data)
-    assert MANIFEST_KEYS <= set(description)
-    assert json.loads((out / f"{description['file']}.json").read_text()) == description
-    metrics = description["metrics"]
-    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["top1-agreement"] <= 1
-    assert metrics["latency-ms"] > 0 and metrics["latency-threads"] == 1
 
 
 def test_package_builds_every_kind_verifies_and_reports(tmp_path):
@@ -61,7 +46,7 @@ def test_package_builds_every_kind_verifies_and_reports(tmp_path):
     assert names == ["channels-fp32.onnx", "fp32.onnx", "int8.onnx", "pruned-int8.onnx", "student-fp32.onnx"]
     assert any("fp16 is not built for onnx" in n for n in result.notes)
     for description in result.artifacts:
-        _check_description(tmp_path, description)
+        check_description(tmp_path, description)
         assert description["metrics"]["top1-agreement"] >= 0.95, description["file"]
     assert result.compression["pruned"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert result.artifact("pruned-int8", "onnx")["nonzero-parameters"] < result.artifact("fp32", "onnx")["parameters"]
@@ -79,17 +64,6 @@ def test_package_builds_every_kind_verifies_and_reports(tmp_path):
     assert json.loads((tmp_path / "package.json").read_text())["artifacts"] == [a["file"] for a in result.artifacts]
 
 
-def _fedge(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "simulations.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        env={**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "COLUMNS": "200"},
-    )
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -100,74 +74,17 @@ def _fedge(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     ],
 )
 def test_package_command_reports_bad_input_in_one_line(args, message):
-    done = _fedge(*args)
+    done = fedge(*args)
     assert done.returncode == 2, done.stderr
     assert message in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr
 
 
 def test_package_command_explains_itself():
-    done = _fedge("package", "--help")
+    done = fedge("package", "--help")
     assert done.returncode == 0
     for option in ("--format", "--variant", "--sparsity", "--tune-on", "--calibration", "--student-width"):
         assert option in done.stdout
-
-
-@pytest.mark.integration
-def test_fedge_package_end_to_end_on_a_simulated_run(tmp_path):
-    sim = _fedge(
-        "simulate",
-        "--config",
-        "digits-dp",
-        "--num-clients",
-        "2",
-        "--rounds",
-        "2",
-        "--runs-dir",
-        str(tmp_path),
-        "--set",
-        "progress=false",
-    )
-    assert sim.returncode == 0, sim.stderr[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    done = _fedge(
-        "package",
-        str(run_dir),
-        "--variant",
-        "fp32",
-        "--variant",
-        "int8",
-        "--variant",
-        "student",
-        "--distill-epochs",
-        "2",
-        "--latency-runs",
-        "20",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = run_dir / "artifacts"
-    files = {p.name for p in out.iterdir()}
-    artifacts = [f"{v}{s}" for v in ("fp32", "int8", "student-fp32") for s in (".onnx", ".tflite")]
-    assert (
-        set(artifacts) | {f"{a}.json" for a in artifacts} | {"report.md", "accuracy-size.png", "package.json"} == files
-    )
-    descriptions = {a: json.loads((out / f"{a}.json").read_text()) for a in artifacts}
-    for description in descriptions.values():
-        _check_description(out, description)
-        assert description["source"]["run-id"] == run_dir.name
-    for fmt in ("onnx", "tflite"):
-        assert descriptions[f"fp32.{fmt}"]["metrics"]["max-abs-diff"] <= 1e-4
-        assert descriptions[f"int8.{fmt}"]["metrics"]["top1-agreement"] >= 0.85
-    tflite_int8 = descriptions["int8.tflite"]
-    assert tflite_int8["input"]["dtype"] == "int8" and tflite_int8["input"]["shape"] == [1, *INPUT_SHAPE]
-    assert tflite_int8["input"]["quantization"]["scale"][0] > 0
-    assert tflite_int8["output"]["quantization"]["zero-point"] is not None
-    onnx_int8 = descriptions["int8.onnx"]
-    assert onnx_int8["input"]["dtype"] == "float32" and onnx_int8["input"]["shape"][0] not in (1, 2)  # symbolic batch
-    assert onnx_int8["input"]["qdq"]["scale"][0] > 0 and onnx_int8["quantization"]["format"] == "QDQ"
-    report = (out / "report.md").read_text()
-    assert all(f"| {v} | {f} |" in report for v in ("fp32", "int8", "student-fp32") for f in ("onnx", "tflite"))
-    assert "int8.tflite" in done.stdout
 
 
 def test_a_compressed_model_that_lost_accuracy_gets_a_note_with_a_remedy():
@@ -236,4 +153,4 @@ def test_fedge_package_with_default_settings_works_on_a_mnist_small_cnn_run(tmp_
     assert student["student"] == "mnist-small-cnn x0.4 width"
     assert student["student-parameters"] < student["teacher-parameters"] / 4
     for name in built["artifacts"]:
-        _check_description(out, json.loads((out / f"{name}.json").read_text()))
+        check_description(out, json.loads((out / f"{name}.json").read_text()))

@@ -19,8 +19,7 @@ from edge.agent.errors import (
 )
 from edge.agent.verify import ChunkAssembler, verify_manifest
 from edge.delivery.keys import SigningKey
-from tests.edge.conftest import deliver, signed
-from tests.edge.helpers import onnx_model, signing_key
+from tests.edge.helpers import deliver, onnx_model, signed, signing_key
 
 MANIFEST = "fedge/v1/devices/dev-1/manifest"
 

@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.agent.protocol import Command
-from tests.edge.conftest import FakeTransport, deliver, signed
-from tests.edge.helpers import onnx_model, signing_key
+from tests.edge.helpers import FakeTransport, deliver, onnx_model, signed, signing_key
 
 
 def rollback_command(device_id: str, from_version: int, *, now: float | None = None) -> bytes:
