@@ -4,6 +4,7 @@ what the API returns for a run directory written by the run-dir module, access r
 from __future__ import annotations
 
 import json
+import os
 import time
 from urllib.parse import quote
 
@@ -49,8 +50,10 @@ def _run(runs_dir, run_id="r1", *, rounds=2, total=5, finished=False) -> RunDir:
 
 
 def test_overview_follows_the_newest_run_and_reads_its_record(tmp_path):
-    _run(tmp_path, "older", finished=True)
-    time.sleep(0.01)
+    older = _run(tmp_path, "older", finished=True)
+    an_hour_ago = time.time() - 3600
+    for path in older.path.rglob("*"):  # written an hour before the other run: no race on the clock's resolution
+        os.utime(path, (an_hour_ago, an_hour_ago))
     _run(tmp_path, "newer", rounds=3)
     overview = DashboardData(tmp_path).overview()
     assert [r["id"] for r in overview["runs"]][0] == "newer" and overview["selected"] == "newer"
