@@ -12,7 +12,11 @@ Layout::
       resume.pt            what the server needs to go on after the last finished round (server/resume.py)
       accuracy.png, epsilon.png
       artifacts/           what ``fedge package`` exports (ONNX, TFLite, report)
-      edge/                the demo's delivery side (keys, device stores, logs, fleet.db, demo.json)
+      edge/                the demo's delivery side: keys/, devices/, logs/,
+        fleet.db             the fleet collector's store (SQLite)
+        rollouts.json        every rollout's report, rewritten after each
+        fleet.json           the fleet table and telemetry counts at the end
+        demo.json            the demo's summary
 
 The server writes it (``server/run_record.py``, ``server/resume.py``); ``fedge package``, the demo and ``fedge run
 --resume`` read it. Reading paths and JSON needs no torch, so a process without it can inspect a run.
@@ -136,6 +140,22 @@ class RunDir:
     @property
     def edge(self) -> Path:
         return self.path / "edge"
+
+    @property
+    def fleet_db(self) -> Path:
+        return self.edge / "fleet.db"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.edge / "rollouts.json"
+
+    @property
+    def fleet_summary(self) -> Path:
+        return self.edge / "fleet.json"
+
+    @property
+    def demo_summary(self) -> Path:
+        return self.edge / "demo.json"
 
     def exists(self) -> bool:
         return self.path.is_dir()

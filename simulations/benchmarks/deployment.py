@@ -19,7 +19,6 @@ kept in the node's state file).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -29,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared_models.run_dir import RunDir
 from simulations.benchmarks.common import Row, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def _fresh_import_seconds(modules: str, repeats: int) -> list[float]:
 
 
 def _rounds(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "metrics.json").read_text())["rounds"][1:]
+    return RunDir(run_dir).read_metrics()[1:]
 
 
 def _env(home: Path) -> dict[str, str]:

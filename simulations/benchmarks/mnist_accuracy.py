@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from torch import nn  # noqa: E402
 
+from shared_models.run_dir import RunDir
 from simulations.benchmarks.common import Row, base_parser, write_results  # noqa: E402
 
 NAME = "mnist_accuracy"
@@ -127,10 +128,8 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.monotonic()
     if args.federated_run:
-        import json
-
         run_dir = Path(args.federated_run)
-        summary = {"run-dir": str(run_dir), "rounds": json.loads((run_dir / "metrics.json").read_text())["rounds"]}
+        summary = {"run-dir": str(run_dir), "rounds": RunDir(run_dir).read_metrics()}
     else:
         summary = run_experiment(experiment)
     federated_s = time.monotonic() - started

@@ -135,7 +135,7 @@ class DashboardData:
             return []
         found = []
         for path in self.runs_dir.iterdir():
-            if path.is_dir() and RUN_ID.fullmatch(path.name) and (path / "config.json").is_file():
+            if path.is_dir() and RUN_ID.fullmatch(path.name) and RunDir(path).config.is_file():
                 found.append(RunDir(path))
         return found
 
@@ -155,8 +155,13 @@ class DashboardData:
         config = self._cache.read(run.config) or {}
         rounds = self._rounds(run)
         last = rounds[-1] if rounds else {}
-        fleet_db = run.edge / "fleet.db"  # in WAL mode, writes land in fleet.db-wal first
-        updated = max(_mtime(run.metrics), _mtime(run.config), _mtime(fleet_db), _mtime(run.edge / "fleet.db-wal"))
+        fleet_db = run.fleet_db  # in WAL mode, writes land in fleet.db-wal first
+        updated = max(
+            _mtime(run.metrics),
+            _mtime(run.config),
+            _mtime(fleet_db),
+            _mtime(fleet_db.with_name(fleet_db.name + "-wal")),
+        )
         finished = run.is_finished()
         round_s = max((r.get("seconds") or 0.0 for r in rounds[-3:]), default=0.0)
         if finished:
@@ -165,7 +170,7 @@ class DashboardData:
             status = "running"
         else:
             status = "stopped"
-        demo = self._cache.read(run.edge / "demo.json")
+        demo = self._cache.read(run.demo_summary)
         edge_live = fleet_db.is_file() and demo is None and now - updated <= RUNNING_GRACE_S
         if finished and edge_live:
             status = "delivering"
@@ -185,7 +190,7 @@ class DashboardData:
             "dataset": config.get("dataset"),
             "strategy": config.get("strategy"),
             "artifacts": run.artifacts.is_dir() and any(run.artifacts.glob("*.json")),
-            "fleet": (run.edge / "fleet.db").is_file(),
+            "fleet": run.fleet_db.is_file(),
         }
 
     def runs(self) -> list[dict[str, Any]]:
@@ -286,11 +291,11 @@ class DashboardData:
 
     def rollouts(self, run: RunDir) -> list[dict[str, Any]]:
         """The rollouts recorded for the run (the demo's ``edge/rollouts.json``), oldest first."""
-        payload = self._cache.read(run.edge / "rollouts.json")
+        payload = self._cache.read(run.rollouts)
         return [r for r in payload if isinstance(r, dict)] if isinstance(payload, list) else []
 
     def _demo(self, run: RunDir) -> dict[str, Any] | None:
-        payload = self._cache.read(run.edge / "demo.json")
+        payload = self._cache.read(run.demo_summary)
         if not isinstance(payload, dict):
             return None
         return {k: payload.get(k) for k in ("broker", "devices", "model_id", "on_int8", "telemetry", "seconds")}
@@ -302,11 +307,11 @@ class DashboardData:
         if self.fleet_db is not None:
             return self.fleet_db
         run = self.run_dir(run_id) if run_id else None
-        if run is not None and (run.edge / "fleet.db").is_file():
-            return run.edge / "fleet.db"
+        if run is not None and run.fleet_db.is_file():
+            return run.fleet_db
         for summary in runs if runs is not None else self.runs():
             if summary["fleet"]:
-                return self.runs_dir / summary["id"] / "edge" / "fleet.db"
+                return RunDir.of(self.runs_dir, summary["id"]).fleet_db
         return None
 
     def fleet(self, db: Path | None) -> dict[str, Any]:
