@@ -1,0 +1,1 @@
+"""Hospitals: heart disease diagnosed from a patient's record, learned across four hospitals that keep their tables."""
