@@ -118,6 +118,7 @@ def train_locally(
                 }
             )
         prepared = prepare_model(model, fix=privacy.fix_model, requested_mode=privacy.grad_sample_mode)
+        model = prepared.model
         if prepared.replaced:
             log.info("replaced for DP-SGD: %s", "; ".join(prepared.replaced))
         if prepared.mode_note:

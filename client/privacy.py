@@ -167,6 +167,9 @@ def unsupported_layers(model: nn.Module) -> list[tuple[str, str, str]]:
     """(layer name, layer type, Opacus's reason) for every layer Opacus refuses for DP-SGD, by name."""
     found = []
     for name, module in model.named_modules():
+        if type(module) is nn.RNN:  # Opacus has no validator for it, and no per-sample gradients either
+            found.append((name or "(the model)", "RNN", "nn.RNN has no per-sample gradients; DPRNN replaces it"))
+            continue
         validator = ModuleValidator.VALIDATORS.get(type(module))
         if validator is None:
             continue
@@ -214,6 +217,7 @@ def prepare_model(model: nn.Module, *, fix: bool, requested_mode: str) -> DpMode
     Without ``fix`` a layer Opacus refuses is an error listing every such layer and the fix; with it,
     BatchNorm becomes GroupNorm and LSTM/GRU/RNN Opacus's DP versions (every replaced layer named), through
     ``ModuleValidator.fix``. What is still refused after that cannot be made private: an error naming it.
+    Train the returned ``DpModel.model``: with replacements it is a new module.
     """
     offending = unsupported_layers(model)
     replaced: list[str] = []
@@ -232,9 +236,7 @@ def prepare_model(model: nn.Module, *, fix: bool, requested_mode: str) -> DpMode
     if offending:
         replaced += _replace_recurrent(model)
         before = {name: type(m).__name__ for name, m in model.named_modules()}
-        fixed = ModuleValidator.fix(model)
-        if fixed is not model:
-            raise ModelNotPrivateError("Opacus replaced the whole model; wrap the offending layer in a module")
+        model = ModuleValidator.fix(model)  # a fixed copy
         after = {name: type(m).__name__ for name, m in model.named_modules()}
         replaced += [f"{n}: {before[n]} -> {after[n]}" for n in before if n in after and before[n] != after[n]]
     left = ModuleValidator.validate(model, strict=False)

@@ -10,6 +10,7 @@ depends on where fedge is installed, so the same directory works from a checkout
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,4 +56,27 @@ def write_app_dir(directory: Path, run_config: dict[str, Any], *, name: str = "f
     ]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "pyproject.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    copy_user_code(directory, run_config)
     return directory
+
+
+def copy_user_code(directory: Path, run_config: dict[str, Any]) -> list[Path]:
+    """Copy the user's packages that ``model`` and ``dataset`` name by import path (from ``project-dir``) into the
+    app directory, so the Flower App (the FAB ``fedge run`` submits) carries the user's code to every node."""
+    project = Path(str(run_config.get("project-dir") or ""))
+    if not str(run_config.get("project-dir") or "") or not project.is_dir():
+        return []
+    copied = []
+    for key in ("model", "dataset"):
+        spec = str(run_config.get(key, ""))
+        if ":" not in spec:
+            continue
+        top = spec.partition(":")[0].split(".")[0]
+        source = project / top
+        if source.is_dir() and not (directory / top).exists():
+            shutil.copytree(source, directory / top, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            copied.append(directory / top)
+        elif (project / f"{top}.py").is_file() and not (directory / f"{top}.py").exists():
+            shutil.copy2(project / f"{top}.py", directory / f"{top}.py")
+            copied.append(directory / f"{top}.py")
+    return copied

@@ -20,8 +20,14 @@ app = typer.Typer()
 @app.command()
 def simulate(
     config: Annotated[
-        str, typer.Option("--config", "-c", help="Experiment name (see `fedge experiments`) or path to a TOML file.")
-    ] = "digits-dp",
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Experiment name (see `fedge experiments`), path to a TOML file, or a project's pyproject.toml. "
+            "Default: the project in this directory (made by fedge new), else digits-dp.",
+        ),
+    ] = None,
     num_clients: Annotated[
         int | None, typer.Option("--num-clients", "-n", help="Number of simulated clients (SuperNodes).")
     ] = None,
@@ -45,15 +51,29 @@ def simulate(
     setting: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Any run setting, KEY=VALUE (repeatable).")
     ] = None,
+    fix_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--fix-model/--no-fix-model",
+            help="Replace the layers DP-SGD cannot train (BatchNorm -> GroupNorm, LSTM/GRU/RNN -> Opacus's DP "
+            "versions), naming each (run setting dp-fix-model).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Run an experiment on Flower's simulation engine and write its run record under runs/<run-id>/."""
-    from simulations.experiment import apply_overrides, apply_settings, load_experiment
+    from simulations.experiment import apply_overrides, apply_settings, load_experiment, project_experiment_file
     from simulations.simulate import run_experiment
 
-    experiment = load_experiment(config)
+    experiment = load_experiment(config or str(project_experiment_file() or "digits-dp"))
     apply_overrides(experiment, setting or [])
-    typed = {"num-server-rounds": rounds, "strategy": strategy, "dp": dp, "target-epsilon": target_epsilon}
+    typed = {
+        "num-server-rounds": rounds,
+        "strategy": strategy,
+        "dp": dp,
+        "target-epsilon": target_epsilon,
+        "dp-fix-model": fix_model,
+    }
     apply_settings(experiment, {**typed, "data-path": data_path, "runs-dir": runs_dir})
     if num_clients is not None:
         experiment.num_supernodes = num_clients
@@ -79,6 +99,27 @@ def simulate(
         )
     Console().print(table)
     Console().print(f"run record: {summary['run-dir']}")
+
+
+@app.command()
+def new(
+    directory: Annotated[Path, typer.Argument(help="The project directory to create (its name names the package).")],
+    template: Annotated[
+        str,
+        typer.Option("--template", "-t", help="image (digits as PNG files), tabular (a CSV), timeseries (sensors)."),
+    ] = "image",
+    force: Annotated[bool, typer.Option(help="Write into a directory that already has files.")] = False,
+) -> None:
+    """Write a runnable fedge project: pyproject.toml (a Flower App naming fedge's ServerApp and ClientApp), a package
+    with task.py (your model factory and data loader) and its data, and a README. Then, inside it: fedge simulate."""
+    from simulations.new_project import create_project
+
+    project = create_project(directory, template=template, force=force)
+    Console().print(
+        f"created {project.directory} ({project.template} template, package {project.package}): "
+        f"cd {project.directory} && fedge simulate",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -17,7 +17,14 @@ from typing import Any
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from shared_models.run_dir import RunDir  # noqa: E402
-from simulations.experiment import Experiment, ExperimentError, new_run_id, resolve_paths, validate  # noqa: E402
+from simulations.experiment import (  # noqa: E402
+    Experiment,
+    ExperimentError,
+    export_project_path,
+    new_run_id,
+    resolve_paths,
+    validate,
+)
 
 
 def backend_config(experiment: Experiment, *, verbose: bool = False) -> dict[str, Any]:
@@ -38,6 +45,7 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> dict[str
     resolve_paths(experiment)
     cfg = experiment.run_config
     new_run_id(experiment)
+    export_project_path(str(cfg["project-dir"]))  # before Ray starts: its workers inherit the path
     validate(experiment)
     if cfg["max-in-flight"] == 0 and not experiment.ray_address:
         # Feed the simulation engine a few messages per Ray actor at a time instead of all at once: its search

@@ -3,11 +3,13 @@
 The loss is ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``;
 the ``T^2`` keeps the soft term's gradients on the scale of the hard one whatever the temperature.
 
-The student is either another model of the registry or the teacher's own architecture at a width multiplier
-(``width=0.4``: 40% of the channels and hidden units, about 16% of the parameters for ``mnist-cnn``); the model
-registry (:func:`shared_models.models.build_model`) builds both.
+The student is either a model the user names (a built-in name or a second factory's import path,
+``my_project.task:build_student``) or the teacher's own factory at a width multiplier (``width=0.4``: 40% of the
+channels and hidden units, about 16% of the parameters for ``mnist-cnn``) when that factory takes ``width``; the
+registry (:func:`shared_models.registry.resolve_model`) builds both.
 
->>> from shared_models.models import build_model, count_parameters
+>>> from shared_models.models import count_parameters
+from shared_models.registry import resolve_model
 >>> teacher = build_model("mnist-cnn", input_shape=(1, 28, 28), num_classes=10, seed=0)
 >>> student = make_student("mnist-cnn", input_shape=(1, 28, 28), num_classes=10, width=0.4)
 >>> count_parameters(student) < count_parameters(teacher) / 4
@@ -28,7 +30,8 @@ from torch import nn
 from edge.compress.errors import DistillationError
 from shared_models.data import ArrayDataset
 from shared_models.errors import SharedModelsError
-from shared_models.models import build_model, count_parameters
+from shared_models.models import count_parameters
+from shared_models.registry import resolve_model
 from shared_models.training import evaluate, predict
 
 #: The student's width multiplier of the teacher when neither a width nor a student model is given.
@@ -43,15 +46,17 @@ def make_student(
     student: str | None = None,
     width: float | None = None,
     seed: int = 0,
+    options: dict[str, object] | None = None,
+    project_dir: str | None = None,
 ) -> nn.Module:
-    """A fresh student: the registry model ``student``, or the ``teacher`` architecture at ``width`` (0 < w < 1),
-    both built by the model registry."""
+    """A fresh student: ``student`` (a built-in name or a factory's import path), or the ``teacher`` factory at
+    ``width`` (0 < w < 1) with the teacher's ``options``, where that factory takes ``width``."""
     shape = tuple(int(d) for d in input_shape)
     if student is not None:
         if width is not None:
-            raise DistillationError("give either a student model name or a width multiplier, not both")
+            raise DistillationError("give either a student model or a width multiplier, not both")
         try:
-            return build_model(student, input_shape=shape, num_classes=num_classes, seed=seed)
+            return resolve_model(student, project_dir=project_dir).build(shape, num_classes, seed=seed)
         except SharedModelsError as e:
             raise DistillationError(f"cannot build the student {student!r}: {e}") from e
     if width is None:
@@ -59,7 +64,14 @@ def make_student(
     if not (0.0 < float(width) < 1.0) or math.isnan(float(width)):
         raise DistillationError(f"the student's width multiplier must be in (0, 1), got {width!r}")
     try:
-        return build_model(teacher, input_shape=shape, num_classes=num_classes, seed=seed, width=float(width))
+        factory = resolve_model(teacher, project_dir=project_dir)
+        if not factory.accepts_width:
+            raise DistillationError(
+                f"the model factory {factory.import_path} takes no width multiplier, so no narrower student can be "
+                "built from it: name a student factory (fedge package --student my_project.task:build_student) or "
+                "give the factory a width parameter (width: float = 1.0, scaling its channels and units)"
+            )
+        return factory.build(shape, num_classes, dict(options or {}), width=float(width), seed=seed)
     except SharedModelsError as e:
         raise DistillationError(
             f"cannot build {teacher!r} at width {float(width):g} as the student: {e}; name a student model instead"

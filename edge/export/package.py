@@ -169,6 +169,8 @@ def _build_kinds(
             student=options.student,
             width=options.student_width,
             seed=options.seed,
+            options=inputs.source.get("model-options"),
+            project_dir=inputs.source.get("project-dir") or None,
         )
         result = distill(
             inputs.model,

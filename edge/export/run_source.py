@@ -1,7 +1,8 @@
 """Read a trained model and its data back from a run directory (``runs/<run-id>/``, laid out by
 :class:`shared_models.run_dir.RunDir`).
 
-``model.json`` says which registry model, input shape and classes; ``model.pt`` holds its weights;
+``model.json`` says which model (the factory's import path, its options, the user's project directory), input shape
+and classes; ``model.pt`` holds its weights;
 ``config.json`` says how the data were split, so the server's held-out split is rebuilt exactly as in the run.
 """
 
@@ -20,7 +21,8 @@ from edge.export.errors import CheckpointError
 from edge.export.package import PackageInputs
 from shared_models.data import ArrayDataset
 from shared_models.federation import FederatedData
-from shared_models.models import build_model, set_weights
+from shared_models.models import set_weights
+from shared_models.registry import ModelConfig
 from shared_models.run_config import DEFAULT_RUN_CONFIG
 from shared_models.run_dir import RunDir, RunDirError
 
@@ -44,9 +46,7 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict
     except RunDirError as e:
         raise CheckpointError(str(e)) from e
     try:
-        model = build_model(
-            str(info["model"]), input_shape=tuple(info["input-shape"]), num_classes=int(info["num-classes"])
-        )
+        model = run_model_config(info, config).build(tuple(info["input-shape"]), int(info["num-classes"]))
     except KeyError as e:
         raise CheckpointError(f"{info_path} lacks {e}; expected model, input-shape and num-classes") from e
     try:
@@ -58,6 +58,17 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict
     except FedgeError as e:
         raise CheckpointError(f"{weights_path} does not fit the model in model.json: {e}") from e
     return model.eval(), info, config
+
+
+def run_model_config(info: dict[str, Any], config: dict[str, Any]) -> ModelConfig:
+    """How the run built its model, from model.json: the factory's import path (a built-in name in records older
+    than the registry), its options, the user's project directory and whether BatchNorm was replaced for DP."""
+    return ModelConfig(
+        model=str(info.get("model-import-path") or info["model"]),
+        options=tuple(sorted(dict(info.get("model-options") or {}).items())),
+        project_dir=str(info.get("project-dir") or config.get("project-dir") or ""),
+        fix_for_dp=bool(info.get("dp-fix-model", False)),
+    )
 
 
 def run_federated_data(info: dict[str, Any], config: dict[str, Any]) -> FederatedData:
@@ -120,7 +131,7 @@ def run_package_inputs(
         calib = CalibrationSet.from_dataset(tune, input_shape=input_shape, limit=calibration_size, seed=seed)
     return PackageInputs(
         model=model,
-        model_name=str(info["model"]),
+        model_name=str(info.get("model-import-path") or info["model"]),
         input_shape=input_shape,
         num_classes=int(info["num-classes"]),
         test=test,
@@ -132,5 +143,8 @@ def run_package_inputs(
             "tune-on": str(tune_on),
             "test-samples": len(test),
             "tune-samples": len(tune),
+            "model-options": dict(info.get("model-options") or {}),
+            "project-dir": str(info.get("project-dir") or ""),
+            **({"device-preprocessing": info["device-preprocessing"]} if info.get("device-preprocessing") else {}),
         },
     )
