@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.agent.agent import DeviceAgent
-from edge.agent.protocol import parse_topic
+from edge.agent.protocol import Command, parse_topic
 from edge.delivery.keys import SigningKey
 from edge.delivery.publisher import Artifact, SignedModel, sign_artifact
 
@@ -228,3 +228,9 @@ def deliver(agent: DeviceAgent, model: SignedModel, *, chunks: list[tuple[str, b
     agent.handle(f"fedge/v1/devices/{agent.device_id}/manifest", model.envelope)
     for topic, payload, _ in chunks if chunks is not None else model.chunk_messages():
         agent.handle(topic, payload)
+
+
+def rollback_command(device_id: str, from_version: int, *, now: float | None = None) -> bytes:
+    now = int(now or time.time())
+    command = Command("rollback", device_id, from_version, now, now + 600, "canary unhealthy")
+    return json.dumps(signing_key().sign(command.to_signed())).encode()

@@ -6,19 +6,11 @@ import functools
 import json
 import subprocess
 import sys
-import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.agent.protocol import Command
-from tests.edge.helpers import FakeTransport, deliver, onnx_model, signed, signing_key
-
-
-def rollback_command(device_id: str, from_version: int, *, now: float | None = None) -> bytes:
-    now = int(now or time.time())
-    command = Command("rollback", device_id, from_version, now, now + 600, "canary unhealthy")
-    return json.dumps(signing_key().sign(command.to_signed())).encode()
+from tests.edge.helpers import FakeTransport, deliver, onnx_model, rollback_command, signed, signing_key
 
 
 def test_restart_resumes_with_the_model_it_had(running_v1, make_agent, tmp_path):

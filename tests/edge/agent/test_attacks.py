@@ -19,7 +19,7 @@ from edge.agent.errors import (
 )
 from edge.agent.verify import ChunkAssembler, verify_manifest
 from edge.delivery.keys import SigningKey
-from tests.edge.helpers import deliver, onnx_model, signed, signing_key
+from tests.edge.helpers import deliver, onnx_model, rollback_command, signed, signing_key
 
 MANIFEST = "fedge/v1/devices/dev-1/manifest"
 
@@ -322,8 +322,6 @@ def test_replacing_manifest_cancels_the_transfer_in_flight(running_v1):
 
 
 def test_rollback_with_a_damaged_previous_model_keeps_the_current_one(running_v1, make_agent, tmp_path):
-    from tests.edge.test_agent import rollback_command
-
     deliver(running_v1, signed(onnx_model(), 2))
     previous = running_v1.store.state.previous
     running_v1.store.path(previous).write_bytes(b"damaged")
