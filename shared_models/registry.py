@@ -2,6 +2,10 @@
 
 Contract changes (part A -> part B; newest first):
 
+- 2: a project's ``pyproject.toml`` is read by ``fedge simulate`` as the experiment (missing keys take fedge's
+  defaults, ``project-dir`` = its directory), but ``flwr run .`` hands the ServerApp/ClientApp exactly its
+  ``[tool.flwr.app.config]``, and fedge's apps require every key: list them all (``fedge new`` writes them all,
+  see simulations/new_project.py ``pyproject_text``). ``dp-fix-model = true`` replaces BatchNorm/LSTM/GRU/RNN for DP.
 - 1: as pinned in the brief, plus: option names reach the function with hyphens as underscores
   (``data-options.label-column`` -> ``label_column=``); a loader may also return an
   :class:`~shared_models.data.ArrayDataset` or a ``(x, y)`` tuple subclass with a ``classes`` attribute
