@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.agent.errors import AgentConfigError
-from edge.agent.protocol import MAX_TOPIC_LENGTH, BrokerAddress, is_id
+from edge.agent.protocol import FORMATS, MAX_TOPIC_LENGTH, BrokerAddress, is_id
 
-RUNTIMES = {"onnx": "onnx", "tflite": "tflite"}  # runtime name -> the model format it runs
+#: runtime name -> the model format it runs (onnxruntime runs ONNX, LiteRT runs TFLite)
+RUNTIMES = {fmt: fmt for fmt in FORMATS}
 
 
 @dataclass(frozen=True)

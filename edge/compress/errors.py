@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared_models.errors import FedgeError
+from edge.agent.errors import FedgeError
 
 
 class CompressError(FedgeError):

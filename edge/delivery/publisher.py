@@ -25,6 +25,7 @@ from edge.agent.protocol import (
     canonical_json,
     check_id,
     command_topic,
+    format_of,
     manifest_for,
     manifest_topic,
     split_chunks,
@@ -86,7 +87,7 @@ def load_artifact(path: Path, *, model_id: str | None = None, version: int | Non
     """Read a model file and its metadata. Without a version anywhere, the version is the current Unix time, which
     keeps versions increasing (devices refuse any version not newer than theirs)."""
     path = Path(path)
-    fmt = next((f for f, suffix in FORMATS.items() if path.suffix == suffix), None)
+    fmt = format_of(path)
     if fmt is None:
         raise ArtifactError(f"{path}: a model file must end in {' or '.join(FORMATS.values())}")
     try:

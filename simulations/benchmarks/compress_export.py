@@ -36,6 +36,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from edge.agent import protocol
 from edge.compress.calibration import CalibrationSet
 from edge.export.package import PackageInputs, PackageOptions, package_model, plan_steps
 from edge.export.run_source import load_run_model, run_federated_data
@@ -49,7 +50,7 @@ from simulations.benchmarks.common import Row, base_parser, write_results
 
 NAME = "compress_export"
 VARIANTS = ("fp32", "int8", "pruned", "pruned-int8", "student", "student-int8")
-FORMATS = ("onnx", "tflite")
+FORMATS = tuple(protocol.FORMATS)
 
 
 def train_central(train: ArrayDataset, *, epochs: int, seed: int, progress: Progress) -> nn.Module:
