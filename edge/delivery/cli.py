@@ -372,16 +372,14 @@ def fleet_status(
     """
     import os
 
-    from edge.agent.protocol import BrokerAddress
     from edge.delivery.collector import FleetCollector, FleetStore
-    from edge.delivery.errors import DeliveryError, as_delivery_error
+    from edge.delivery.errors import DeliveryError
 
     if broker_url is None and not db.exists():
         raise DeliveryError(f"{db} does not exist: run `fedge fleet collect` (or pass --broker to listen now)")
     store = FleetStore(db)
     if broker_url is not None:
-        with as_delivery_error():
-            address = BrokerAddress.parse(broker_url)
+        address = _broker(broker_url)
         collector = FleetCollector(
             address, store, client_id=f"fedge-status-{os.getpid()}", ca_file=ca, clean_session=True
         ).start()
@@ -419,13 +417,10 @@ def fleet_collect(
     With --metrics-port, Prometheus metrics (devices by state and version, telemetry received/lost, update
     outcomes, latency) computed from the database at each scrape.
     """
-    from edge.agent.protocol import BrokerAddress
     from edge.delivery.collector import FleetCollector, FleetStore
-    from edge.delivery.errors import as_delivery_error
     from edge.delivery.metrics import FleetMetrics, MetricsServer
 
-    with as_delivery_error():
-        address = BrokerAddress.parse(broker_url)
+    address = _broker(broker_url)
     store = FleetStore(db)
     collector = FleetCollector(address, store, client_id=client_id, ca_file=ca).start()
     metrics = None
