@@ -129,8 +129,9 @@ class DeviceAgent:
 
     @property
     def trusted(self) -> TrustedKeys:
-        """The signing keys trusted now (direct ones and the key set's, less the revoked)."""
-        return self.signers.keys
+        """The signing keys trusted now (direct ones and the key set's while it has not expired, less the
+        revoked)."""
+        return self.signers.keys_at(self.clock())
 
     def _load_keyset(self) -> None:
         """Take back the key set accepted before a restart (checked against the root again, expiry aside)."""
@@ -268,7 +269,13 @@ class DeviceAgent:
             # a cleared retained manifest: the server no longer wants this device on what it is fetching
             self._abandon_transfer()
             return
-        manifest = read_manifest(payload, trusted=self.trusted, limits=self.limits, revoked=self.signers.revoked)
+        manifest = read_manifest(
+            payload,
+            trusted=self.trusted,
+            limits=self.limits,
+            revoked=self.signers.revoked,
+            expired=self.signers.expired_keyset_signers(self.clock()),
+        )
         check_addressed(manifest, device_id=self.device_id, group=self.config.group, model_ids=self.config.model_ids)
         if self.pending and self.pending.manifest == manifest:
             return  # already fetching it

@@ -53,7 +53,13 @@ def load_public_key(pem: bytes) -> tuple[str, Ed25519PublicKey]:
 
 
 def verify_envelope(
-    payload: bytes, *, trusted: TrustedKeys, max_bytes: int, what: str, revoked: Collection[str] = ()
+    payload: bytes,
+    *,
+    trusted: TrustedKeys,
+    max_bytes: int,
+    what: str,
+    revoked: Collection[str] = (),
+    expired: Collection[str] = (),
 ) -> dict[str, Any]:
     """Check size, JSON shape and the Ed25519 signature of a signed envelope; return its ``signed`` part.
 
@@ -82,6 +88,11 @@ def verify_envelope(
     if not known:
         if any(isinstance(k, str) and k in revoked for k in keyids):
             raise RevokedSignerError(f"{what} is signed by a revoked key")
+        if any(isinstance(k, str) and k in expired for k in keyids):
+            raise ExpiredManifestError(
+                f"{what} is signed by a key that only an expired key set vouches for: publish a fresh key set "
+                "(fedge keys rotate)"
+            )
         raise UnknownSignerError(f"{what} is not signed by a trusted key")
     for sig in known:
         try:
@@ -137,11 +148,21 @@ def check_addressed(manifest: Manifest, *, device_id: str, group: str | None, mo
 
 
 def read_manifest(
-    payload: bytes, *, trusted: TrustedKeys, limits: AgentLimits, revoked: Collection[str] = ()
+    payload: bytes,
+    *,
+    trusted: TrustedKeys,
+    limits: AgentLimits,
+    revoked: Collection[str] = (),
+    expired: Collection[str] = (),
 ) -> Manifest:
     """Authenticate a manifest envelope and validate its schema (no policy checks yet)."""
     signed = verify_envelope(
-        payload, trusted=trusted, max_bytes=limits.max_manifest_bytes, what="manifest", revoked=revoked
+        payload,
+        trusted=trusted,
+        max_bytes=limits.max_manifest_bytes,
+        what="manifest",
+        revoked=revoked,
+        expired=expired,
     )
     return Manifest.from_signed(signed)
 
@@ -218,6 +239,20 @@ class TrustedSigners:
     @property
     def keyset_version(self) -> int:
         return self.keyset.version if self.keyset else 0
+
+    def keys_at(self, now: float) -> TrustedKeys:
+        """The signing keys trusted at ``now``. A key set past its expiry lends none of its keys (the direct keys
+        stay): without a fresh, root-signed set, a stolen signing key cannot stay in force by freezing the device
+        on an old set. Revoked keys stay revoked."""
+        if self.keyset is not None and now > self.keyset.expires:
+            return {k: v for k, v in self.direct.items() if k not in self.revoked}
+        return self.keys
+
+    def expired_keyset_signers(self, now: float) -> frozenset[str]:
+        """The key ids that only an expired key set vouches for (none while the set is current)."""
+        if self.keyset is None or now <= self.keyset.expires:
+            return frozenset()
+        return frozenset(self.keyset.keys) - frozenset(self.direct)
 
     def accept(self, payload: bytes, *, limits: AgentLimits, now: float | None) -> KeySet:
         """Take a new key set if it passes :func:`verify_keyset`; raise (and change nothing) otherwise."""

@@ -465,3 +465,16 @@ def test_rejects_expired_keyset(make_agent, rotation, clock):
     assert agent.signers.keyset_version == 1
     deliver(agent, signed(onnx_model(), 2, key=keys["old"]))
     assert agent.version == 2
+
+
+def test_rejects_manifest_signed_under_a_key_set_that_has_since_expired(make_agent, rotation, clock):
+    """A freeze attack on the key set: withhold fresh key sets so a (possibly stolen) signing key stays in force.
+    Once the accepted set expires, its keys sign nothing more; the root's next set restores updates."""
+    keys, keyset = rotation
+    agent = rooted_agent(make_agent, keys, keyset)  # key set v1 (old), valid for an hour
+    clock.now += 7200
+    deliver(agent, signed(onnx_model(), 2, key=keys["old"], now=clock.now))
+    assert agent.transport.outcomes()[-1]["reason"] == "expired" and agent.version == 1
+    agent.handle("fedge/v1/keys", keyset("old", version=2, now=clock.now))
+    deliver(agent, signed(onnx_model(), 3, key=keys["old"], now=clock.now))
+    assert agent.version == 3
