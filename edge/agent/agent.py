@@ -347,6 +347,11 @@ class DeviceAgent:
             name="rollback",
             revoked=self.signers.revoked,
         )
+        current = self.store.state.current
+        if current is not None and current.model_id != command.model_id:
+            raise StaleCommandError(
+                f"rollback of {command.model_id} does not apply: this device runs {current.model_id}"
+            )
         if self.version != command.from_version:
             raise StaleCommandError(
                 f"rollback from v{command.from_version} does not apply: this device runs v{self.version}"

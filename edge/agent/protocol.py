@@ -409,11 +409,13 @@ def manifest_for(
 
 @dataclass(frozen=True)
 class Command:
-    """A signed command to one device. ``rollback`` applies only while the device runs ``from_version``, so an old
-    command replayed later does nothing."""
+    """A signed command to one device. ``rollback`` applies only while the device runs ``model_id`` at
+    ``from_version`` (version floors are per model id), so an old command replayed later, or one meant for another
+    model at the same version number, does nothing."""
 
     command: str
     device_id: str
+    model_id: str
     from_version: int
     issued: int
     expires: int
@@ -425,6 +427,7 @@ class Command:
             "spec_version": PROTOCOL_VERSION,
             "command": self.command,
             "device_id": self.device_id,
+            "model_id": self.model_id,
             "from_version": self.from_version,
             "issued": self.issued,
             "expires": self.expires,
@@ -443,6 +446,7 @@ class Command:
         return cls(
             command=command,
             device_id=check_id("device id", d.get("device_id")),
+            model_id=check_id("model id", d.get("model_id")),
             from_version=_nonneg_int(d, "from_version", what),
             issued=_nonneg_int(d, "issued", what),
             expires=_nonneg_int(d, "expires", what),

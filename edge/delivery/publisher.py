@@ -208,14 +208,15 @@ class ModelPublisher:
     def unassign(self, device_ids: list[str]) -> None:
         self.client.publish_all([(manifest_topic(d), b"", True) for d in device_ids], self.timeout)
 
-    def rollback(self, device_ids: list[str], *, from_version: int, reason: str) -> None:
-        """Tell devices running ``from_version`` to go back to their previous model (a signed, non-retained command;
-        their retained manifest is cleared first, so a reconnection does not bring the version back)."""
+    def rollback(self, device_ids: list[str], *, model_id: str, from_version: int, reason: str) -> None:
+        """Tell devices running ``model_id`` at ``from_version`` to go back to their previous model (a signed,
+        non-retained command; their retained manifest is cleared first, so a reconnection does not bring the version
+        back)."""
         now = int(time.time())
         self.unassign(device_ids)
         messages = []
         for d in device_ids:
-            command = Command("rollback", d, from_version, now, now + COMMAND_EXPIRES_S, reason)
+            command = Command("rollback", d, model_id, from_version, now, now + COMMAND_EXPIRES_S, reason)
             payload = _envelope(self.key, command.to_signed())
             messages.append((command_topic(d, "rollback"), payload, False))
         self.client.publish_all(messages, self.timeout)

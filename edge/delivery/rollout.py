@@ -282,7 +282,9 @@ class StagedRollout:
             if not verdict.healthy:
                 self.progress(f"canaries unhealthy ({verdict.reason}): rolling back")
                 since = time.time()
-                self.publisher.rollback(canaries, from_version=self.version, reason=verdict.reason[:200])
+                self.publisher.rollback(
+                    canaries, model_id=self.model_id, from_version=self.version, reason=verdict.reason[:200]
+                )
                 self.collector.wait_until(
                     lambda s: all(
                         any(e["outcome"] == "rolled-back" for e in s.events(d, since=since)) for d in canaries

@@ -230,7 +230,7 @@ def deliver(agent: DeviceAgent, model: SignedModel, *, chunks: list[tuple[str, b
         agent.handle(topic, payload)
 
 
-def rollback_command(device_id: str, from_version: int, *, now: float | None = None) -> bytes:
+def rollback_command(device_id: str, from_version: int, *, now: float | None = None, model_id: str = "digits") -> bytes:
     now = int(now or time.time())
-    command = Command("rollback", device_id, from_version, now, now + 600, "canary unhealthy")
+    command = Command("rollback", device_id, model_id, from_version, now, now + 600, "canary unhealthy")
     return json.dumps(signing_key().sign(command.to_signed())).encode()

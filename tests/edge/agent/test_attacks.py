@@ -478,3 +478,16 @@ def test_rejects_manifest_signed_under_a_key_set_that_has_since_expired(make_age
     agent.handle("fedge/v1/keys", keyset("old", version=2, now=clock.now))
     deliver(agent, signed(onnx_model(), 3, key=keys["old"], now=clock.now))
     assert agent.version == 3
+
+
+def test_rejects_rollback_command_for_another_model_at_the_same_version(running_v1):
+    """Versions count per model id: a signed rollback meant for another model at v2 must not roll this one back."""
+    deliver(running_v1, signed(onnx_model(), 2))
+    running_v1.handle("fedge/v1/devices/dev-1/cmd/rollback", rollback_command("dev-1", 2, model_id="other-model"))
+    last = running_v1.transport.outcomes()[-1]
+    assert (last["outcome"], last["reason"]) == ("rejected", "stale-command"), last
+    assert running_v1.version == 2 and running_v1.runner is not None
+    running_v1.handle("fedge/v1/devices/dev-1/cmd/rollback", rollback_command("dev-1", 2))  # its own: applies
+    assert running_v1.version == 1
+    deliver(running_v1, signed(onnx_model(), 3))
+    assert running_v1.version == 3
