@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -161,9 +163,21 @@ def train_locally(
             # in the global model's order: Opacus's DP recurrent layers keep torch's names but not their order
             "arrays": ArrayRecord({key: trained[key] for key in arrays.keys()}),
             "metrics": MetricRecord(metrics),
-            "client": ConfigRecord({**config.identity, "device": str(config.device), **dp_details}),
+            "client": ConfigRecord(
+                {**config.identity, "device": str(config.device), "trained-on": trained_on(), **dp_details}
+            ),
         }
     )
+
+
+def trained_on() -> str:
+    """Where this reply was computed: the Ray node's id inside a simulation (Flower runs ClientApps in Ray actors,
+    possibly on several machines of a cluster), else this machine's host name. The server counts replies per place
+    in the run record (``trained-on``)."""
+    ray = sys.modules.get("ray")  # imported by Flower's Ray backend in its actors; never imported here
+    if ray is not None and ray.is_initialized():
+        return f"ray-node:{ray.get_runtime_context().get_node_id()}"
+    return f"host:{socket.gethostname()}"
 
 
 def _reply(msg: Message, work: Callable[[], RecordDict]) -> Message:

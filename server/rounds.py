@@ -82,6 +82,9 @@ class RoundOutcome:
     seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
     """Why each failed node failed (node id -> the reason in its error reply)."""
+    trained_on: dict[str, int] = field(default_factory=dict)
+    """How many trained replies came from each place (a Ray node in a simulation, a host on real nodes), as the
+    clients report it (``trained-on`` in their ``client`` record)."""
 
 
 class _CountStreamedReplies(logging.Filter):
@@ -109,6 +112,11 @@ def _client_id(msg: Message) -> str:
             if record is not None and key in record:
                 return str(record[key])
     return str(msg.metadata.src_node_id)
+
+
+def _trained_on(msg: Message) -> str:
+    record = msg.content.config_records.get("client")
+    return str(record["trained-on"]) if record is not None and "trained-on" in record else "unknown"
 
 
 class RoundLoop:
@@ -217,6 +225,8 @@ class RoundLoop:
                 continue
             self.ledger.record_training(client_id, server_round, metrics.get("epsilon"))
             outcome.replied += 1
+            place = _trained_on(reply)
+            outcome.trained_on[place] = outcome.trained_on.get(place, 0) + 1
             if mean is not None:
                 mean.add(next(iter(content.array_records.values())), metrics)
             else:

@@ -157,6 +157,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             "clients-failed": outcome.failed,
             "clients-timed-out": outcome.timed_out,
             "failures": outcome.failures,
+            "trained-on": outcome.trained_on,
             "epsilon-max": ledger.max_epsilon if config.dp else None,
             "epsilon-mean": ledger.mean_epsilon if config.dp else None,
             "seconds": outcome.seconds,

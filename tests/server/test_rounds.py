@@ -221,3 +221,23 @@ def test_flowers_log_counts_every_streamed_reply_not_the_one_mean():
     assert (outcome.replied, outcome.failed) == (3, 1)
     assert "aggregate_train: Received 3 results and 1 failures" in lines, lines
     assert not flower_log.filters  # the count applies to that one call only
+
+
+def test_the_round_counts_trained_replies_by_the_place_each_client_reports():
+    def behaviour(node, msg):
+        content = _content(1.0, 10, pid=node)
+        if node != 4:  # an older client without the field is counted as unknown, not dropped
+            content["client"]["trained-on"] = "ray-node:a" if node % 2 else "ray-node:b"
+        return content
+
+    grid = ScriptedGrid([1, 2, 3, 4], behaviour)
+    loop = RoundLoop(
+        strategy=FedAvg(fraction_evaluate=0.0, min_available_nodes=4),
+        grid=grid,
+        ledger=PrivacyLedger(3, 1e-5),
+        stream=True,
+    )
+    start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
+    outcome = loop.train_round(1, start, ConfigRecord())
+    assert outcome.replied == 4
+    assert outcome.trained_on == {"ray-node:a": 2, "ray-node:b": 1, "unknown": 1}
