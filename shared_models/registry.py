@@ -313,8 +313,18 @@ class ModelConfig:
             "model-options": dict(self.options),
             "project-dir": str(Path(self.project_dir).expanduser().resolve()) if self.project_dir else "",
             "dp-fix-model": self.fix_for_dp,
-            **({"dp-replaced-layers": getattr(model, FIXED_LAYERS_ATTRIBUTE, [])} if model is not None else {}),
+            **({"dp-replaced-layers": self.replaced_layers(model)} if model is not None else {}),
         }
+
+    def replaced_layers(self, model: nn.Module) -> list[str]:
+        """Every layer replaced for DP: BatchNorm here (in every copy of the model), recurrent layers on the
+        clients (Opacus's DP versions with the same weights; the global model keeps torch's)."""
+        recurrent = [
+            f"{name}: {type(m).__name__} -> DP{type(m).__name__} on the clients (weights kept)"
+            for name, m in model.named_modules()
+            if type(m) in (nn.LSTM, nn.GRU, nn.RNN)
+        ]
+        return [*getattr(model, FIXED_LAYERS_ATTRIBUTE, []), *(recurrent if self.fix_for_dp else [])]
 
 
 #: The attribute :func:`replace_batchnorm` leaves on a model: the layers it replaced, as readable lines.

@@ -282,8 +282,9 @@ def resolve_paths(experiment: Experiment) -> None:
             cfg[key] = ",".join(resolved)
 
 
-def validate(experiment: Experiment) -> None:
-    """Fail fast, with the fix in the message, on anything that would fail inside the simulation."""
+def validate(experiment: Experiment) -> list[str]:
+    """Fail fast, with the fix in the message, on anything that would fail inside the simulation; the layers that
+    will be replaced for DP-SGD (``dp-fix-model``), one line each."""
     cfg = experiment.run_config
     if experiment.num_supernodes < 1:
         raise ExperimentError(f"the number of clients must be at least 1, got {experiment.num_supernodes}")
@@ -319,8 +320,13 @@ def validate(experiment: Experiment) -> None:
     model = server.model_config.build(test.input_shape, test.num_classes)
     where = data.loader.import_path
     check_data_fits(test, test.input_shape, where=where)
+    replaced = server.model_config.replaced_layers(model)
     if server.dp:
-        check_private(model, fix=bool(cfg["dp-fix-model"]), requested_mode=str(cfg["dp-mode"]))
+        prepared = check_private(model, fix=bool(cfg["dp-fix-model"]), requested_mode=str(cfg["dp-mode"]))
+        replaced += [
+            line for line in prepared.replaced if not any(line.split(":")[0] == r.split(":")[0] for r in replaced)
+        ]
+    return replaced
 
 
 def check_private(model: Any, *, fix: bool, requested_mode: str) -> Any:

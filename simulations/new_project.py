@@ -79,7 +79,7 @@ def _write_table(data: Path) -> None:
     (data / "feature-stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
 
 
-def _write_sensors(data: Path, *, windows: int = 480, steps: int = 32, seed: int = 0) -> None:
+def _write_sensors(data: Path, *, windows: int = 960, steps: int = 32, seed: int = 0) -> None:
     """A synthetic 3-axis motion sensor: four activities (rest, walk, run, shake) as windows (N, 3, steps)."""
     rng = np.random.default_rng(seed)
     t = np.arange(steps) / 10.0  # 10 Hz
@@ -90,7 +90,8 @@ def _write_sensors(data: Path, *, windows: int = 480, steps: int = 32, seed: int
     for i, label in enumerate(y):
         phase = rng.uniform(0, 2 * np.pi, size=3)
         wave = amplitude[label] * np.sin(2 * np.pi * frequency[label] * t[None, :] + phase[:, None])
-        x[i] = wave + rng.normal(scale=0.15, size=(3, steps)) + np.array([[0.0], [0.0], [1.0]])  # gravity on z
+        tilt = np.array([[0.0], [0.3 * label], [1.0]])  # gravity on z; each activity holds the watch its own way
+        x[i] = wave + rng.normal(scale=0.15, size=(3, steps)) + tilt
     data.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(data / "sensors.npz", x=x, y=y.astype(np.int64))
 
@@ -128,7 +129,7 @@ TEMPLATES = {
                 "num-server-rounds": 3,
                 "local-epochs": 2,
                 "batch-size": 32,
-                "learning-rate": 0.5,
+                "learning-rate": 1.0,
             },
             {"channels": 16},
             {},

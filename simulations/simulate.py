@@ -46,7 +46,9 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> dict[str
     cfg = experiment.run_config
     new_run_id(experiment)
     export_project_path(str(cfg["project-dir"]))  # before Ray starts: its workers inherit the path
-    validate(experiment)
+    replaced = validate(experiment)
+    if replaced:
+        logging.getLogger("fedge").warning("replaced for DP-SGD (dp-fix-model): %s", "; ".join(replaced))
     if cfg["max-in-flight"] == 0 and not experiment.ray_address:
         # Feed the simulation engine a few messages per Ray actor at a time instead of all at once: its search
         # for each node's next message scans every stored message (see server/rounds.py).

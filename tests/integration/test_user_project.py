@@ -51,7 +51,7 @@ def test_new_project_trains_with_dp_packages_and_runs_on_the_agent(tmp_path: Pat
     project = tmp_path / f"proj-{template}"
     made = _fedge("new", str(project), "--template", template, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
-    simulated = _fedge("simulate", "-r", "2", "-n", "2", "--set", "local-epochs=1", cwd=project)
+    simulated = _fedge("simulate", "-r", "2", "-n", "2", cwd=project)
     assert simulated.returncode == 0, simulated.stdout + simulated.stderr
     runs = sorted((project / "runs").iterdir())
     assert len(runs) == 1

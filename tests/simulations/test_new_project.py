@@ -134,3 +134,25 @@ def test_unknown_config_key_on_the_command_line_is_exit_code_2(tmp_path: Path):
     result = _fedge("simulate", "--set", "target-epsilom=2", cwd=ROOT)
     assert result.returncode == 2
     assert "did you mean 'target-epsilon'" in " ".join((result.stdout + result.stderr).split())
+
+
+def test_batchnorm_model_refused_before_the_run_then_fixed_naming_the_layers(tmp_path: Path):
+    package = tmp_path / "bnproj"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "task.py").write_text(
+        "from torch import nn\n\ndef build_model(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),\n"
+        "                         nn.Linear(8 * 64, num_classes))\n"
+    )
+    path = tmp_path / "bn.toml"
+    path.write_text(
+        f'num-supernodes = 2\n[run-config]\nmodel = "bnproj.task:build_model"\nproject-dir = "{tmp_path}"\n'
+    )
+    experiment = load_experiment(str(path))
+    resolve_paths(experiment)
+    new_run_id(experiment)
+    with pytest.raises(ExperimentError, match=r"1 \(BatchNorm2d.*dp-fix-model = true"):
+        validate(experiment)
+    experiment.run_config["dp-fix-model"] = True
+    assert validate(experiment) == ["1: BatchNorm2d(8) -> GroupNorm(8 groups, 8 channels)"]
