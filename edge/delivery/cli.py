@@ -357,7 +357,9 @@ def fleet_table(rows: list[dict[str, Any]], *, now: float | None = None, title: 
 
 @fleet_app.command("status")
 def fleet_status(
-    db: Annotated[Path, typer.Option(help="The fleet database (SQLite) a collector writes.")] = Path("fleet.db"),
+    db: Annotated[
+        str, typer.Option(help="The fleet database a collector writes: a SQLite file or a postgresql:// URL.")
+    ] = "fleet.db",
     broker_url: Annotated[
         str | None,
         typer.Option("--broker", help="Listen to this broker for --listen seconds first (the server user's URL)."),
@@ -372,12 +374,13 @@ def fleet_status(
     """
     import os
 
-    from edge.delivery.collector import FleetCollector, FleetStore
+    from edge.delivery.collector import FleetCollector, open_fleet_store
     from edge.delivery.errors import DeliveryError
+    from edge.delivery.postgres_store import is_postgres_url
 
-    if broker_url is None and not db.exists():
+    if broker_url is None and not is_postgres_url(db) and not Path(db).exists():
         raise DeliveryError(f"{db} does not exist: run `fedge fleet collect` (or pass --broker to listen now)")
-    store = FleetStore(db)
+    store = open_fleet_store(db)
     if broker_url is not None:
         address = _broker(broker_url)
         collector = FleetCollector(
@@ -388,7 +391,7 @@ def fleet_status(
         finally:
             collector.stop()
     console = Console()
-    console.print(fleet_table(store.devices(), title=f"fleet ({db})"))
+    console.print(fleet_table(store.devices(), title=f"fleet ({store.path})"))
     seq = store.sequence_report()
     console.print(
         f"telemetry: {seq['received']} received, {seq['lost']} lost (gaps in sequence numbers), "
@@ -400,10 +403,27 @@ def fleet_status(
 @fleet_app.command("collect")
 def fleet_collect(
     broker_url: Annotated[str, typer.Option("--broker", help="The broker (the server user's URL for Mosquitto).")],
-    db: Annotated[Path, typer.Option(help="The fleet database (SQLite) to write.")] = Path("fleet.db"),
+    db: Annotated[
+        str,
+        typer.Option(
+            help="The fleet database to write: a SQLite file (one collector), or a postgresql://USER:PASSWORD@HOST/DB "
+            "URL that every collector of a --group writes."
+        ),
+    ] = "fleet.db",
     client_id: Annotated[
-        str, typer.Option(help="MQTT client id: a persistent session keeps what arrives while it is away.")
-    ] = "fedge-collector",
+        str | None,
+        typer.Option(
+            help="MQTT client id: a persistent session keeps what arrives while it is away. In a --group, one per "
+            "collector, the same across its restarts. [default: fedge-collector, or fedge-collector-GROUP-HOST]"
+        ),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Collect as one member of this group: telemetry and events are shared among the members (an MQTT "
+            "shared subscription), every member gets the states. Needs a postgresql:// --db."
+        ),
+    ] = None,
     ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
     metrics_port: Annotated[
         int | None,
@@ -411,21 +431,22 @@ def fleet_collect(
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address the metrics endpoint listens on.")] = "127.0.0.1",
 ) -> None:
-    """Keep every state, telemetry and update message of the fleet in SQLite until Ctrl-C.
+    """Keep every state, telemetry and update message of the fleet in SQLite (or PostgreSQL) until Ctrl-C.
 
     QoS 1 with a persistent session: what the devices send while the collector is down arrives when it is back.
+    With --group and a postgresql:// --db, several collectors share the fleet's messages, each stored once.
     With --metrics-port, Prometheus metrics (devices by state and version, telemetry received/lost, update
     outcomes, latency) computed from the database at each scrape.
     """
-    from edge.delivery.collector import FleetCollector, FleetStore
+    from edge.delivery.collector import collector_for
     from edge.delivery.metrics import FleetMetrics, MetricsServer
 
-    address = _broker(broker_url)
-    store = FleetStore(db)
-    collector = FleetCollector(address, store, client_id=client_id, ca_file=ca).start()
+    collector = collector_for(_broker(broker_url), db, group=group or "", client_id=client_id, ca_file=ca).start()
+    store = collector.store
     metrics = None
     try:
-        Console().print(f"collecting into {db}; Ctrl-C stops")
+        member = f" as {collector.client_id}, one of group {group}" if group else ""
+        Console().print(f"collecting into {store.path}{member}; Ctrl-C stops")
         if metrics_port is not None:
             metrics = MetricsServer(FleetMetrics(store), port=metrics_port, host=metrics_host)
             Console().print(f"Prometheus metrics: {metrics.url}")

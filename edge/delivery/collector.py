@@ -4,6 +4,11 @@
 :class:`FleetCollector` subscribes to the fleet's topics with a persistent session and writes what arrives.
 Telemetry is keyed by (device, session, seq): a QoS 1 duplicate is stored once, and the gaps in each session's
 sequence numbers are the messages lost on the way.
+
+A fleet that outgrows one collector runs several as a group (``group``): telemetry and events come through an MQTT
+shared subscription (``$share/GROUP/...``: the broker hands each message to one member), states to every member
+(retained states are what a new member learns the fleet from), and all of them write one PostgreSQL database
+(:class:`edge.delivery.postgres_store.PostgresFleetStore`; :func:`open_fleet_store` picks the store by URL).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import socket
 import sqlite3
 import threading
 import time
@@ -21,13 +27,16 @@ from typing import Any
 from edge.agent.errors import AgentError
 from edge.agent.protocol import (
     FLEET_FILTERS,
+    TOPIC_ROOT,
     BrokerAddress,
     Telemetry,
+    check_id,
     parse_device_message,
     parse_telemetry,
     parse_topic,
 )
 from edge.delivery.client import ServerClient
+from edge.delivery.errors import DeliveryError
 
 _log = logging.getLogger("fedge.collector")
 
@@ -46,6 +55,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT, ts REAL, received REAL, outcome TEXT, reason TEXT,
     detail TEXT, model_id TEXT, version INTEGER, running_version INTEGER
 );
+CREATE INDEX IF NOT EXISTS events_received ON events (received);
 CREATE TABLE IF NOT EXISTS malformed (received REAL, topic TEXT, reason TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
 """
@@ -251,6 +261,12 @@ class FleetStore:
     def device(self, device_id: str) -> dict[str, Any] | None:
         return next((d for d in self.devices() if d["device_id"] == device_id), None)
 
+    def device_states(self) -> dict[str, dict[str, Any]]:
+        """Every device's state, runtime, model and version by id: one pass over ``devices``, no telemetry (what
+        a rollout polls: :meth:`devices` joins each device's latest telemetry, too slow to ask per device)."""
+        rows = self._query("SELECT device_id, state, runtime, model_id, version FROM devices")
+        return {r["device_id"]: dict(r) for r in rows}
+
     def events(self, device_id: str | None = None, *, since: float = 0.0) -> list[dict[str, Any]]:
         if device_id is None:
             rows = self._query("SELECT * FROM events WHERE received >= ? ORDER BY id", (since,))
@@ -278,6 +294,15 @@ class FleetStore:
             (device_id, version, since),
         )
         return int(row[0])
+
+    def report_counts(self, device_ids: list[str], version: int, since: float) -> dict[str, int]:
+        """Telemetry messages on ``version`` received at or after ``since``, per device (one query for all)."""
+        wanted = set(device_ids)
+        rows = self._query(
+            "SELECT device_id, count(*) FROM telemetry WHERE version = ? AND received >= ? GROUP BY device_id",
+            (version, since),
+        )
+        return {d: int(n) for d, n in rows if d in wanted}
 
     def sequence_report(self) -> dict[str, int]:
         """Telemetry received, lost (gaps in sequence numbers, per device and session) and duplicates dropped."""
@@ -309,12 +334,63 @@ class FleetStore:
         return [dict(r) for r in rows]
 
 
+def open_fleet_store(db: Path | str, *, read_only: bool = False) -> Any:
+    """The fleet store ``db`` names: a ``postgresql://`` URL (several collectors, one database), else a SQLite
+    file (:class:`FleetStore`, the default for one collector)."""
+    from edge.delivery.postgres_store import PostgresFleetStore, is_postgres_url
+
+    if is_postgres_url(db):
+        return PostgresFleetStore(str(db), read_only=read_only)
+    return FleetStore(db, read_only=read_only)
+
+
+def fleet_subscriptions(group: str = "") -> tuple[str, ...]:
+    """What a collector subscribes to. In a ``group``, telemetry and events go through a shared subscription (each
+    message to one member of the group) and states to every member: a retained state is the only way a collector
+    that starts later learns about a device, and writing a state twice is harmless (the newer one stays)."""
+    if not group:
+        return FLEET_FILTERS
+    check_id("collector group", group)
+    state = f"{TOPIC_ROOT}/devices/+/state"
+    return tuple(f if f == state else f"$share/{group}/{f}" for f in FLEET_FILTERS)
+
+
+def collector_for(
+    broker: BrokerAddress,
+    db: Path | str,
+    *,
+    group: str = "",
+    client_id: str | None = None,
+    ca_file: Path | None = None,
+) -> FleetCollector:
+    """``fedge fleet collect``: a collector (not started) writing to the store ``db`` names; with ``group``, one
+    member of that group, which needs a PostgreSQL store (every member writes the same database)."""
+    from edge.delivery.postgres_store import is_postgres_url
+
+    if group:
+        check_id("collector group", group)
+        if not is_postgres_url(db):
+            raise DeliveryError(
+                f"--group {group} needs a database every collector of the group writes: pass "
+                "--db postgresql://USER:PASSWORD@HOST/DB (SQLite is for one collector)"
+            )
+    if client_id is None:
+        client_id = f"fedge-collector-{group}-{socket.gethostname()}" if group else "fedge-collector"
+    return FleetCollector(broker, open_fleet_store(db), client_id=client_id, ca_file=ca_file, group=group)
+
+
 class FleetCollector:
     """Subscribes to every device's state, telemetry and events and writes them to a :class:`FleetStore`.
 
     Messages are written in batches (one SQLite transaction each) by a writer thread, and acknowledged to the broker
     only once written (paho's manual acks): a collector that dies between receiving and writing gets the message
     again from its persistent session, never loses it. A QoS 1 redelivery stored twice is dropped by the database.
+
+    With ``group``, this collector is one member of a group sharing the fleet's telemetry and events (see
+    :func:`fleet_subscriptions`); the members write one :class:`~edge.delivery.postgres_store.PostgresFleetStore`
+    and each needs its own, stable ``client_id``. Mosquitto keeps handing a member its share while that member is
+    away (queued in its persistent session, with what it had not acknowledged): a member that dies gets its share
+    when it comes back with the same client id, so restart it rather than start a new one under another id.
     """
 
     def __init__(
@@ -326,15 +402,18 @@ class FleetCollector:
         ca_file: Path | None = None,
         clean_session: bool = False,
         max_batch: int = 2000,
+        group: str = "",
     ) -> None:
         self.store = store
+        self.group = group
+        self.client_id = client_id
         self.received = 0
         self.write_errors = 0
         self.max_batch = max_batch
         self.client = ServerClient(
             client_id,
             broker,
-            subscriptions=FLEET_FILTERS,
+            subscriptions=fleet_subscriptions(group),
             ca_file=ca_file,
             clean_session=clean_session,
             buffered_reads=True,

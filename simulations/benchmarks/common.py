@@ -132,3 +132,82 @@ def loopback_broker(kind: str, work: Path, devices: list[str]) -> tuple[Any, Any
         server = broker.address()
     (work / "credentials.json").write_text(json.dumps(urls))
     return broker, server
+
+
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server programs (``apt-get install postgresql``: /usr/lib/postgresql/VERSION/bin), the
+    newest version first; ``None`` when none is installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]), reverse=True)
+    return found[0].parent if found else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a loopback port in a temporary directory (``initdb`` + ``pg_ctl``), for
+    tests and benchmarks: trust authentication for loopback only, fsync off (nothing here must survive a crash of
+    the machine; every commit still goes through the server). Run as root, the server runs as the ``postgres``
+    user (``initdb`` refuses root).
+
+        with PostgresServer() as pg:
+            url = pg.create_database("fleet")
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        import getpass
+        import tempfile
+
+        self.bin = postgres_bin()
+        if self.bin is None:
+            raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="fedge-pg-")
+        self.directory = Path(directory or self._tmp.name)
+        self.data = self.directory / "data"
+        self.port = 0
+        self.user = "postgres" if os.geteuid() == 0 else getpass.getuser()
+
+    def _run(self, *args: str, check: bool = True) -> Any:
+        import subprocess
+
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> PostgresServer:
+        import shutil
+
+        from edge.delivery.brokers import free_port
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self.port = free_port()
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.directory} -c fsync=off -c max_connections=200"
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.directory / "server.log"), "-o", options, "-w", "start"
+        )
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (dropped first if it exists) and return its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            db.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.port and self.data.exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,254 @@
+"""A fleet that outgrows one collector: collectors as a group on an MQTT shared subscription (real Mosquitto), writing
+to one PostgreSQL database (a real server, started by the ``postgres_server`` fixture); and the store interface both
+stores (SQLite, PostgreSQL) answer the same way. No assertion on wall-clock time; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from edge.agent.link import make_client
+from edge.agent.protocol import events_topic, state_message, state_topic, telemetry_topic
+from edge.delivery.brokers import free_port
+from edge.delivery.collector import FleetStore, collector_for, open_fleet_store
+from edge.delivery.mosquitto import SERVER_USER, MosquittoProcess, write_mosquitto_files
+from edge.delivery.postgres_store import PostgresFleetStore
+from simulations.benchmarks.mqtt_telemetry import telemetry_payload
+from tests.integration.test_edge_delivery import needs_mosquitto, wait_for
+
+pytestmark = pytest.mark.integration
+
+DEVICES = [f"dev-{i}" for i in range(4)]
+
+
+def state(device: str, name: str = "ready", *, version: int = 1, ts: float | None = None) -> bytes:
+    msg = state_message(
+        device_id=device,
+        state=name,
+        runtime="onnx",
+        session="bench",
+        ts=time.time() if ts is None else ts,
+        model_id="m",
+        version=version,
+    )
+    return json.dumps(msg).encode()
+
+
+def event(device: str, outcome: str = "applied", version: int = 2) -> bytes:
+    return json.dumps({"type": "update", "device_id": device, "outcome": outcome, "version": version}).encode()
+
+
+# ------------------------------------------------------------------------------------------ the store interface
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = FleetStore(tmp_path / "fleet.db")
+    else:
+        s = open_fleet_store(request.getfixturevalue("postgres_url"))
+        assert isinstance(s, PostgresFleetStore)
+    yield s
+    s.close()
+
+
+def test_store_interface_counts_duplicates_gaps_and_malformed(store):
+    now = time.time()
+    messages = [(state_topic("dev-0"), state(device="dev-0", version=1), now)]
+    messages += [(telemetry_topic("dev-0"), telemetry_payload("dev-0", seq), now + seq) for seq in (1, 2, 3, 5, 6)]
+    messages += [(telemetry_topic("dev-1"), telemetry_payload("dev-1", 1), now)]
+    messages += [(events_topic("dev-0"), event("dev-0"), now + 7)]
+    messages += [("fedge/v1/devices/dev-0/nonsense", b"{}", now), (telemetry_topic("dev-1"), b"not json", now)]
+    kinds = store.record_many(messages)
+    assert kinds == ["state", *["telemetry"] * 6, "events", None, None]
+    # a QoS 1 redelivery (or another collector's copy) is counted, not stored again
+    assert store.record_many([(telemetry_topic("dev-0"), telemetry_payload("dev-0", 2), now + 9)]) == ["telemetry"]
+    assert store.sequence_report() == {"received": 6, "lost": 1, "duplicates": 1}
+    assert [d["device_id"] for d in store.devices()] == ["dev-0", "dev-1"]
+    states = store.device_states()
+    assert states["dev-0"]["version"] == 1 and states["dev-0"]["state"] == "ready"
+    assert states["dev-1"]["state"] is None  # telemetry only: seen, no state yet
+    assert store.report_counts(["dev-0", "dev-1"], 2, now + 2) == {"dev-0": 4}
+    assert store.reports_since("dev-0", 2, now + 2) == 4
+    stats = store.version_stats(["dev-0"], 2)
+    assert (stats.reports, stats.inferences, stats.correct) == (5, 160, 155)
+    assert [(e["device_id"], e["outcome"]) for e in store.events(since=now)] == [("dev-0", "applied")]
+    assert store.events("dev-1") == []
+    assert len(store.malformed()) == 2
+    assert len(store.telemetry(since=now, limit=3)) == 3
+    assert store.event_counts() == [{"outcome": "applied", "reason": "", "n": 1}]
+
+
+def test_postgres_keeps_the_newer_state_whichever_collector_writes_last(postgres_url):
+    a, b = open_fleet_store(postgres_url), open_fleet_store(postgres_url)
+    try:
+        now = time.time()
+        a.record(state_topic("dev-0"), state("dev-0", "ready", version=2, ts=now + 1))
+        b.record(state_topic("dev-0"), state("dev-0", "updating", version=1, ts=now))  # a lagging collector
+        assert a.device_states()["dev-0"]["version"] == 2
+        lost = json.dumps({"type": "state", "device_id": "dev-0", "state": "lost", "session": "bench"}).encode()
+        b.record(state_topic("dev-0"), lost, now + 2)  # the last will: no ts, no model; the model is kept
+        assert (a.device("dev-0")["state"], a.device("dev-0")["version"]) == ("lost", 2)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_read_only_postgres_store_refuses_writes(postgres_url):
+    from edge.delivery.errors import DeliveryError
+
+    open_fleet_store(postgres_url).close()  # the collector creates the tables
+    reader = open_fleet_store(postgres_url, read_only=True)
+    try:
+        assert reader.devices() == []
+        with pytest.raises(DeliveryError, match="read-only"):
+            reader.record(state_topic("dev-0"), state("dev-0"))
+    finally:
+        reader.close()
+
+
+# ------------------------------------------------------------------------------ collectors as a group on Mosquitto
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    setup = write_mosquitto_files(tmp_path / "mosquitto", port=free_port(), devices=DEVICES)
+    broker = MosquittoProcess(setup).start()
+    yield broker
+    broker.stop()
+
+
+class Devices:
+    """One paho connection per device (logged in as that device); publishes at QoS 1 and counts the PUBACKs."""
+
+    def __init__(self, broker: MosquittoProcess) -> None:
+        self.clients = {}
+        self.acked = 0
+        self._lock = threading.Lock()
+        for d in DEVICES:
+            address = broker.setup.address(d)
+            client = make_client(d, address, clean_session=True, max_inflight=100)
+            client.on_publish = self._on_publish
+            client.connect(address.host, address.port)
+            client.loop_start()
+            self.clients[d] = client
+        assert wait_for(lambda: all(c.is_connected() for c in self.clients.values()), 20)
+
+    def _on_publish(self, *args) -> None:
+        with self._lock:
+            self.acked += 1
+
+    def publish(self, device: str, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.clients[device].publish(topic, payload, qos=1, retain=retain)
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.disconnect()
+            c.loop_stop()
+
+
+@needs_mosquitto
+def test_two_collectors_in_a_group_store_every_message_once_and_count_gaps(mosquitto, postgres_url):
+    devices = Devices(mosquitto)
+    for d in DEVICES:  # retained states: every member of the group gets them (how a new member learns the fleet)
+        devices.publish(d, state_topic(d), state(d), retain=True)
+    assert wait_for(lambda: devices.acked == len(DEVICES))
+    server = mosquitto.setup.address(SERVER_USER)
+    members = [collector_for(server, postgres_url, group="fleet", client_id=f"collector-{i}") for i in "ab"]
+    try:
+        for c in members:
+            c.start()
+        # both subscribed: each got every retained state (the same on_connect subscribes to the shared topics)
+        assert all(wait_for(lambda c=c: c.received >= len(DEVICES), 20) for c in members)
+        skipped = 7  # one sequence number per device never sent: a gap the store must count as lost
+        sent = 0
+        for seq in range(1, 301):
+            for d in DEVICES:
+                if seq != skipped:
+                    devices.publish(d, telemetry_topic(d), telemetry_payload(d, seq))
+                    sent += 1
+        for d in DEVICES:
+            devices.publish(d, events_topic(d), event(d))
+        store = members[0].store
+        assert wait_for(lambda: store.sequence_report()["received"] >= sent, 60)
+        assert wait_for(lambda: len(store.events()) >= len(DEVICES), 20)
+        report = store.sequence_report()
+        assert report["received"] == sent
+        assert report["lost"] == len(DEVICES)
+        shares = [c.received - len(DEVICES) for c in members]
+        assert all(share > 0 for share in shares), shares  # the broker shared the stream between them
+        assert sum(shares) >= sent + len(DEVICES)  # each message to one member (plus any redelivery)
+        assert len(store.events()) == len(DEVICES)
+        assert {d["device_id"]: d["state"] for d in store.devices()} == dict.fromkeys(DEVICES, "ready")
+    finally:
+        for c in members:
+            c.stop()
+            c.store.close()
+        devices.close()
+
+
+def _collect(server_url: str, db: str, client_id: str) -> subprocess.Popen:
+    """``fedge fleet collect --group fleet`` as its own process; returns once it is connected."""
+    cmd = [sys.executable, "-m", "simulations.cli", "fleet", "collect", "--broker", server_url, "--db", db]
+    cmd += ["--group", "fleet", "--client-id", client_id]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    line = proc.stdout.readline()
+    if "collecting into" not in line or client_id not in line:
+        proc.kill()
+        raise AssertionError(f"the collector did not start: {line}{proc.stdout.read()}")
+    return proc
+
+
+@needs_mosquitto
+def test_a_collector_killed_mid_stream_loses_nothing_acknowledged(mosquitto, postgres_url):
+    """SIGKILL one of two collectors while the devices stream: what the broker acknowledged to the devices and had
+    handed (or would hand) to the dead member waits in its persistent session, and arrives, each message stored
+    once, when the member comes back under the same client id."""
+    devices = Devices(mosquitto)
+    server = mosquitto.setup.address(SERVER_USER).url(with_password=True)
+    procs = [_collect(server, postgres_url, "collector-a"), _collect(server, postgres_url, "collector-b")]
+    reader = open_fleet_store(postgres_url, read_only=True)
+    try:
+        total = 400 * len(DEVICES)
+
+        def stream() -> None:
+            for seq in range(1, 401):
+                for d in DEVICES:
+                    devices.publish(d, telemetry_topic(d), telemetry_payload(d, seq))
+                time.sleep(0.002)
+
+        sender = threading.Thread(target=stream)
+        sender.start()
+        assert wait_for(lambda: reader.sequence_report()["received"] >= total // 4, 60)
+        procs[1].send_signal(signal.SIGKILL)  # mid-stream, without a word to the broker
+        procs[1].wait(10)
+        sender.join(120)
+        assert wait_for(lambda: devices.acked == total, 60)  # the broker acknowledged every message
+        # the dead member's share waits for it: not stored while it is away
+        assert reader.sequence_report()["received"] < total
+        procs[1] = _collect(server, postgres_url, "collector-b")  # back, same client id: its session's messages
+        assert wait_for(lambda: reader.sequence_report()["received"] >= total, 60)
+        report = reader.sequence_report()
+        assert report["received"] == total and report["lost"] == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        reader.close()
+        devices.close()
