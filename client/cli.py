@@ -54,10 +54,19 @@ def node(
             "nodes share a small machine: small models train faster without threads fighting for cores."
         ),
     ] = 0,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            "--warm/--cold",
+            help="Fork each message's ClientApp process from a warm process that imported torch, Opacus and "
+            "Flower once (--warm), or let Flower start it from scratch (--cold). Each message gets its own "
+            "process either way.",
+        ),
+    ] = True,
 ) -> None:
     """Join a federation as a node (flower-supernode) with this node's data, device and key."""
 
-    from client.node import NodeError, NodeSettings, join_federation
+    from client.node import NodeError, NodeSettings, join_federation, node_environment
     from server.credentials import check_private_key
     from server.deployment import flower_env, flower_executable
     from server.processes import run_in_foreground
@@ -80,10 +89,11 @@ def node(
     env = flower_env()
     if threads:  # inherited by every ClientApp process the SuperNode starts
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    join_federation(
-        settings,
-        settings.command(flower_executable("flower-supernode")),
-        lambda command: run_in_foreground(command, env),
-        join_attempts=join_attempts,
-        say=err.print,
-    )
+    with node_environment(env, flower_clientapp=flower_executable("flwr-clientapp"), warm=warm) as node_env:
+        join_federation(
+            settings,
+            settings.command(flower_executable("flower-supernode")),
+            lambda command: run_in_foreground(command, node_env),
+            join_attempts=join_attempts,
+            say=err.print,
+        )

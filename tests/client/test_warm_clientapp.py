@@ -1,0 +1,130 @@
+"""The warm ClientApp process and its flwr-clientapp launcher, driven with a stand-in for Flower's entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.node import SUPEREXEC_POLL_ENV, node_environment
+from client.warm_clientapp import LAUNCHER_NAME, write_launcher
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = "tests.client.test_warm_clientapp"
+_calls = 0  # changed by one forked child; the next child must not see it
+
+
+def fake_clientapp() -> None:
+    """Stands in for Flower's flwr-clientapp: reports what its process was given, then exits as told."""
+    global _calls
+    _calls += 1
+    print(
+        json.dumps(
+            {
+                "argv": sys.argv[1:],
+                "cwd": os.getcwd(),
+                "token": os.environ.get("FAKE_TOKEN"),
+                "pid": os.getpid(),
+                "parent": os.getppid(),
+                "calls": _calls,
+            }
+        ),
+        flush=True,
+    )
+    if "--die" in sys.argv:
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.exit(int(sys.argv[sys.argv.index("--exit") + 1]) if "--exit" in sys.argv else 0)
+
+
+@pytest.fixture
+def warm(tmp_path):
+    """A warm process serving ``fake_clientapp`` and its launcher; Flower's stand-in prints "cold"."""
+    socket_path = tmp_path / "warm.sock"
+    cold = tmp_path / "cold-flwr-clientapp"
+    cold.write_text(f"#!{sys.executable}\nimport sys\nprint('cold', *sys.argv[1:])\nsys.exit(5)\n")
+    cold.chmod(0o700)
+    launcher = write_launcher(tmp_path / "bin", socket_path=socket_path, flower_clientapp=str(cold))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "client.warm_clientapp", "--socket", str(socket_path)]
+        + ["--entry", f"{ENTRY}:fake_clientapp", "--preload", ENTRY],
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while not socket_path.exists():
+        assert server.poll() is None, "the warm process ended before it listened"
+        assert time.monotonic() < deadline, "the warm process did not listen within 60 s"
+        time.sleep(0.05)
+    try:
+        yield launcher, server, socket_path
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _launch(launcher: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FAKE_TOKEN="t-123")
+    return subprocess.run([str(launcher), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_each_message_runs_in_its_own_child_of_the_warm_process_with_the_callers_args_env_and_streams(warm, tmp_path):
+    launcher, server, _ = warm
+    first = _launch(launcher, "--token", "abc", "--exit", "3", cwd=tmp_path)
+    second = _launch(launcher, "--token", "def", cwd=tmp_path)
+    assert first.returncode == 3, first.stderr
+    assert second.returncode == 0, second.stderr
+    one, two = json.loads(first.stdout), json.loads(second.stdout)
+    assert one["argv"] == ["--token", "abc", "--exit", "3"] and two["argv"] == ["--token", "def"]
+    assert one["cwd"] == two["cwd"] == str(tmp_path) and one["token"] == "t-123"
+    assert one["parent"] == two["parent"] == server.pid  # forked from the warm process, not started afresh
+    assert one["pid"] != two["pid"]
+    assert one["calls"] == two["calls"] == 1  # what one message's process changed does not reach the next
+
+
+def test_a_child_killed_by_a_signal_exits_the_launcher_as_a_shell_reports_it(warm, tmp_path):
+    launcher, server, _ = warm
+    killed = _launch(launcher, "--die", cwd=tmp_path)
+    assert killed.returncode == 128 + signal.SIGKILL
+    assert _launch(launcher, "--exit", "0", cwd=tmp_path).returncode == 0  # the warm process serves on
+    assert server.poll() is None
+
+
+def test_without_the_warm_process_the_launcher_runs_flowers_own_clientapp(warm, tmp_path):
+    launcher, server, socket_path = warm
+    server.terminate()
+    server.wait(timeout=10)
+    socket_path.unlink(missing_ok=True)
+    cold = _launch(launcher, "--token", "abc", cwd=tmp_path)
+    assert cold.returncode == 5 and cold.stdout.split() == ["cold", "--token", "abc"]
+
+
+def test_node_environment_polls_sooner_and_puts_the_launcher_first_only_while_the_node_runs(tmp_path):
+    base = {"PATH": "/usr/bin"}
+    with node_environment(base, flower_clientapp="/nonexistent/flwr-clientapp", warm=False) as env:
+        assert env[SUPEREXEC_POLL_ENV] == "0.1" and env["PATH"] == "/usr/bin"
+    with node_environment({**base, SUPEREXEC_POLL_ENV: "2"}, flower_clientapp="/x", warm=False) as env:
+        assert env[SUPEREXEC_POLL_ENV] == "2"  # the operator's own setting wins
+    with node_environment(base, flower_clientapp="/nonexistent/flwr-clientapp") as env:
+        first = Path(env["PATH"].split(os.pathsep)[0])
+        assert (first / LAUNCHER_NAME).is_file() and env["PATH"].endswith("/usr/bin")
+        assert oct(first.parent.stat().st_mode & 0o777) == "0o700"
+    assert not first.parent.exists()
+
+
+def test_flower_still_starts_clientapps_by_the_name_and_entry_point_the_launcher_stands_in_for():
+    """The launcher relies on SuperExec starting `flwr-clientapp` by name from PATH and on that console script's
+    entry point: if Flower changes either, the warm path would be silently skipped or run the wrong thing."""
+    from importlib.metadata import entry_points
+
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND, TaskType
+
+    from client.warm_clientapp import FLOWER_ENTRY
+
+    assert TASK_TYPE_TO_COMMAND[TaskType.CLIENT_APP] == LAUNCHER_NAME
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == LAUNCHER_NAME]
+    assert script.value == FLOWER_ENTRY
