@@ -65,6 +65,22 @@ def _quiet_native_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+#: Layers litert-torch's PT2E quantizer cannot take at a precision (checked with litert-torch 0.10: a GRU's int8
+#: quantization fails inside the converter with "list index out of range"; an LSTM's works).
+UNQUANTIZABLE = {"int8": (nn.GRU,)}
+
+
+def refuse_unquantizable(model: nn.Module, precision: str) -> None:
+    """Refuse, naming the layer and what works instead, a model the TFLite converter cannot quantize."""
+    for name, module in model.named_modules():
+        if isinstance(module, UNQUANTIZABLE.get(precision, ())):
+            raise ExportError(
+                f"TFLite {precision} cannot be built for this model: litert-torch's quantizer does not handle "
+                f"{type(module).__name__} (layer {name!r}). Build it as ONNX int8 (-f onnx) or TFLite fp32/fp16 "
+                f"(-V fp32 -V fp16), or use an LSTM or a 1-D convolution instead"
+            )
+
+
 def export_tflite(
     model: nn.Module,
     path: str | Path,
@@ -81,6 +97,7 @@ def export_tflite(
         )
     if precision == "int8" and calibration is None:
         raise CalibrationError("full-integer int8 needs calibration samples: the server's held-out split or a file")
+    refuse_unquantizable(model, precision)
     litert_torch = _litert_torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
