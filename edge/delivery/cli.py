@@ -228,7 +228,11 @@ def publish(
         bool, typer.Option("--no-wait", help="Publish and assign to --devices, then return (no staged rollout).")
     ] = False,
     group: Annotated[
-        str | None, typer.Option(help="With --no-wait: address the manifest to this device group, not each device.")
+        str | None,
+        typer.Option(
+            help="Address the manifest to this device group (signed once per format) instead of to each device: "
+            "the devices must run with --group NAME."
+        ),
     ] = None,
     accept_no_baseline: Annotated[
         bool,

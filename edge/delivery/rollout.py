@@ -23,7 +23,7 @@ from typing import Any
 
 from edge.agent.protocol import BrokerAddress
 from edge.delivery.client import ServerClient
-from edge.delivery.collector import FleetCollector, FleetStore, VersionStats
+from edge.delivery.collector import FleetCollector, FleetStore, VersionStats, open_fleet_store
 from edge.delivery.errors import ArtifactError, RolloutError
 from edge.delivery.keys import SigningKey
 from edge.delivery.publisher import (
@@ -165,6 +165,7 @@ class StagedRollout:
         models: dict[str, SignedModel],
         policy: RolloutPolicy | None = None,
         progress: Callable[[str], None] = lambda message: None,
+        group: str = "",
     ) -> None:
         if not models:
             raise RolloutError("nothing to roll out")
@@ -177,6 +178,8 @@ class StagedRollout:
         self.models = models
         self.policy = policy or RolloutPolicy()
         self.progress = progress
+        #: with a group, one manifest per format signed for the group, not one per device
+        self.group = group
         (self.model_id, self.version) = versions.pop()
 
     def _model_for(self, device: dict[str, Any] | None) -> SignedModel | None:
@@ -187,39 +190,62 @@ class StagedRollout:
             return next(iter(self.models.values()))
         return None
 
+    def _poll_s(self, devices: int) -> float:
+        """How often to read the store while waiting: each read covers the whole fleet (one query), so a large
+        fleet is read less often, leaving the collector the CPU to write what arrives."""
+        return min(0.5, 0.05 + devices / 40000)
+
     def _assign(self, device_ids: list[str], report: RolloutReport) -> list[str]:
         by_model: dict[str, list[str]] = {}
         assigned = []
+        states = self.store.device_states()
         for d in device_ids:
-            model = self._model_for(self.store.device(d))
+            model = self._model_for(states.get(d))
             if model is None:
                 report.rejected[d] = "no artifact for its runtime"
                 continue
             by_model.setdefault(model.manifest.format, []).append(d)
             assigned.append(d)
         for fmt, devices in by_model.items():
-            self.publisher.assign(self.models[fmt], devices)
+            self.publisher.assign(self.models[fmt], devices, group=self.group)
         return assigned
+
+    def _outcomes(self, store: FleetStore, devices: list[str], since: float) -> dict[str, dict[str, Any] | None]:
+        """Each device's outcome of this version since ``since``: its last ``applied`` (of this version) or
+        ``rejected`` event, else ``applied`` when its state already says it runs this version (a device that got
+        it earlier), else None. Two queries for the whole fleet, whatever its size."""
+        wanted = set(devices)
+        found: dict[str, dict[str, Any]] = {}
+        for e in store.events(since=since):  # oldest first: the last relevant one wins
+            if e["device_id"] in wanted and (
+                e["outcome"] == "rejected" or (e["outcome"] == "applied" and e["version"] == self.version)
+            ):
+                found[e["device_id"]] = e
+        missing = [d for d in devices if d not in found]
+        if missing:
+            states = store.device_states()
+            for d in missing:
+                if (states.get(d) or {}).get("version") == self.version:
+                    found[d] = {"outcome": "applied"}
+        return {d: found.get(d) for d in devices}
+
+    def _reported(self, store: FleetStore, canaries: list[str], since: float) -> bool:
+        """Every canary sent ``health_reports`` telemetry messages on this version since ``since`` (one query)."""
+        counts = store.report_counts(canaries, self.version, since)
+        return len(counts) == len(canaries) and min(counts.values(), default=0) >= self.policy.health_reports
+
+    def _rolled_back(self, store: FleetStore, devices: list[str], since: float) -> set[str]:
+        wanted = set(devices)
+        return {e["device_id"] for e in store.events(since=since) if e["outcome"] == "rolled-back"} & wanted
 
     def _wait_outcomes(self, devices: list[str], since: float, report: RolloutReport) -> None:
         """Wait until each device reported an outcome for this version; sort them into applied / rejected / missing."""
-
-        def outcome(store: FleetStore, d: str) -> dict[str, Any] | None:
-            for e in reversed(store.events(d, since=since)):
-                if e["outcome"] == "applied" and e["version"] == self.version:
-                    return e
-                if e["outcome"] == "rejected":
-                    return e
-            dev = store.device(d)  # already running it (a device that got it earlier)
-            if dev and dev.get("version") == self.version:
-                return {"outcome": "applied"}
-            return None
-
         self.collector.wait_until(
-            lambda s: all(outcome(s, d) is not None for d in devices), self.policy.apply_timeout_s
+            lambda s: all(e is not None for e in self._outcomes(s, devices, since).values()),
+            self.policy.apply_timeout_s,
+            poll=self._poll_s(len(devices)),
         )
-        for d in devices:
-            e = outcome(self.store, d)
+        for d, e in self._outcomes(self.store, devices, since).items():
             if e is None:
                 report.missing.append(d)
             elif e["outcome"] == "applied":
@@ -242,15 +268,18 @@ class StagedRollout:
             devices, self.policy.canary_fraction, self.policy.min_canaries, salt=str(self.version)
         )
         report.canaries = canaries
-        rest = [d for d in devices if d not in canaries]
+        chosen = set(canaries)
+        rest = [d for d in devices if d not in chosen]
         if canaries:
-            previous = {d: (self.store.device(d) or {}).get("version") for d in canaries}
+            states = self.store.device_states()
+            previous = {d: (states.get(d) or {}).get("version") for d in canaries}
             baseline_versions = {v for v in previous.values() if v is not None}
             baseline = None
             if len(baseline_versions) == 1:
                 baseline = self.store.version_stats(canaries, baseline_versions.pop())
                 report.baseline = _stats_dict(baseline)
-            self.progress(f"canaries ({len(canaries)}): {', '.join(canaries)}")
+            shown = ", ".join(canaries[:20]) + (f" and {len(canaries) - 20} more" if len(canaries) > 20 else "")
+            self.progress(f"canaries ({len(canaries)}): {shown}")
             since = time.time()
             self._wait_outcomes(self._assign(canaries, report), since, report)
             if report.rejected or report.missing:
@@ -263,10 +292,9 @@ class StagedRollout:
             applied_at = time.time()
             self.progress(f"waiting for {self.policy.health_reports} reports from each canary")
             self.collector.wait_until(
-                lambda s: all(
-                    s.reports_since(d, self.version, applied_at) >= self.policy.health_reports for d in canaries
-                ),
+                lambda s: self._reported(s, canaries, applied_at),
                 self.policy.health_timeout_s,
+                poll=self._poll_s(len(canaries)),
             )
             new = self.store.version_stats(canaries, self.version, since=since)
             report.canary_stats = _stats_dict(new)
@@ -286,14 +314,12 @@ class StagedRollout:
                     canaries, model_id=self.model_id, from_version=self.version, reason=verdict.reason[:200]
                 )
                 self.collector.wait_until(
-                    lambda s: all(
-                        any(e["outcome"] == "rolled-back" for e in s.events(d, since=since)) for d in canaries
-                    ),
+                    lambda s: len(self._rolled_back(s, canaries, since)) == len(canaries),
                     self.policy.apply_timeout_s,
+                    poll=self._poll_s(len(canaries)),
                 )
-                report.rolled_back = [
-                    d for d in canaries if any(e["outcome"] == "rolled-back" for e in self.store.events(d, since=since))
-                ]
+                done = self._rolled_back(self.store, canaries, since)
+                report.rolled_back = [d for d in canaries if d in done]
                 for model in self.models.values():
                     self.publisher.clear_chunks(model.manifest)
                 report.status = "rolled-back"
@@ -343,7 +369,8 @@ def wait_for_fleet(collector: FleetCollector, devices: Sequence[str], *, timeout
     """Wait until the fleet's retained states have arrived: every named device's, or, without names, until no new
     message came for ``quiet_s`` (retained states all come right after subscribing), ``timeout`` at most."""
     if devices:
-        collector.wait_until(lambda s: all(s.device(d) is not None for d in devices), timeout)
+        wanted = set(devices)
+        collector.wait_until(lambda s: wanted <= s.device_states().keys(), timeout)
         return
     deadline = time.monotonic() + timeout
     last, changed = collector.received, time.monotonic()
@@ -351,7 +378,7 @@ def wait_for_fleet(collector: FleetCollector, devices: Sequence[str], *, timeout
         time.sleep(0.05)
         if collector.received != last:
             last, changed = collector.received, time.monotonic()
-        elif time.monotonic() - changed >= quiet_s and collector.store.devices():
+        elif time.monotonic() - changed >= quiet_s and collector.store.device_states():
             return
 
 
@@ -363,7 +390,7 @@ def publish_rollout(
     *,
     broker: BrokerAddress,
     key: SigningKey,
-    db: Path,
+    db: Path | str,
     devices: Sequence[str] = (),
     group: str = "",
     policy: RolloutPolicy | None = None,
@@ -376,7 +403,8 @@ def publish_rollout(
 
     With ``no_wait``: send the chunks, assign the one model to ``devices`` and return (status ``assigned``).
     Otherwise: listen to the fleet (the devices' retained states, ``fleet_timeout_s`` at most), target ``devices``
-    or every online device, and run a :class:`StagedRollout`.
+    or every online device, and run a :class:`StagedRollout`. With ``group``, each format's manifest is addressed
+    to that device group and signed once, instead of once per device (what a large fleet needs).
     """
     policy = policy or RolloutPolicy()
     first = next(iter(models.values())).manifest
@@ -396,15 +424,19 @@ def publish_rollout(
             publisher.assign(model, list(devices), group=group)
             return RolloutReport(first.model_id, first.version, status="assigned", devices=sorted(devices))
         collector = FleetCollector(
-            broker, FleetStore(db), client_id=f"fedge-publish-collector-{suffix}", ca_file=ca_file, clean_session=True
+            broker,
+            open_fleet_store(db),
+            client_id=f"fedge-publish-collector-{suffix}",
+            ca_file=ca_file,
+            clean_session=True,
         ).start()
         try:
             wait_for_fleet(collector, devices, timeout=fleet_timeout_s)
-            targets = list(devices) or [
-                d["device_id"] for d in collector.store.devices() if d.get("state") in ONLINE_STATES
-            ]
+            targets = list(devices) or sorted(
+                d for d, row in collector.store.device_states().items() if row.get("state") in ONLINE_STATES
+            )
             return StagedRollout(
-                publisher=publisher, collector=collector, models=models, policy=policy, progress=progress
+                publisher=publisher, collector=collector, models=models, policy=policy, progress=progress, group=group
             ).run(targets)
         finally:
             collector.stop()
