@@ -5,22 +5,25 @@ The federation: `simulations/configs/heart-disease.toml` (three hospital nodes w
 MLP, the server evaluates on Cleveland), 3 rounds. Deployment: a SuperLink with TLS and node authentication and three
 SuperNodes on loopback, the run submitted with ``flwr run``; simulation: ``fedge simulate`` (Flower's Ray engine).
 
-Flower's Deployment Engine starts a fresh ``flwr-clientapp`` process for every message, so every node pays an
-interpreter start and the imports of torch, Opacus and Flower in every round. The ClientApp reports how old its
-process was when our handler started (``client-startup-seconds``) and how long the handler took
-(``client-handler-seconds``); the rest of a round is Flower's transport, polling and the server's own work. Fresh-
-process import costs are measured separately (median of ``--repeats`` alternating runs), as are the parts of the
-handler that are ours to reduce: loading the node's table and calibrating the DP noise (done once per node, then
-kept in the node's state file).
+Flower's Deployment Engine (1.42, either isolation mode) runs every message in a new ``flwr-clientapp`` process, so a
+node pays an interpreter start and the imports of torch, Opacus and Flower in every round. ``fedge node`` forks
+that process from a warm one that imported them once (``--warm``, the default; ``client/warm_clientapp.py``); the
+deployment runs here both ways, ``--warm`` and ``--cold`` (Flower's own start), alternating with the simulation,
+``--repeats`` times, and the ratios are of the medians. The ClientApp reports how old its process was when our
+handler started (``client-startup-seconds``) and how long the handler took (``client-handler-seconds``); the rest
+of a round is Flower's transport, polling (the SuperNode waits 3 s between empty polls of the SuperLink, a constant
+in Flower) and the server's own work. Fresh-process import costs are measured separately (median of ``--repeats``
+alternating runs), as are the parts of the handler that are ours to reduce: loading the node's table and
+calibrating the DP noise (done once per node, then kept in the node's state file).
 
-    python -m simulations.benchmarks.deployment            # about 10 minutes on 2 cores
+    python -m simulations.benchmarks.deployment               # 3 repeats: about 25 minutes on 2 cores
+    python -m simulations.benchmarks.deployment --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -73,7 +76,7 @@ def run_simulation(tmp: Path, settings: list[str]) -> list[dict]:
     return _rounds(runs / "sim")
 
 
-def run_deployment(tmp: Path, settings: list[str]) -> list[dict]:
+def run_deployment(tmp: Path, settings: list[str], *, warm: bool = True) -> list[dict]:
     from server.credentials import make_node_keys, make_test_certificates
     from server.deployment import SuperLinkSettings, register_nodes, start_superlink, wait_for_port
     from server.processes import stop_tree
@@ -105,6 +108,7 @@ def run_deployment(tmp: Path, settings: list[str]) -> list[dict]:
             args += ["--ca", str(tls.ca_certificate), "--auth-key", str(keys[name].private)]
             args += ["--state-dir", str(tmp / "nodes" / name), "--runtime-port", str(free_port()), "--device", "cpu"]
             args += ["--threads", "1"]  # as the simulation's Ray actors (one CPU each)
+            args += ["--warm" if warm else "--cold"]
             with open(logs / f"{name}.log", "wb") as log:
                 procs.append(
                     subprocess.Popen(
@@ -202,7 +206,9 @@ def in_process_costs() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--repeats", type=int, default=3, help="fresh-process import timings per module set")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating runs of each variant (and fresh-process import timings)"
+    )
     args = parser.parse_args()
     settings = ["--set", "progress=false"]
     rows: list[Row] = []
@@ -220,75 +226,97 @@ def main() -> None:
             times[label] += _fresh_import_seconds(modules, 1)
     median = {k: statistics.median(v) for k, v in times.items()}
 
-    with tempfile.TemporaryDirectory(prefix="fedge-bench-deploy-") as tmp_name:
-        tmp = Path(tmp_name)
-        (tmp / "sim").mkdir()
-        (tmp / "dep").mkdir()
-        t = time.perf_counter()
-        sim = run_simulation(tmp / "sim", settings)
-        sim_total = time.perf_counter() - t
-        t = time.perf_counter()
-        dep = run_deployment(tmp / "dep", settings)
-        dep_total = time.perf_counter() - t
-        shutil.rmtree(tmp / "sim", ignore_errors=True)
+    runs: dict[str, list[dict]] = {"simulation": [], "warm": [], "cold": []}
+    for rep in range(args.repeats):  # alternating, so that background load falls on every variant alike
+        order = list(runs) if rep % 2 == 0 else list(reversed(runs))
+        for variant in order:
+            with tempfile.TemporaryDirectory(prefix="fedge-bench-deploy-") as tmp_name:
+                tmp = Path(tmp_name)
+                t = time.perf_counter()
+                if variant == "simulation":
+                    rounds = run_simulation(tmp, settings)
+                else:
+                    rounds = run_deployment(tmp, settings, warm=variant == "warm")
+                total = time.perf_counter() - t
+            runs[variant].append({"rounds": rounds, "total-s": total})
+            mean = statistics.mean(r["seconds"] for r in rounds)
+            print(f"repeat {rep + 1}/{args.repeats}, {variant}: {mean:.2f} s per round, {total:.1f} s in all")
     costs = in_process_costs()
 
-    sim_round = statistics.mean(r["seconds"] for r in sim)
-    dep_round = statistics.mean(r["seconds"] for r in dep)
-    startup = statistics.mean(r["client-startup-seconds"] for r in dep)
-    handler = statistics.mean(r["client-handler-seconds"] for r in dep)
-    rows.append(
-        Row.compare(
-            "deployment: wall seconds per round (mean, rounds 1-3)",
-            dep_round,
-            "s",
-            "simulation (Ray), same federation",
-            sim_round,
+    def median_of(variant: str, value) -> float:
+        return statistics.median(value(run) for run in runs[variant])
+
+    def per_round(key: str):
+        return lambda run: statistics.mean(r[key] for r in run["rounds"])
+
+    sim_round = median_of("simulation", per_round("seconds"))
+    sim_last = median_of("simulation", lambda run: run["rounds"][-1]["seconds"])
+    for variant, how in (("warm", "fedge node --warm"), ("cold", "fedge node --cold (Flower's fresh process)")):
+        dep_round = median_of(variant, per_round("seconds"))
+        startup = median_of(variant, per_round("client-startup-seconds"))
+        handler = median_of(variant, per_round("client-handler-seconds"))
+        tag = f"deployment, {how}"
+        rows.append(
+            Row.compare(
+                f"{tag}: wall seconds per round (mean of rounds 1-3, median of runs)",
+                dep_round,
+                "s",
+                "simulation (Ray), same federation",
+                sim_round,
+            )
         )
-    )
-    rows.append(
-        Row.compare(
-            "deployment: wall seconds of the last round (the simulation's actors are warm by then)",
-            dep[-1]["seconds"],
-            "s",
-            "simulation, last round",
-            sim[-1]["seconds"],
+        rows.append(
+            Row.compare(
+                f"{tag}: wall seconds of the last round (the simulation's actors are warm by then)",
+                median_of(variant, lambda run: run["rounds"][-1]["seconds"]),
+                "s",
+                "simulation, last round",
+                sim_last,
+            )
         )
-    )
-    rows.append(
-        Row.compare(
-            "deployment: fresh ClientApp process age when our handler starts (mean per node-round)",
-            startup,
-            "s",
-            "deployment round",
-            dep_round,
+        rows.append(
+            Row.compare(
+                f"{tag}: ClientApp process age when our handler starts (mean per node-round)",
+                startup,
+                "s",
+                "deployment round",
+                dep_round,
+            )
         )
-    )
-    rows.append(
-        Row.compare(
-            "deployment: our train handler (load table, DP round, save state)",
-            handler,
-            "s",
-            "deployment round",
-            dep_round,
+        rows.append(
+            Row.compare(
+                f"{tag}: our train handler (load table, DP round, save state)",
+                handler,
+                "s",
+                "deployment round",
+                dep_round,
+            )
         )
-    )
-    rows.append(
-        Row.compare(
-            "deployment: rest of the round (Flower transport/polling, server)",
-            max(0.0, dep_round - startup - handler),
-            "s",
-            "deployment round",
-            dep_round,
+        rows.append(
+            Row.compare(
+                f"{tag}: rest of the round (Flower transport/polling, server)",
+                max(0.0, dep_round - startup - handler),
+                "s",
+                "deployment round",
+                dep_round,
+            )
         )
-    )
+        rows.append(
+            Row.compare(
+                f"{tag}: whole run incl. start-up of server and nodes",
+                median_of(variant, lambda run: run["total-s"]),
+                "s",
+                "simulation: whole run incl. Ray start",
+                median_of("simulation", lambda run: run["total-s"]),
+            )
+        )
     rows.append(
         Row.compare(
-            "deployment: whole run incl. start-up of server and nodes",
-            dep_total,
+            "deployment: wall seconds per round, --warm",
+            median_of("warm", per_round("seconds")),
             "s",
-            "simulation: whole run incl. Ray start",
-            sim_total,
+            "--cold (Flower's fresh process per message)",
+            median_of("cold", per_round("seconds")),
         )
     )
     base = median["python + flwr.clientapp"]
@@ -338,8 +366,8 @@ def main() -> None:
             "federation": "simulations/configs/heart-disease.toml (3 hospital nodes, DP, tabular-mlp, 3 rounds)",
             "deployment": "SuperLink with TLS + node authentication, 3 SuperNodes on loopback, flwr run",
             "simulation": "fedge simulate (Flower Ray engine), node-data-paths = the same three files",
-            "sim-rounds": sim,
-            "deployment-rounds": dep,
+            "repeats": args.repeats,
+            "runs": runs,
             "import-seconds": times,
             "note": "other engineers' jobs shared the 2 cores; ratios are from the same run",
         },

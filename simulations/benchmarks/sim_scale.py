@@ -12,7 +12,10 @@ For each client count this measures, in the same run and alternating:
 - one round of the real Flower simulation (:func:`simulations.simulate.run_experiment`, Ray backend, one actor
   per core) with our ServerApp folding replies into a running mean as they arrive (``stream-aggregation=true``);
 - the same with ``stream-aggregation=false``: our loop holding every reply until the round ends, as Flower's
-  ``Strategy.start`` does.
+  ``Strategy.start`` does;
+- a stock-Flower peer (``simulations/benchmarks/stock_flower_app.py``): a ServerApp and ClientApp written as
+  Flower's examples write them, with the same model, data and work per client, on the same engine
+  (``Strategy.start``, every message pushed at once, every reply held).
 
 Each simulation runs 2 rounds and the benchmark reports round 2 (the ``seconds`` the server's RoundLoop measures
 from sending the train messages to the aggregated model): round 1 also pays each Ray actor's first call (importing
@@ -52,12 +55,7 @@ from simulations.benchmarks.common import Row, base_parser, write_results  # noq
 
 NAME = "sim_scale"
 GIB = 1024**3
-# Stock Flower 1.41 (Strategy.start holding every reply), measured on this machine before this benchmark existed;
-# kept for reference, not re-measured here.
-STOCK_REFERENCE = {
-    "100 clients": {"round-vs-floor": 1.22, "peak-rss-gb": 3.9},
-    "1000 clients": {"round-vs-floor": "3.7-4.6", "peak-rss-gb": 9.2},
-}
+STOCK = "stock"  # the variant run with the stock-Flower peer apps instead of fedge's
 
 
 @dataclass
@@ -260,7 +258,9 @@ def floor_processes_seconds(cfg: dict[str, Any], num_clients: int, *, processes:
     return seconds
 
 
-def simulate_round(config: str, num_clients: int, overrides: list[str], *, interval: float) -> dict[str, Any]:
+def simulate_round(
+    config: str, num_clients: int, overrides: list[str], *, interval: float, stock: bool = False
+) -> dict[str, Any]:
     """Run the simulation in a fresh Python process (as ``fedge simulate`` would), sampling that process's tree.
 
     A fresh process per simulation, because what one simulation leaves in the memory of the process that ran it
@@ -271,6 +271,8 @@ def simulate_round(config: str, num_clients: int, overrides: list[str], *, inter
         out = Path(tmp) / "rounds.json"
         command = [sys.executable, "-m", f"simulations.benchmarks.{NAME}", "--config", config]
         command += ["--child-clients", str(num_clients), "--child-out", str(out)]
+        if stock:
+            command.append("--child-stock")
         for item in overrides:
             command += ["--set", item]
         child = subprocess.Popen(command)
@@ -281,7 +283,7 @@ def simulate_round(config: str, num_clients: int, overrides: list[str], *, inter
         summary = json.loads(out.read_text())
     rounds = summary["rounds"]
     trained = [r.get("clients-trained") for r in rounds[1:]]
-    if any(t != num_clients for t in trained):
+    if not stock and any(t != num_clients for t in trained):  # the stock peer does not count its replies
         raise RuntimeError(f"not every client trained: {trained} of {num_clients}; see {summary['run-dir']}")
     s = sampler.result
     return {
@@ -299,15 +301,43 @@ def simulate_round(config: str, num_clients: int, overrides: list[str], *, inter
     }
 
 
-def _child(config: str, num_clients: int, overrides: list[str], out: Path) -> None:
+def _child(config: str, num_clients: int, overrides: list[str], out: Path, *, stock: bool = False) -> None:
     from simulations.experiment import apply_overrides, load_experiment
     from simulations.simulate import run_experiment
 
     experiment = load_experiment(config)
     experiment.num_supernodes = num_clients
     apply_overrides(experiment, overrides)
-    summary = run_experiment(experiment)
+    summary = _run_stock_peer(experiment) if stock else run_experiment(experiment)
     out.write_text(json.dumps({"run-dir": summary["run-dir"], "rounds": summary["rounds"]}), encoding="utf-8")
+
+
+def _run_stock_peer(experiment: Any) -> dict[str, Any]:
+    """The stock-Flower peer apps on the same engine, through the same in-process call as ``fedge simulate``."""
+    import logging
+
+    from server.flower_app import write_app_dir
+    from simulations.benchmarks.stock_flower_app import ROUNDS_FILE, client_app, server_app
+    from simulations.experiment import new_run_id, resolve_paths
+    from simulations.flower_adapter import run_simulation_in_process
+    from simulations.simulate import backend_config
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # as fedge simulate sets it
+    resolve_paths(experiment)
+    new_run_id(experiment)
+    cfg = experiment.run_config
+    with tempfile.TemporaryDirectory(prefix="stock-flower-app-") as tmp:
+        run_simulation_in_process(
+            server_app=server_app,
+            client_app=client_app,
+            run_config=cfg,
+            num_supernodes=experiment.num_supernodes,
+            backend_config=backend_config(experiment),
+            app_dir=write_app_dir(Path(tmp) / "app", cfg, name="stock-flower-peer"),
+        )
+    run_dir = Path(str(cfg["runs-dir"])) / str(cfg["run-id"])
+    rounds = json.loads((run_dir / ROUNDS_FILE).read_text(encoding="utf-8"))["rounds"]
+    return {"run-dir": str(run_dir), "rounds": [{"round": 0}, *rounds]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -326,9 +356,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs-dir", default=None, help="where run records go (default: a temporary directory)")
     parser.add_argument("--child-clients", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-stock", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_out is not None:  # one simulation, started by simulate_round in its own process
-        _child(args.config, args.child_clients, args.settings, args.child_out)
+        _child(args.config, args.child_clients, args.settings, args.child_out, stock=args.child_stock)
         return
 
     from simulations.experiment import apply_overrides, load_experiment, resolve_paths
@@ -353,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         "stream": "stream-aggregation=true",
         "floor-processes": None,
         "hold": "stream-aggregation=false",
+        STOCK: None,
     }
     rows: list[Row] = []
     per_count: dict[str, Any] = {}
@@ -385,11 +417,13 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     print(f"{label}: {seconds:.2f} s")
                 else:
+                    overrides = [*base_overrides, f"partitioner={partitioner}", f"min-available-nodes={num_clients}"]
                     outcome = simulate_round(
                         args.config,
                         num_clients,
-                        [*base_overrides, f"partitioner={partitioner}", variants[variant]],
+                        overrides + ([variants[variant]] if variants[variant] else []),
                         interval=args.sample_interval,
+                        stock=variant == STOCK,
                     )
                     results[variant].append(outcome)
                     print(
@@ -411,6 +445,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(Row.compare(f"{tag}: round 2 time, {title}", r2, "s", floor_name, floor))
             rows.append(Row.compare(f"{tag}: round 2 time, {title}", r2, "s", procs_name, floor_procs))
             rows.append(Row.compare(f"{tag}: round 1 time (cold actors), {title}", r1, "s", floor_name, floor))
+        stock_r2 = statistics.median(r["round-2-s"] for r in results[STOCK])
+        stock_name = "stock-Flower peer app (Strategy.start), same model, data and work per client"
+        rows.append(Row.compare(f"{tag}: stock-Flower peer, round 2 time", stock_r2, "s", procs_name, floor_procs))
+        stream_r2 = statistics.median(r["round-2-s"] for r in results["stream"])
+        rows.append(Row.compare(f"{tag}: round 2 time, streaming mean", stream_r2, "s", stock_name, stock_r2))
         stream_mem = max(r["peak-rss-bytes"] for r in results["stream"]) / GIB
         hold_mem = max(r["peak-rss-bytes"] for r in results["hold"]) / GIB
         rows.append(
@@ -419,6 +458,10 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
         rows.append(Row(f"{tag}: peak RSS of process tree, holding all replies", hold_mem, "GiB"))
+        stock_mem = max(r["peak-rss-bytes"] for r in results[STOCK]) / GIB
+        rows.append(
+            Row.compare(f"{tag}: peak RSS of process tree, streaming mean", stream_mem, "GiB", stock_name, stock_mem)
+        )
         stream_pss = max(r["peak-pss-bytes"] for r in results["stream"]) / GIB
         hold_pss = max(r["peak-pss-bytes"] for r in results["hold"]) / GIB
         rows.append(
@@ -457,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
         "memory": "peak summed RSS (shared pages once per process) and peak summed PSS (shared pages split) of the "
         f"simulation's own process and all its descendants over the whole run, sampled every {args.sample_interval} s; "
         "largest-processes-at-peak: the biggest processes when the PSS peaked",
-        "stock-flower-1.41-reference": STOCK_REFERENCE,
+        "stock-flower-peer": "simulations/benchmarks/stock_flower_app.py on the same engine and settings; its round "
+        "times from Strategy.start's evaluate_fn calls (no central evaluation); its replies are not counted",
         "per-client-count": per_count,
     }
     write_results(NAME, rows, out=args.out, settings=settings)
