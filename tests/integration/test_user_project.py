@@ -33,7 +33,7 @@ def _raw_samples(project: Path, template: str) -> tuple[np.ndarray, np.ndarray]:
     if template == "image":
         from PIL import Image
 
-        files = sorted((project / "data").glob("*/*.png"))[:60]
+        files = sorted((project / "data").glob("*/*.png"))[::30]  # every class
         x = np.stack([np.asarray(Image.open(f), dtype=np.float32)[None] for f in files])
         return x, np.asarray([int(f.parent.name) for f in files])
     if template == "tabular":
