@@ -6,7 +6,13 @@ from opacus.validators import ModuleValidator
 from shared_models.errors import ModelWidthError, UnknownModelError, WeightsMismatchError
 from shared_models.models import MODELS, build_model, count_parameters, get_weights, set_weights
 
-SHAPES = {"digits-cnn": (1, 8, 8), "mnist-cnn": (1, 28, 28), "mnist-small-cnn": (1, 28, 28), "tabular-mlp": (13,)}
+SHAPES = {
+    "digits-cnn": (1, 8, 8),
+    "digits-mlp": (1, 8, 8),
+    "mnist-cnn": (1, 28, 28),
+    "mnist-small-cnn": (1, 28, 28),
+    "tabular-mlp": (13,),
+}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -20,6 +26,12 @@ def test_every_model_runs_and_is_opacus_compatible(name):
 def test_mnist_cnn_has_the_documented_size():
     model = build_model("mnist-cnn", input_shape=(1, 28, 28), num_classes=10)
     assert 1_600_000 < count_parameters(model) < 1_700_000
+
+
+def test_digits_mlp_has_the_documented_size_and_tanh():
+    model = build_model("digits-mlp", input_shape=(1, 8, 8), num_classes=10)
+    assert count_parameters(model) == 64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+    assert sum(isinstance(m, torch.nn.Tanh) for m in model.modules()) == 2
 
 
 def test_small_mnist_cnn_is_an_order_of_magnitude_smaller():
