@@ -30,7 +30,7 @@ Value = bool | int | float | str
 # Must stay equal to [tool.flwr.app.config] in pyproject.toml (tests/simulations/test_cli.py checks it).
 DEFAULT_RUN_CONFIG: Mapping[str, Value] = MappingProxyType(
     {
-        "num-server-rounds": 5,
+        "num-server-rounds": 6,
         "strategy": "fedavg",
         "fraction-train": 1.0,
         "fraction-evaluate": 0.0,
@@ -48,7 +48,7 @@ DEFAULT_RUN_CONFIG: Mapping[str, Value] = MappingProxyType(
         "straggler-timeout": 0.0,
         "resume-from": "",
         "stream-aggregation": True,
-        "model": "digits-cnn",
+        "model": "digits-mlp",
         "dataset": "digits",
         "data-path": "",
         "label-column": "label",
@@ -63,10 +63,10 @@ DEFAULT_RUN_CONFIG: Mapping[str, Value] = MappingProxyType(
         "shards-per-client": 2,
         "test-fraction": 0.2,
         "seed": 0,
-        "local-epochs": 3,
-        "batch-size": 64,
-        "learning-rate": 0.5,
-        "learning-rate-decay": 1.0,
+        "local-epochs": 2,
+        "batch-size": 128,
+        "learning-rate": 2.0,
+        "learning-rate-decay": 0.8,
         "momentum": 0.0,
         "dp": True,
         "dp-mode": "ghost",

@@ -23,7 +23,7 @@ def test_learning_rate_decays_once_per_round():
 
 
 def test_without_a_decay_the_learning_rate_stays():
-    config = _config({"learning-rate": 0.3})
+    config = _config({"learning-rate": 0.3, "learning-rate-decay": 1.0})
     assert [config.learning_rate_at(r) for r in (1, 5, 50)] == pytest.approx([0.3, 0.3, 0.3])
 
 
