@@ -161,6 +161,9 @@ def write_mosquitto_files(
         "per_listener_settings true",
         f"max_packet_size {MAX_PACKET_BYTES}",
         f"listener {port} 127.0.0.1",
+        # no cap on device connections (a fleet of 10,000 is one listener); the open-file limit of the broker's
+        # process is the real one: raise it (ulimit -n) to more than the fleet's size
+        "max_connections -1",
         "allow_anonymous false",
         "use_username_as_clientid true",
         f"password_file {directory / 'passwd-devices'}",

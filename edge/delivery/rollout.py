@@ -289,10 +289,11 @@ class StagedRollout:
                 )
                 report.seconds = time.time() - started
                 return report
-            applied_at = time.time()
             self.progress(f"waiting for {self.policy.health_reports} reports from each canary")
+            # reports on the new version since the canaries were assigned (the ones the verdict reads): a report a
+            # canary sent right after its swap counts, instead of waiting a whole report interval for the next one
             self.collector.wait_until(
-                lambda s: self._reported(s, canaries, applied_at),
+                lambda s: self._reported(s, canaries, since),
                 self.policy.health_timeout_s,
                 poll=self._poll_s(len(canaries)),
             )

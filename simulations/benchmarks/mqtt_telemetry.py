@@ -33,7 +33,8 @@ import psutil
 from simulations.benchmarks.common import Row, load_average, load_settings, loopback_broker, write_results
 
 
-def telemetry_payload(device: str, seq: int) -> bytes:
+def telemetry_payload(device: str, seq: int, *, version: int = 2, model_id: str = "mnist-cnn") -> bytes:
+    """One telemetry message in the agent's format (about 400 bytes)."""
     return json.dumps(
         {
             "type": "telemetry",
@@ -41,8 +42,8 @@ def telemetry_payload(device: str, seq: int) -> bytes:
             "session": "bench",
             "seq": seq,
             "ts": round(time.time(), 3),
-            "model_id": "mnist-cnn",
-            "version": 2,
+            "model_id": model_id,
+            "version": version,
             "runtime": "onnx",
             "window_s": 2.0,
             "inferences": 32,
