@@ -32,7 +32,8 @@ from shared_models.data import ArrayDataset
 from shared_models.models import count_parameters
 from shared_models.training import train_epochs
 
-PRUNABLE = (nn.Conv2d, nn.Linear)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PRUNABLE = (*CONVOLUTIONS, nn.Linear)
 
 # Layers a channel passes through unchanged (channel c in, channel c out).
 _PASS_THROUGH_MODULES = (
@@ -45,16 +46,34 @@ _PASS_THROUGH_MODULES = (
     nn.Tanh,
     nn.Sigmoid,
     nn.Hardswish,
+    nn.MaxPool1d,
     nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
     nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
     nn.Dropout,
     nn.Identity,
 )
-_PASS_THROUGH_FUNCTIONS = (F.relu, torch.relu, F.max_pool2d, F.avg_pool2d, F.dropout, torch.tanh, torch.sigmoid)
+_PASS_THROUGH_FUNCTIONS = (
+    F.relu,
+    torch.relu,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.dropout,
+    torch.tanh,
+    torch.sigmoid,
+)
 # Layers with one parameter per channel: they shrink with the channels they normalise.
-_PER_CHANNEL_MODULES = (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+_PER_CHANNEL_MODULES = (nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def check_amount(amount: float, what: str = "sparsity") -> float:
@@ -223,8 +242,11 @@ def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
-def _trace_group(node: fx.Node, modules: dict[str, nn.Module]) -> _ChannelGroup | None:
-    """Follow the channels of ``node``'s output to the layers that read them; None if they reach anything else."""
+def _trace_group(
+    node: fx.Node, modules: dict[str, nn.Module], blocked: dict[str, str] | None = None
+) -> _ChannelGroup | None:
+    """Follow the channels of ``node``'s output to the layers that read them; None if they reach anything else
+    (then ``blocked[layer]`` says what stopped them)."""
     group = _ChannelGroup(str(node.target))
     producer = modules[group.producer]
     stack: list[tuple[fx.Node, bool]] = [(user, False) for user in node.users]
@@ -243,32 +265,39 @@ def _trace_group(node: fx.Node, modules: dict[str, nn.Module]) -> _ChannelGroup 
                 group.norms.append(str(user.target))
                 stack.extend((u, flattened) for u in user.users)
                 continue
-            if _is_flatten(user, modules) and not flattened and isinstance(producer, nn.Conv2d):
+            if _is_flatten(user, modules) and not flattened and isinstance(producer, CONVOLUTIONS):
                 stack.extend((u, True) for u in user.users)
                 continue
             if (
-                isinstance(module, nn.Conv2d)
+                isinstance(module, CONVOLUTIONS)
+                and type(module) is type(producer)
                 and module.groups == 1
                 and not flattened
-                and isinstance(producer, nn.Conv2d)
             ):
                 group.consumers.append((str(user.target), False))
                 continue
             if isinstance(module, nn.Linear) and (flattened or isinstance(producer, nn.Linear)):
                 group.consumers.append((str(user.target), flattened))
                 continue
+            if blocked is not None:
+                blocked[group.producer] = f"its output feeds {user.target} ({type(module).__name__})"
             return None
         if user.op == "call_function" and user.target in _PASS_THROUGH_FUNCTIONS and user.args[0] is not None:
             stack.extend((u, flattened) for u in user.users)
             continue
-        if _is_flatten(user, modules) and not flattened and isinstance(producer, nn.Conv2d):
+        if _is_flatten(user, modules) and not flattened and isinstance(producer, CONVOLUTIONS):
             stack.extend((u, True) for u in user.users)
             continue
-        return None  # the graph output (the classifier's logits), an addition, a concatenation, ...
+        if blocked is not None:  # the graph output (the classifier's logits), an addition, a concatenation, ...
+            target = getattr(user.target, "__name__", user.target)
+            blocked[group.producer] = (
+                "it gives the model's output" if user.op == "output" else f"its output feeds {target}"
+            )
+        return None
     return group if group.consumers else None
 
 
-def _channel_groups(model: nn.Module) -> list[_ChannelGroup]:
+def _channel_groups(model: nn.Module, blocked: dict[str, str] | None = None) -> list[_ChannelGroup]:
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as e:  # fx raises many kinds for data-dependent control flow
@@ -286,10 +315,14 @@ def _channel_groups(model: nn.Module) -> list[_ChannelGroup]:
         if node.op != "call_module" or calls[str(node.target)] != 1:
             continue
         module = modules[str(node.target)]
-        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
-            group = _trace_group(node, modules)
+        if isinstance(module, nn.Linear) or (isinstance(module, CONVOLUTIONS) and module.groups == 1):
+            group = _trace_group(node, modules, blocked)
             if group is not None and all(calls[name] == 1 for name, _ in group.consumers):
                 groups.append(group)
+            elif group is not None and blocked is not None:
+                blocked[group.producer] = "a layer that reads it is called more than once"
+        elif blocked is not None and isinstance(module, (*CONVOLUTIONS, nn.Linear)):
+            blocked[str(node.target)] = f"it is a grouped convolution (groups={module.groups})"
     return groups
 
 
@@ -307,9 +340,9 @@ def _keep_indices(weight: torch.Tensor, amount: float, groups: int) -> torch.Ten
     return torch.cat(kept)
 
 
-def _conv_like(layer: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
-    """A new convolution with ``layer``'s geometry and other channel counts."""
-    return nn.Conv2d(
+def _conv_like(layer: nn.Module, in_channels: int, out_channels: int) -> nn.Module:
+    """A new convolution of ``layer``'s kind (1-D, 2-D, 3-D) with its geometry and other channel counts."""
+    return type(layer)(
         in_channels,
         out_channels,
         layer.kernel_size,
@@ -323,7 +356,7 @@ def _conv_like(layer: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv
 
 def _shrink_out(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
     n = len(keep)
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, CONVOLUTIONS):
         new: nn.Module = _conv_like(layer, layer.in_channels, n)
     else:
         new = nn.Linear(layer.in_features, n, bias=layer.bias is not None)
@@ -351,7 +384,7 @@ def _shrink_norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 
 def _shrink_in(layer: nn.Module, keep: torch.Tensor, *, flattened: bool, channels: int) -> nn.Module:
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, CONVOLUTIONS):
         new: nn.Module = _conv_like(layer, len(keep), layer.out_channels)
         columns = keep
     else:
@@ -384,11 +417,16 @@ def prune_channels(model: nn.Module, *, amount: float, fine_tune: FineTune | Non
     amount = check_amount(amount, "the channel pruning amount")
     pruned = copy.deepcopy(model).eval()
     before = _census(pruned)
-    groups = _channel_groups(pruned)
+    blocked: dict[str, str] = {}
+    groups = _channel_groups(pruned, blocked)
     if not groups:
+        why = (
+            "; ".join(f"{layer}: {reason}" for layer, reason in blocked.items())
+            or "it has no convolution or linear layer"
+        )
         raise PruningError(
-            f"{type(model).__name__} has no layer whose output channels can be removed (each layer's output must "
-            "feed only convolution or linear layers); use unstructured pruning instead"
+            f"{type(model).__name__} has no layer whose output channels can be removed ({why}); each layer's output "
+            "must feed only convolution or linear layers of its kind; use unstructured pruning instead (-V pruned-int8)"
         )
     if amount > 0:
         for group in groups:

@@ -19,7 +19,7 @@ from torch import nn
 from edge.agent.protocol import FORMATS
 from edge.compress.calibration import CalibrationSet
 from edge.compress.distill import DEFAULT_STUDENT_WIDTH, distill, make_student
-from edge.compress.errors import CalibrationError, DistillationError, MissingExtraError
+from edge.compress.errors import CalibrationError, DistillationError, MissingExtraError, PruningError
 from edge.compress.pruning import FineTune, check_amount, count_nonzero, prune_channels, prune_unstructured
 from edge.compress.quantize import quantize_onnx
 from edge.export.artifact import describe_artifact, write_description
@@ -155,9 +155,15 @@ def _build_kinds(
         summary["pruned"] = result.summary()
     if "channels" in options.kinds:
         step(f"pruning {options.channel_amount:.0%} of the channels")
-        result = prune_channels(inputs.model, amount=options.channel_amount, fine_tune=fine_tune)
-        models["channels"] = result.model
-        summary["channels"] = result.summary()
+        try:
+            result = prune_channels(inputs.model, amount=options.channel_amount, fine_tune=fine_tune)
+        except PruningError as e:
+            if options.variants != DEFAULT_VARIANTS:  # asked for by name: say why it cannot be built
+                raise
+            summary["channels"] = {"skipped": str(e)}  # part of the defaults: build the rest, say why in a note
+        else:
+            models["channels"] = result.model
+            summary["channels"] = result.summary()
     if "student" in options.kinds:
         step("distilling a student")
         if inputs.tune is None or len(inputs.tune) == 0:
@@ -241,7 +247,7 @@ def _accuracy_notes(
         f"the {kind} model reaches {accuracy[kind]:.3f} against the original's {accuracy['base']:.3f} "
         f"(tuned on {tune} samples): {_REMEDY[kind]}"
         for kind in options.kinds
-        if kind != "base" and accuracy["base"] - accuracy[kind] > ACCURACY_DROP_NOTE
+        if kind != "base" and kind in accuracy and accuracy["base"] - accuracy[kind] > ACCURACY_DROP_NOTE
     ]
 
 
@@ -262,6 +268,8 @@ def package_model(
     reference_logits = {kind: predict(model, inputs.test.x) for kind, model in models.items()}
     original = reference_logits["base"].argmax(axis=1)
     notes = _accuracy_notes(reference_logits, inputs, options)
+    if "skipped" in compression.get("channels", {}):
+        notes.append(f"channels-* variants skipped: {compression['channels']['skipped']}")
     built: list[tuple[Variant, str, Path, ArtifactRunner, dict[str, Any], dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="fedge-package-") as tmp:
         float_onnx: dict[str, Path] = {}
@@ -269,6 +277,8 @@ def package_model(
             for fmt in options.formats:
                 if variant.precision not in FORMAT_PRECISIONS[fmt]:
                     notes.append(f"{variant.name} is not built for {fmt}: {fmt} has no {variant.precision} here")
+                    continue
+                if variant.kind not in models:  # a default kind this model does not allow (noted above)
                     continue
                 model = models[variant.kind]
                 path = out_dir / f"{variant.name}{FORMATS[fmt]}"
