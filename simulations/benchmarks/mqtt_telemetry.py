@@ -16,12 +16,17 @@ many are lost.
   as its own process.
 
     python -m simulations.benchmarks.mqtt_telemetry [--devices 100] [--processes 4] [--messages 200] [--broker both]
+
+With ``--collectors``: the same senders on Mosquitto, stored by one ``fedge fleet collect`` process against two of
+them as a group (a shared subscription) writing one PostgreSQL database, alternating, and by one collector on SQLite
+for reference (``results/fleet_collectors.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -196,6 +201,138 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict:
         broker.stop()
 
 
+# ------------------------------------------------------------------------------------ one collector or a group
+
+
+def _stored(db: str) -> int:
+    """Telemetry rows in the database (a cheap count; the collectors write it from other processes)."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def measure_collectors(store: str, collectors: int, args: argparse.Namespace, work: Path, pg) -> dict:
+    """Ingest through ``collectors`` collector processes (``fedge fleet collect``; a group on a shared
+    subscription when ``store`` is PostgreSQL, one plain collector on SQLite), each its own process."""
+    import os
+
+    work.mkdir(parents=True)
+    devices = [f"tel-{i:03d}" for i in range(args.devices)]
+    broker, server = loopback_broker("mosquitto", work, devices)
+    broker.start(timeout=30)
+    db = pg.create_database(f"ingest_{work.name.replace('-', '_')}") if store == "postgres" else str(work / "f.db")
+    procs: list[subprocess.Popen] = []
+    members: list[subprocess.Popen] = []
+    total = args.devices * args.messages
+    try:
+        for i in range(collectors):
+            cmd = [sys.executable, "-m", "simulations.cli", "fleet", "collect", "--broker"]
+            cmd += [server.url(with_password=True), "--db", db, "--client-id", f"bench-collector-{i}"]
+            if store == "postgres":
+                cmd += ["--group", "bench"]
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            members.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+        for m in members:
+            if "collecting into" not in m.stdout.readline():
+                raise RuntimeError("a collector did not start")
+        for i in range(args.processes):
+            group = devices[i :: args.processes]
+            cmd = [sys.executable, "-m", "simulations.benchmarks.mqtt_telemetry", "--worker"]
+            cmd += ["--devices-list", ",".join(group), "--credentials", str(work / "credentials.json")]
+            cmd += ["--messages", str(args.messages), "--timeout", str(args.timeout)]
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a sender did not connect")
+        watched = [psutil.Process(m.pid) for m in members]
+        cpu0 = [sum(w.cpu_times()[:2]) for w in watched]
+        start = time.perf_counter()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        deadline = time.monotonic() + args.timeout
+        stored = 0
+        while stored < total and time.monotonic() < deadline:
+            time.sleep(0.02)
+            stored = _stored(db)
+        seconds = time.perf_counter() - start
+        cpu = [round(sum(w.cpu_times()[:2]) - c, 3) for w, c in zip(watched, cpu0, strict=True)]
+        for p in procs:
+            p.stdout.readline()
+        return {
+            "store": store,
+            "collectors": collectors,
+            "sent": total,
+            "stored": stored,
+            "lost": total - stored,
+            "seconds": seconds,
+            "rate": stored / seconds,
+            "collector_cpu_seconds": cpu,
+        }
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for m in members:
+            m.terminate()
+            try:
+                m.wait(15)
+            except subprocess.TimeoutExpired:
+                m.kill()
+                m.wait()
+        broker.stop()
+
+
+def compare_collectors(args: argparse.Namespace) -> int:
+    """One collector against two (PostgreSQL, shared subscription), alternating, with SQLite's one for reference."""
+    from simulations.benchmarks.common import PostgresServer
+
+    load_at_start = load_average()
+    setups = [("postgres", 1), ("postgres", 2), ("sqlite", 1)]
+    runs: dict[str, list[dict]] = {f"{s}-{n}": [] for s, n in setups}
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-collectors-") as tmp, PostgresServer() as pg:
+        for i in range(args.repeats):
+            for store, n in setups:
+                key = f"{store}-{n}"
+                runs[key].append(measure_collectors(store, n, args, Path(tmp) / f"{key}-{i}", pg))
+    med = {k: statistics.median(r["rate"] for r in rs) for k, rs in runs.items()}
+    lost = sum(r["lost"] for rs in runs.values() for r in rs)
+    rows = [
+        Row(f"PostgreSQL, 1 collector: telemetry stored, QoS 1 (median of {args.repeats})", round(med["postgres-1"], 1),
+            "msg/s"),
+        Row.compare(f"PostgreSQL, 2 collectors (shared subscription): telemetry stored (median of {args.repeats})",
+                    round(med["postgres-2"], 1), "msg/s", "1 collector", round(med["postgres-1"], 1)),
+        Row.compare("SQLite, 1 collector (the default): telemetry stored", round(med["sqlite-1"], 1), "msg/s",
+                    "PostgreSQL, 1 collector", round(med["postgres-1"], 1)),
+        Row("messages lost (all runs)", lost, "messages"),
+    ]  # fmt: skip
+    for key, rs in runs.items():
+        cpu = statistics.median(sum(r["collector_cpu_seconds"]) for r in rs)
+        rows.append(Row(f"{key}: collectors' CPU per message", round(cpu / rs[0]["sent"] * 1e6, 1), "us"))
+    settings = {
+        "devices": args.devices,
+        "sender_processes": args.processes,
+        "messages_per_device": args.messages,
+        "runs": runs,
+        "order": "alternating per repeat: PostgreSQL x1, PostgreSQL x2, SQLite x1 (each a fresh broker and database)",
+        "timed": "'go' to every sender -> count(*) of telemetry reaches the messages sent",
+        "postgres": "throwaway local cluster, fsync off (SQLite runs synchronous=NORMAL in WAL: no fsync per commit)",
+        **load_settings(load_at_start),
+    }
+    write_results("fleet_collectors", rows, out=args.out, settings=settings)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--devices", type=int, default=100)
@@ -207,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--collectors",
+        action="store_true",
+        help="compare one collector with two on a shared subscription (PostgreSQL), and SQLite's one; writes "
+        "results/fleet_collectors.json",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--devices-list", help=argparse.SUPPRESS)
     p.add_argument("--credentials", help=argparse.SUPPRESS)
@@ -214,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         args.devices = args.devices_list
         return worker(args)
+    if args.collectors:
+        return compare_collectors(args)
 
     load_at_start = load_average()
     kinds = ["mosquitto", "embedded"] if args.broker == "both" else [args.broker]
