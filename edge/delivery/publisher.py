@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,16 @@ def _export_summary(side: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if v is not None}
 
 
+def derive_model_id(name: str) -> str:
+    """A topic id for a model name: a built-in name as it is (``digits-cnn``), a user's import path made one
+    (``iot_sensors.task:build_model`` -> ``iot-sensors-task-build-model``). ``--model-id`` overrides it.
+
+    >>> derive_model_id("iot_sensors.task:build_model"), derive_model_id("digits-cnn")
+    ('iot-sensors-task-build-model', 'digits-cnn')
+    """
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64].rstrip("-")
+
+
 def load_artifact(path: Path, *, model_id: str | None = None, version: int | None = None) -> Artifact:
     """Read a model file and its metadata. Without a version anywhere, the version is the current Unix time, which
     keeps versions increasing (devices refuse any version not newer than theirs)."""
@@ -101,8 +112,8 @@ def load_artifact(path: Path, *, model_id: str | None = None, version: int | Non
     if model_id is None:
         model_id = side.get("model_id")
     if model_id is None and exported and side.get("model"):  # one lineage: the variant goes in the meta
-        model_id = str(side["model"]).lower().replace("_", "-")
-    model_id = model_id or path.stem.split(".")[0].lower().replace("_", "-")
+        model_id = derive_model_id(str(side["model"]))
+    model_id = model_id or derive_model_id(path.stem.split(".")[0])
     version = version if version is not None else side.get("version", int(time.time()))
     if exported:  # edge.export's description is large (quantization parameters...): carry only the summary
         meta = _export_summary(side)

@@ -194,6 +194,16 @@ def test_artifact_metadata_from_an_edge_export_description(tmp_path):
     }
 
 
+def test_a_user_models_import_path_becomes_a_valid_model_id(tmp_path):
+    """A user's model is named by import path in the run (iot_sensors.task:build_model): not a topic id as it is."""
+    path = tmp_path / "int8.onnx"
+    path.write_bytes(onnx_model())
+    description = {"schema": "fedge-artifact/1", "format": "onnx", "model": "iot_sensors.task:build_model"}
+    (tmp_path / "int8.onnx.json").write_text(json.dumps(description))
+    assert load_artifact(path, version=2).model_id == "iot-sensors-task-build-model"
+    assert load_artifact(path, version=2, model_id="watch-motion").model_id == "watch-motion"
+
+
 def test_canaries_held_without_a_baseline():
     """No reports on the previous version (no collector ran): fail closed, never pass by default."""
     new = VersionStats(4, 400, 0, 400, 360)
