@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from edge.agent.config import AgentConfig
 from edge.agent.errors import (
+    AgentConfigError,
     AgentError,
     ModelLoadError,
     ModelRuntimeError,
@@ -145,7 +146,8 @@ class DeviceAgent:
 
     @staticmethod
     def _loader(model: StoredModel, data: bytes) -> ModelRunner:
-        return load_runner(model.format, data)
+        """A stored model's runner, with the preprocessing its signed manifest declared."""
+        return load_runner(model.format, data, model.preprocessing)
 
     def _load_current(self) -> None:
         """Resume with the model the store names (after a restart). One that does not load falls back to the previous
@@ -156,7 +158,7 @@ class DeviceAgent:
                 log.error("%s: no model that loads; waiting for a new one", self.device_id)
             return
         try:
-            self.runner = load_runner(current.format, self.store.read_intact(current))
+            self.runner = self._loader(current, self.store.read_intact(current))
             return
         except AgentError as e:
             log.warning("%s: stored model v%s does not load (%s)", self.device_id, current.version, e)
@@ -182,6 +184,7 @@ class DeviceAgent:
                 version=s.current.version if s.current else None,
                 previous_version=s.previous.version if s.previous else None,
                 last_update=self.last_update,
+                lineage=s.current.lineage if s.current else None,
             )
         )
 
@@ -321,8 +324,8 @@ class DeviceAgent:
                 return
             data = pending.result()
             try:
-                runner = load_runner(pending.manifest.format, data)
-            except ModelRuntimeError as e:
+                runner = load_runner(pending.manifest.format, data, pending.manifest.preprocessing)
+            except (ModelRuntimeError, AgentConfigError) as e:  # a model, or a declared preprocessing, that fails
                 raise ModelLoadError(str(e)) from e
         except RejectedUpdateError:
             self._abandon_transfer()

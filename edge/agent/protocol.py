@@ -270,6 +270,12 @@ class Manifest:
     #: the devices this manifest is for (a device takes it only if its id is here, or its group is ``group``)
     targets: tuple[str, ...] = ()
     group: str = ""
+    #: what the device does to a raw sample before inference (the artifact's ``device-preprocessing``; checked by
+    #: the agent's runtime when it loads the model): inside the signed part, so nobody can change it on the way
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    #: where the model came from and its privacy statement (:func:`check_lineage`): run id, config hash, rounds,
+    #: sites, global model hash, compression recipe, acceptance, ε / δ / σ / q / steps / clipping / accountant
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     def addressed_to(self, device_id: str, group: str | None) -> bool:
         return device_id in self.targets or (bool(self.group) and self.group == group)
@@ -306,7 +312,16 @@ class Manifest:
             "meta": self.meta,
             "targets": list(self.targets),
             "group": self.group,
+            # only when set: a manifest without them reads (and is signed) as before
+            **({"preprocessing": self.preprocessing} if self.preprocessing else {}),
+            **({"lineage": self.lineage} if self.lineage else {}),
         }
+
+    @property
+    def epsilon(self) -> float | None:
+        """The largest ε of any client behind this model (the privacy statement's ``epsilon-max``), if stated."""
+        value = (self.lineage.get("privacy") or {}).get("epsilon-max")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     @classmethod
     def from_signed(cls, d: dict[str, Any], *, require_target: bool = True) -> Manifest:
@@ -350,6 +365,8 @@ class Manifest:
             raise MalformedMessageError(
                 f"{what}: {len(hashes)} chunk hashes do not fit length {length} in chunks of {chunk_size}"
             )
+        preprocessing = _get(d, "preprocessing", dict, what) if "preprocessing" in d else {}
+        lineage = check_lineage(_get(d, "lineage", dict, what), what) if "lineage" in d else {}
         return cls(
             model_id,
             version,
@@ -363,7 +380,41 @@ class Manifest:
             meta,
             targets=tuple(targets),
             group=group,
+            preprocessing=preprocessing,
+            lineage=lineage,
         )
+
+
+#: the privacy statement's fields (in a manifest's ``lineage.privacy``): numbers where stated, ``None`` where the run
+#: record did not keep them; ``accountant`` is a name
+PRIVACY_NUMBERS = (
+    "epsilon-max",
+    "epsilon-median",
+    "delta",
+    "noise-multiplier",
+    "clipping-norm",
+    "sampling-rate",
+    "steps",
+)
+
+
+def check_lineage(lineage: dict[str, Any], what: str = "lineage") -> dict[str, Any]:
+    """Check the shape of a lineage block: a JSON object whose ``privacy`` (if any) holds finite, non-negative
+    numbers (or ``null``) for :data:`PRIVACY_NUMBERS` and a string ``accountant``. Returns it unchanged."""
+    privacy = lineage.get("privacy")
+    if privacy is None:
+        return lineage
+    if not isinstance(privacy, dict):
+        raise MalformedMessageError(f"{what}: 'privacy' must be an object")
+    for key in PRIVACY_NUMBERS:
+        value = privacy.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise MalformedMessageError(f"{what}: privacy field {key!r} must be a finite number >= 0, got {value!r}")
+    if privacy.get("accountant") is not None and not isinstance(privacy["accountant"], str):
+        raise MalformedMessageError(f"{what}: privacy field 'accountant' must be a name")
+    return lineage
 
 
 def split_chunks(data: bytes, chunk_size: int) -> list[bytes]:
@@ -382,9 +433,11 @@ def manifest_for(
     meta: dict[str, Any] | None = None,
     targets: tuple[str, ...] | list[str] = (),
     group: str = "",
+    preprocessing: dict[str, Any] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> Manifest:
     """The manifest of a model file for ``targets`` (device ids) and/or ``group`` (unsigned; ``edge.delivery``
-    signs it)."""
+    signs it), with the device's preprocessing and the model's lineage (privacy statement included)."""
     chunks = split_chunks(data, chunk_size)
     manifest = Manifest(
         model_id=check_id("model id", model_id),
@@ -399,6 +452,8 @@ def manifest_for(
         meta=dict(meta or {}),
         targets=tuple(targets),
         group=group,
+        preprocessing=dict(preprocessing or {}),
+        lineage=dict(lineage or {}),
     )
     # the same checks a device runs
     return Manifest.from_signed(manifest.to_signed(), require_target=bool(targets or group))
@@ -524,8 +579,10 @@ def state_message(
     version: int | None = None,
     previous_version: int | None = None,
     last_update: dict[str, Any] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The retained state of a device (its birth message, and every change after)."""
+    """The retained state of a device (its birth message, and every change after); ``lineage`` is the signed
+    lineage and privacy statement of the model it runs, as its manifest carried it."""
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}")
     return {
@@ -539,6 +596,7 @@ def state_message(
         "version": version,
         "previous_version": previous_version,
         "last_update": last_update,
+        **({"lineage": lineage} if lineage else {}),
     }
 
 

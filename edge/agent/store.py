@@ -4,6 +4,7 @@ model id.
 Layout of ``STORE/``::
 
     state.json                 {"current": {...}, "previous": {...} | null, "floors": {model id: N}, "lost": ...}
+                               (each model with its signed manifest's preprocessing and lineage)
     keyset.json                the newest root-signed key set accepted (the envelope, as it arrived)
     models/{model}-v{N}.{ext}  the model files (at most the current and the previous one are kept)
 
@@ -44,6 +45,10 @@ class StoredModel:
     sha256: str
     length: int
     file: str  # relative to the store
+    #: the signed manifest's device preprocessing: applied again after a restart or a rollback to this model
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    #: the signed manifest's lineage and privacy statement, published in the device's retained state
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoredModel:
@@ -54,6 +59,8 @@ class StoredModel:
             sha256=str(d["sha256"]),
             length=int(d["length"]),
             file=str(d["file"]),
+            preprocessing=dict(d.get("preprocessing") or {}),  # absent in a store written before it was kept
+            lineage=dict(d.get("lineage") or {}),
         )
 
 
@@ -207,7 +214,16 @@ class ModelStore:
         """Write a verified (and already loaded) model and make it current; the current one becomes the previous one.
         Nothing is deleted here: call :meth:`prune` once the new model is serving."""
         name = f"models/{manifest.model_id}-v{manifest.version}{FORMATS[manifest.format]}"
-        model = StoredModel(manifest.model_id, manifest.version, manifest.format, manifest.sha256, len(data), name)
+        model = StoredModel(
+            manifest.model_id,
+            manifest.version,
+            manifest.format,
+            manifest.sha256,
+            len(data),
+            name,
+            preprocessing=dict(manifest.preprocessing),
+            lineage=dict(manifest.lineage),
+        )
         old = self.state
         floors = {**old.floors, manifest.model_id: max(old.floor(manifest.model_id), manifest.version)}
         previous = old.current if old.current and old.current.file != name else old.previous

@@ -3,13 +3,16 @@
 An artifact is a model file (``.onnx`` or ``.tflite``) and, optionally, a JSON file beside it (``NAME.onnx.json``
 or ``NAME.json``) as ``edge.export`` writes it. From that JSON the publisher reads ``model_id``, ``version`` and
 ``meta`` (anything small: accuracy, quantization, input shape, the run it came from); the command line can set or
-override each. The chunks are retained on the model's topics (so a device that accepts the manifest later, or
-reconnects mid-transfer, still gets them) and the signed manifest is retained on each assigned device's topic.
+override each. From ``edge.export``'s description it also takes the device preprocessing and the lineage (run,
+compression recipe, acceptance, privacy statement), which go into the signed part of the manifest. The chunks are
+retained on the model's topics (so a device that accepts the manifest later, or reconnects mid-transfer, still gets
+them) and the signed manifest is retained on each assigned device's topic.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import time
@@ -25,6 +28,7 @@ from edge.agent.protocol import (
     Manifest,
     canonical_json,
     check_id,
+    check_lineage,
     command_topic,
     format_of,
     manifest_for,
@@ -50,6 +54,12 @@ class Artifact:
     version: int
     format: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the description's ``source.device-preprocessing``: goes into the signed manifest, the device applies it
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    #: the description's ``lineage`` (run, recipe, acceptance, privacy statement): goes into the signed manifest
+    lineage: dict[str, Any] = field(default_factory=dict)
+    #: the description as ``edge.export`` wrote it (empty for a bare model file)
+    description: dict[str, Any] = field(default_factory=dict)
 
 
 def _sidecar(path: Path) -> dict[str, Any]:
@@ -84,6 +94,21 @@ def _export_summary(side: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if v is not None}
 
 
+#: the most a manifest's preprocessing and lineage may take together (a device's manifest limit is 64 KiB)
+MAX_SIGNED_EXTRAS_BYTES = 32 * 1024
+
+
+def _export_extras(side: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(device preprocessing, lineage) of an ``edge.export`` description: the lineage ``fedge accept`` completed
+    (with the acceptance report's hash and verdict), else the run's lineage ``fedge package`` recorded."""
+    source = side.get("source") if isinstance(side.get("source"), dict) else {}
+    preprocessing = source.get("device-preprocessing") or {}
+    lineage = side.get("lineage") or source.get("lineage") or {}
+    if not isinstance(preprocessing, dict) or not isinstance(lineage, dict):
+        raise ArtifactError("the artifact's description has a device-preprocessing or lineage that is not an object")
+    return preprocessing, lineage
+
+
 def derive_model_id(name: str) -> str:
     """A topic id for a model name: a built-in name as it is (``digits-cnn``), a user's import path made one
     (``iot_sensors.task:build_model`` -> ``iot-sensors-task-build-model``). ``--model-id`` overrides it.
@@ -115,18 +140,31 @@ def load_artifact(path: Path, *, model_id: str | None = None, version: int | Non
         model_id = derive_model_id(str(side["model"]))
     model_id = model_id or derive_model_id(path.stem.split(".")[0])
     version = version if version is not None else side.get("version", int(time.time()))
+    preprocessing: dict[str, Any] = {}
+    lineage: dict[str, Any] = {}
     if exported:  # edge.export's description is large (quantization parameters...): carry only the summary
         meta = _export_summary(side)
+        preprocessing, lineage = _export_extras(side)
+        if side.get("sha256") and side["sha256"] != hashlib.sha256(data).hexdigest():
+            raise ArtifactError(
+                f"{path}: its bytes are not the ones its description names (sha256 differs): package it again "
+                "(fedge package) rather than editing the file"
+            )
     else:
         meta = side.get("meta", {k: v for k, v in side.items() if k not in ("model_id", "version", "format")})
     with as_delivery_error(ArtifactError):
         check_id("model id", model_id)
         check_format(data, fmt)
+        check_lineage(lineage, f"{path}'s lineage")
     if not isinstance(version, int) or version < 1:
         raise ArtifactError(f"{path}: version must be a positive integer, got {version!r}")
     if not isinstance(meta, dict) or len(canonical_json(meta)) > MAX_META_BYTES:
         raise ArtifactError(f"{path}: metadata must be a JSON object of at most {MAX_META_BYTES} bytes")
-    return Artifact(path, data, model_id, version, fmt, meta)
+    if len(canonical_json({"p": preprocessing, "l": lineage})) > MAX_SIGNED_EXTRAS_BYTES:
+        raise ArtifactError(
+            f"{path}: its device preprocessing and lineage take more than {MAX_SIGNED_EXTRAS_BYTES} bytes"
+        )
+    return Artifact(path, data, model_id, version, fmt, meta, preprocessing, lineage, side if exported else {})
 
 
 def _envelope(key: SigningKey, signed: dict[str, Any]) -> bytes:
@@ -182,6 +220,8 @@ def sign_artifact(
             meta=artifact.meta,
             targets=tuple(targets),
             group=group,
+            preprocessing=artifact.preprocessing,
+            lineage=artifact.lineage,
         )
     return SignedModel(artifact, manifest, _envelope(key, manifest.to_signed()))
 
