@@ -95,7 +95,9 @@ def train_locally(
             make_private,
             plan_round,
             prepare_model,
+            reported_history,
             save_accountant,
+            steps_taken,
         )
 
         accountant = load_accountant(state)
@@ -116,7 +118,9 @@ def train_locally(
                     "metrics": MetricRecord(
                         {"refused": 1, "epsilon": spent, "delta": privacy.target_delta, "num-examples": 0}
                     ),
-                    "refusal": ConfigRecord({"reason": str(e), **config.identity}),
+                    "refusal": ConfigRecord(
+                        {"reason": str(e), **config.identity, "dp-history": reported_history(accountant)}
+                    ),
                 }
             )
         prepared = prepare_model(model, fix=privacy.fix_model, requested_mode=privacy.grad_sample_mode)
@@ -138,8 +142,18 @@ def train_locally(
             config=replace(privacy, grad_sample_mode=prepared.grad_sample_mode),
             accountant=accountant,
         )
-        metrics.update({"noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate})
-        dp_details = {"dp-mode": prepared.grad_sample_mode, "dp-replaced-layers": "; ".join(prepared.replaced)}
+        metrics.update(
+            {
+                "noise-multiplier": plan.noise_multiplier,
+                "sample-rate": plan.sample_rate,
+                "max-grad-norm": privacy.max_grad_norm,
+            }
+        )
+        dp_details = {
+            "dp-mode": prepared.grad_sample_mode,
+            "dp-replaced-layers": "; ".join(prepared.replaced),
+            "dp-accountant": "rdp",
+        }
     else:
         train_model = model
     loss, steps = train_epochs(
@@ -154,6 +168,8 @@ def train_locally(
     if accountant is not None:
         save_accountant(state, accountant)
         metrics["epsilon"] = epsilon_after_round(accountant, plan, history_before, privacy.target_delta)
+        metrics["dp-steps"] = steps_taken(accountant, history_before)
+        dp_details["dp-history"] = reported_history(accountant)
     metrics.update(
         {"train-loss": loss, "num-examples": len(data), "steps": steps, "delta": privacy.target_delta, "refused": 0}
     )
@@ -178,6 +194,26 @@ def trained_on() -> str:
     if ray is not None and ray.is_initialized():
         return f"ray-node:{ray.get_runtime_context().get_node_id()}"
     return f"host:{socket.gethostname()}"
+
+
+def site_name(config: ClientConfig) -> str:
+    """This node's site in the run record's per-site evaluation: its ``node-name`` (a hospital's name on a real
+    node), else the name of its own data file (a simulated hospital: ``processed.hungarian``), else its partition.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Node:
+    ...     node_name: str = ""
+    ...     node_data_path: str = ""
+    ...     partition_id: int = 3
+    >>> site_name(Node()), site_name(Node(node_data_path="data/processed.va.data")), site_name(Node("zurich"))
+    ('partition-3', 'processed.va', 'zurich')
+    """
+    if config.node_name:
+        return config.node_name
+    if config.node_data_path:
+        return Path(config.node_data_path).stem
+    return f"partition-{config.partition_id}"
 
 
 def _reply(msg: Message, work: Callable[[], RecordDict]) -> Message:
@@ -238,6 +274,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         model = _local_model(config, data, msg.content["arrays"])
         result = evaluate_model(model, data, device=config.device)
         metrics = MetricRecord({"eval-loss": result.loss, "eval-accuracy": result.accuracy, "num-examples": len(data)})
-        return RecordDict({"metrics": metrics})
+        return RecordDict({"metrics": metrics, "client": ConfigRecord({**config.identity, "site": site_name(config)})})
 
     return _reply(msg, work)

@@ -44,6 +44,19 @@ def save_accountant(state: RecordDict, accountant: RDPAccountant) -> None:
     state[STATE_KEY] = ConfigRecord({"history": json.dumps(accountant.state_dict()["history"])})
 
 
+def reported_history(accountant: RDPAccountant) -> str:
+    """The accountant's history as the client reports it to the server (``dp-history`` in its reply): JSON
+    ``[[σ, q, steps], ...]``, consecutive rounds of the same σ and q merged. ε is the RDP composition of exactly
+    these entries, so the server's ledger (and anyone reading privacy.json) can recompute it and project the next
+    round's."""
+    return json.dumps([list(h) for h in _merged(list(accountant.history))])
+
+
+def steps_taken(accountant: RDPAccountant, history_before: list[tuple[float, float, int]]) -> int:
+    """The DP-SGD steps the accountant recorded since ``history_before`` (this round's steps)."""
+    return sum(int(h[2]) for h in accountant.history) - sum(int(h[2]) for h in history_before)
+
+
 @dataclass(frozen=True)
 class RoundPlan:
     """What one round of DP-SGD will cost: its noise, sampling rate and (expected) steps, and ε afterwards."""
