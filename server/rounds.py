@@ -13,7 +13,13 @@ It plays the part of ``Strategy.start`` (same calls: ``configure_train`` / ``agg
   train (and spend privacy budget on) a round that is over. A round with fewer than ``min_replies`` trained
   replies leaves the global model unchanged;
 - a callback after every round (central evaluation, checkpoint, metrics, progress) and a first round other than 1
-  (resume).
+  (resume);
+- budget-aware sampling: with DP, the strategy samples from the nodes whose clients can afford one more round
+  (their projected ε, from the privacy ledger, within the budget); a round that cannot reach ``min_replies`` (or
+  the strategy's own minimum of nodes) among them is not started and the run stops, its reason in ``stopped``.
+  A round whose update is discarded (fewer than ``min_replies`` trained) is recorded as such in the ledger: its
+  clients spent ε on it all the same;
+- federated evaluation (per site: :mod:`server.sites`) every ``evaluate_every`` rounds and after the last.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.ledger import PrivacyLedger
+from server.ledger import DpRound, PrivacyLedger, parse_history
+from server.sites import site_metrics
 
 log = logging.getLogger("fedge.server")
 WEIGHT_KEY = "num-examples"
@@ -85,6 +92,13 @@ class RoundOutcome:
     trained_on: dict[str, int] = field(default_factory=dict)
     """How many trained replies came from each place (a Ray node in a simulation, a host on real nodes), as the
     clients report it (``trained-on`` in their ``client`` record)."""
+    sites: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    """Per-site evaluation of the round's global model (site -> accuracy, loss, examples); empty when the round
+    did not evaluate."""
+    discarded: bool = False
+    """Clients trained but fewer than ``min_replies`` did: their update was discarded (their ε stays spent)."""
+    not_affordable: int = 0
+    """Nodes left out of sampling because their clients cannot afford one more round."""
 
 
 class _CountStreamedReplies(logging.Filter):
@@ -114,6 +128,42 @@ def _client_id(msg: Message) -> str:
     return str(msg.metadata.src_node_id)
 
 
+def _client_history(msg: Message, record_name: str) -> list[tuple[float, float, int]] | None:
+    record = msg.content.config_records.get(record_name)
+    return parse_history(str(record["dp-history"])) if record is not None and "dp-history" in record else None
+
+
+class AffordableNodes(Grid):
+    """A view of ``grid`` whose ``get_node_ids`` leaves out ``excluded`` nodes (clients that cannot afford one more
+    round), so Flower's strategy samples among the others; every other call goes to ``grid``."""
+
+    def __init__(self, grid: Grid, excluded: Iterable[int]) -> None:
+        self.grid = grid
+        self.excluded = frozenset(excluded)
+
+    def set_run(self, run_id: int) -> None:
+        self.grid.set_run(run_id)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self.grid.get_node_ids() if n not in self.excluded]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
 def _trained_on(msg: Message) -> str:
     record = msg.content.config_records.get("client")
     return str(record["trained-on"]) if record is not None and "trained-on" in record else "unknown"
@@ -134,6 +184,7 @@ class RoundLoop:
         straggler_timeout: float | None = None,
         poll_interval: float = 0.05,
         max_in_flight: int = 0,
+        evaluate_every: int = 1,
     ) -> None:
         self.strategy = strategy
         self.grid = grid
@@ -144,7 +195,10 @@ class RoundLoop:
         self.straggler_timeout = straggler_timeout
         self.poll_interval = poll_interval
         self.max_in_flight = max(0, int(max_in_flight))
+        self.evaluate_every = max(1, int(evaluate_every))
         self.unanswered = 0
+        self.stopped: dict[str, object] | None = None
+        """Why the run stopped before its last round (``round``, ``reason``), or None."""
 
     def _collect(self, messages: Iterable[Message], enough: Callable[[], bool] = lambda: False) -> Iterator[Message]:
         """Push, then pull replies as they come until all are in or the round's time is up.
@@ -194,14 +248,59 @@ class RoundLoop:
                 "%d of %d nodes did not reply before %s; going on without them", self.unanswered, len(messages), why
             )
 
-    def train_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> RoundOutcome:
+    def _strategy_minimum(self) -> tuple[int, str]:
+        """The fewest nodes Flower's strategy samples from without waiting for more to connect, and its setting."""
+        available = int(getattr(self.strategy, "min_available_nodes", 0) or 0)
+        train = int(getattr(self.strategy, "min_train_nodes", 0) or 0)
+        return (available, "min-available-nodes") if available >= train else (train, "min-train-nodes")
+
+    def budget_stop(self, server_round: int) -> str | None:
+        """Why round ``server_round`` cannot start among the clients that can afford it, or None if it can.
+
+        Only clients known to be unable to afford another round are left out (an unknown client is asked: its own
+        accountant decides), so before any client has run out this never stops a round.
+        """
+        excluded = self.ledger.unaffordable_nodes()
+        if not excluded:
+            return None
+        nodes = list(self.grid.get_node_ids())
+        affordable = [n for n in nodes if n not in excluded]
+        spent = ", ".join(sorted({excluded[n] for n in nodes if n in excluded}))
+        needed = max(self.min_replies, 1)
+        fewest, setting = self._strategy_minimum()
+        if len(affordable) >= needed and len(affordable) >= fewest:
+            return None
+        if len(affordable) < needed:
+            what, lower = f"fewer than min-replies={self.min_replies}", "min-replies"
+        else:
+            what, lower = f"fewer than the strategy's {setting}={fewest}", setting
+        return (
+            f"round {server_round} not started: only {len(affordable)} of {len(nodes)} clients can afford another "
+            f"round within ε={self.ledger.target_epsilon:g} (δ={self.ledger.delta:g}), {what}; budget spent: "
+            f"{spent}. Raise target-epsilon or the noise multiplier, plan fewer rounds, or lower {lower}"
+        )
+
+    def train_round(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, *, evaluate: bool = True
+    ) -> RoundOutcome:
         start = time.monotonic()
         outcome = RoundOutcome(server_round, arrays)
-        messages = list(self.strategy.configure_train(server_round, arrays, config, self.grid))
+        excluded = self.ledger.unaffordable_nodes()
+        outcome.not_affordable = len(excluded)
+        if excluded:
+            log.info(
+                "round %d: not asking %d clients that cannot afford it (%s)",
+                server_round,
+                len(excluded),
+                ", ".join(sorted(excluded.values())),
+            )
+        grid = AffordableNodes(self.grid, excluded) if excluded else self.grid
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         outcome.sampled = len(messages)
         dtypes = {k: a.numpy().dtype for k, a in arrays.items()} if self.stream else {}
         mean = StreamingMean() if self.stream else None
         held: list[Message] = []
+        trained: list[str] = []
         min_replies = self.min_replies
         for reply in self._collect(messages, enough=lambda: min_replies > 0 and outcome.replied >= min_replies):
             if reply.has_error():
@@ -216,14 +315,29 @@ class RoundLoop:
             if "refusal" in content.config_records:
                 outcome.refused += 1
                 reason = str(content["refusal"]["reason"])
-                self.ledger.record_refusal(client_id, server_round, metrics.get("epsilon"), reason)
+                self.ledger.record_refusal(
+                    client_id,
+                    server_round,
+                    metrics.get("epsilon"),
+                    reason,
+                    node_id=reply.metadata.src_node_id,
+                    history=_client_history(reply, "refusal"),
+                )
                 log.info("client %s refused round %d: %s", client_id, server_round, reason)
                 continue
             if len(content.array_records) != 1 or WEIGHT_KEY not in metrics:
                 outcome.failed += 1
                 log.warning("client %s sent a reply without arrays or %s; skipped", client_id, WEIGHT_KEY)
                 continue
-            self.ledger.record_training(client_id, server_round, metrics.get("epsilon"))
+            self.ledger.record_training(
+                client_id,
+                server_round,
+                metrics.get("epsilon"),
+                node_id=reply.metadata.src_node_id,
+                dp=DpRound.from_metrics(metrics),
+                history=_client_history(reply, "client"),
+            )
+            trained.append(client_id)
             outcome.replied += 1
             place = _trained_on(reply)
             outcome.trained_on[place] = outcome.trained_on.get(place, 0) + 1
@@ -242,6 +356,9 @@ class RoundLoop:
                 min_replies,
             )
             held = []
+            if trained:  # they trained and spent ε on it: recorded, never refunded
+                outcome.discarded = True
+                self.ledger.record_discarded(trained, server_round)
         elif held:
             counted = _CountStreamedReplies(outcome.replied, outcome.failed) if mean is not None else None
             flower_log = logging.getLogger("flwr")
@@ -260,9 +377,14 @@ class RoundLoop:
         del held
         # The round's settings (num-classes among them) reach the evaluating nodes too.
         eval_config = ConfigRecord(dict(config))
-        eval_messages = list(self.strategy.configure_evaluate(server_round, outcome.arrays, eval_config, self.grid))
+        eval_messages = (
+            list(self.strategy.configure_evaluate(server_round, outcome.arrays, eval_config, self.grid))
+            if evaluate
+            else []
+        )
         if eval_messages:
             replies = list(self._collect(eval_messages))
+            outcome.sites = site_metrics(replies)
             outcome.evaluate_metrics = dict(self.strategy.aggregate_evaluate(server_round, replies) or {})
         outcome.seconds = time.monotonic() - start
         return outcome
@@ -277,7 +399,13 @@ class RoundLoop:
         after_round: Callable[[RoundOutcome], None] = lambda outcome: None,
     ) -> ArrayRecord:
         for server_round in range(first_round, num_rounds + 1):
-            outcome = self.train_round(server_round, arrays, train_config(server_round))
+            reason = self.budget_stop(server_round)
+            if reason is not None:
+                log.warning("%s", reason)
+                self.stopped = {"round": server_round, "reason": reason}
+                break
+            evaluate = server_round % self.evaluate_every == 0 or server_round == num_rounds
+            outcome = self.train_round(server_round, arrays, train_config(server_round), evaluate=evaluate)
             arrays = outcome.arrays
             after_round(outcome)
         return arrays
