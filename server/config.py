@@ -33,6 +33,8 @@ class ServerConfig:
     min_replies: int
     straggler_timeout: float | None
     max_in_flight: int
+    evaluate_every: int
+    site_accuracy_threshold: float
     resume_from: Path | None
     stream_aggregation: bool
     progress: bool
@@ -73,6 +75,12 @@ class ServerConfig:
         max_in_flight = setting(run, "max-in-flight")
         if max_in_flight < 0:
             raise ServerConfigError(f"max-in-flight must be >= 0 (0 = every message at once), got {max_in_flight}")
+        evaluate_every = setting(run, "evaluate-every")
+        if evaluate_every < 1:
+            raise ServerConfigError(
+                f"evaluate-every must be at least 1 (evaluate every k rounds), got {evaluate_every}; "
+                "to evaluate on the nodes not at all, set fraction-evaluate = 0"
+            )
         return cls(
             num_rounds=num_rounds,
             strategy=strategy,
@@ -88,6 +96,8 @@ class ServerConfig:
             min_replies=min_replies,
             straggler_timeout=straggler if straggler > 0 else None,
             max_in_flight=max_in_flight,
+            evaluate_every=evaluate_every,
+            site_accuracy_threshold=setting(run, "site-accuracy-threshold"),
             resume_from=resume_from,
             stream_aggregation=setting(run, "stream-aggregation"),
             progress=setting(run, "progress"),

@@ -6,7 +6,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum, Strategy
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    QFedAvg,
+    Strategy,
+)
 
 from server.errors import ServerConfigError
 from shared_models.run_config import setting
@@ -35,12 +45,18 @@ class StrategyOptions:
     server_tau: float
     trimmed_beta: float
     krum_malicious: int
+    qfedavg_q: float = 0.1
+    """q-FedAvg's fairness parameter (``qfedavg-q``): 0 is FedAvg; a larger q weighs clients with a higher loss more."""
+    client_learning_rate: float = 1.0
+    """The clients' ``learning-rate``: q-FedAvg estimates its Lipschitz constant as 1 / learning rate."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
             raise ServerConfigError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
         if not 0.0 <= self.fraction_evaluate <= 1.0:
             raise ServerConfigError(f"fraction-evaluate must be in [0, 1], got {self.fraction_evaluate}")
+        if self.qfedavg_q < 0:
+            raise ServerConfigError(f"qfedavg-q must be >= 0 (0 is FedAvg), got {self.qfedavg_q}")
 
     @classmethod
     def from_run_config(cls, run: Mapping[str, Any]) -> StrategyOptions:
@@ -55,6 +71,8 @@ class StrategyOptions:
             server_tau=setting(run, "server-tau"),
             trimmed_beta=setting(run, "trimmed-beta"),
             krum_malicious=setting(run, "krum-malicious"),
+            qfedavg_q=setting(run, "qfedavg-q"),
+            client_learning_rate=setting(run, "learning-rate"),
         )
 
 
@@ -76,6 +94,11 @@ STRATEGIES: dict[str, Callable[[StrategyOptions], Strategy]] = {
     "fedmedian": lambda o: FedMedian(**_common(o)),
     "fedtrimmedavg": lambda o: FedTrimmedAvg(**_common(o), beta=o.trimmed_beta),
     "krum": lambda o: Krum(**_common(o), num_malicious_nodes=o.krum_malicious),
+    # q-FedAvg (Li et al., 2020): fair resource allocation, reweighting towards the sites the model serves worst;
+    # the clients report their loss as train-loss
+    "qfedavg": lambda o: QFedAvg(
+        **_common(o), client_learning_rate=o.client_learning_rate, q=o.qfedavg_q, train_loss_key="train-loss"
+    ),
 }
 
 
