@@ -41,6 +41,7 @@ class RunRecord:
         self.dir = self.run.path
         self.run.checkpoints.mkdir(parents=True, exist_ok=True)
         self.rounds: list[dict[str, Any]] = list(rounds or [])
+        self.stopped: dict[str, Any] | None = None
         if rounds is None or not self.run.config.is_file():
             write_json(self.run.config, config, default=_jsonable)
         write_json(self.run.model_info, model_info, default=_jsonable)
@@ -54,11 +55,21 @@ class RunRecord:
 
     def add_round(self, entry: dict[str, Any], ledger: PrivacyLedger) -> None:
         self.rounds.append({k: (_finite(v) if isinstance(v, float) else v) for k, v in entry.items()})
-        write_json(self.run.metrics, {"rounds": self.rounds}, default=_jsonable)
-        write_json(self.run.privacy, ledger.state_dict(), default=_jsonable)
+        self._write(ledger)
 
-    def plot(self, ledger: PrivacyLedger) -> list[Path]:
-        """accuracy.png (central accuracy per round) and, with DP, epsilon.png (ε per round against the target)."""
+    def stop(self, stopped: dict[str, Any], ledger: PrivacyLedger) -> None:
+        """Record why the run ended before its last round (``round``: the round not started, ``reason``)."""
+        self.stopped = dict(stopped)
+        self._write(ledger)
+
+    def _write(self, ledger: PrivacyLedger) -> None:
+        extra = {"stopped": self.stopped} if self.stopped is not None else {}
+        write_json(self.run.metrics, {"rounds": self.rounds, **extra}, default=_jsonable)
+        write_json(self.run.privacy, {**ledger.state_dict(), **extra}, default=_jsonable)
+
+    def plot(self, ledger: PrivacyLedger, *, site_accuracy_threshold: float | None = None) -> list[Path]:
+        """accuracy.png (central accuracy per round), with DP epsilon.png (ε per round against the target), and
+        with federated evaluation sites.png (each site's accuracy per round, the threshold, the worst site)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -98,4 +109,32 @@ class RunRecord:
             fig.savefig(self.run.epsilon_plot, dpi=100)
             plt.close(fig)
             written.append(self.run.epsilon_plot)
+        site_rounds = [r for r in self.rounds if r.get("sites")]
+        if site_rounds:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            names = sorted({name for r in site_rounds for name in r["sites"]})
+            xs = [r["round"] for r in site_rounds]
+            for name in names:
+                ys = [r["sites"].get(name, {}).get("accuracy", float("nan")) for r in site_rounds]
+                ax.plot(xs, ys, "o-", label=name)
+            if site_accuracy_threshold:
+                ax.axhline(
+                    site_accuracy_threshold, color="red", linestyle=":", label=f"threshold {site_accuracy_threshold:g}"
+                )
+            last = site_rounds[-1]
+            ax.set_xlabel("round")
+            ax.set_ylabel("accuracy on the site's own data")
+            ax.set_ylim(0, 1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+            ax.set_title(
+                f"Per-site accuracy (last: worst {last['worst-site']} {last['worst-site-accuracy']:.2f}, "
+                f"spread {last['site-accuracy-spread']:.2f})",
+                fontsize="medium",
+            )
+            fig.tight_layout()
+            fig.savefig(self.run.site_accuracy_plot, dpi=100)
+            plt.close(fig)
+            written.append(self.run.site_accuracy_plot)
         return written

@@ -29,6 +29,7 @@ from server.resume import (
 )
 from server.rounds import RoundLoop, RoundOutcome
 from server.run_record import RunRecord
+from server.sites import fairness
 from server.strategies import MEAN_BASED, build_strategy
 from shared_models.models import count_parameters
 from shared_models.registry import batchnorm_layers
@@ -93,6 +94,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         min_replies=config.min_replies,
         straggler_timeout=config.straggler_timeout,
         max_in_flight=config.max_in_flight,
+        evaluate_every=config.evaluate_every,
     )
 
     def central_eval(arrays: ArrayRecord) -> tuple[float, float]:
@@ -158,6 +160,8 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             "clients-timed-out": outcome.timed_out,
             "failures": outcome.failures,
             "trained-on": outcome.trained_on,
+            "clients-not-affordable": outcome.not_affordable,
+            "update-discarded": outcome.discarded,
             "epsilon-max": ledger.max_epsilon if config.dp else None,
             "epsilon-mean": ledger.mean_epsilon if config.dp else None,
             "seconds": outcome.seconds,
@@ -166,6 +170,9 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             "client-handler-seconds": outcome.train_metrics.get("handler-seconds"),
             **{f"federated-{k}": v for k, v in outcome.evaluate_metrics.items()},
         }
+        if outcome.sites:
+            entry["sites"] = outcome.sites
+            entry.update(fairness(outcome.sites, threshold=config.site_accuracy_threshold))
         if saved is not None and outcome.server_round == first_round:
             entry["resumed"] = True
         record.add_round(entry, ledger)
@@ -190,6 +197,14 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         progress.console.print(
             f"round {outcome.server_round:>3}/{config.num_rounds}: {status}  ({outcome.seconds:.1f}s)"
         )
+        if outcome.sites:
+            below = entry["sites-below-threshold"]
+            progress.console.print(
+                f"  sites: worst {entry['worst-site']} {entry['worst-site-accuracy']:.3f}, spread "
+                f"{entry['site-accuracy-spread']:.3f}"
+                + (f", below {config.site_accuracy_threshold:g}: {', '.join(below)}" if below else ""),
+                soft_wrap=True,
+            )
 
     with progress:
         final = loop.run(
@@ -199,11 +214,19 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             train_config=lambda r: round_config(r, num_classes=test_set.num_classes),
             after_round=after_round,
         )
+    if loop.stopped is not None:
+        record.stop(loop.stopped, ledger)
+        console.print(f"[bold]stopped[/]: {loop.stopped['reason']}", soft_wrap=True)
     record.save_final(final.to_torch_state_dict())
-    plots = record.plot(ledger)
+    plots = record.plot(ledger, site_accuracy_threshold=config.site_accuracy_threshold)
+    last_sites = next((r for r in reversed(record.rounds) if r.get("sites")), {})
     summary = {
         "run-dir": str(config.run_dir),
         "rounds": config.num_rounds,
+        "rounds-run": record.rounds[-1]["round"],
+        "stopped": loop.stopped,
+        **{k: last_sites.get(k) for k in ("worst-site", "worst-site-accuracy", "site-accuracy-spread")},
+        "sites-below-threshold": last_sites.get("sites-below-threshold"),
         "final-accuracy": record.rounds[-1]["central-accuracy"],
         "initial-accuracy": acc0,
         "max-epsilon": ledger.max_epsilon if config.dp else None,

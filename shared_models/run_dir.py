@@ -4,13 +4,16 @@ Layout::
 
     runs/<run-id>/
       config.json          the full run config
-      metrics.json         one entry per round (round 0 = the initial model), rewritten after every round
-      privacy.json         the privacy ledger (per client: ε, rounds taken, rounds refused)
+      metrics.json         one entry per round (round 0 = the initial model), rewritten after every round; per
+                           site (federated evaluation): accuracy, loss, examples, the worst site, the spread;
+                           ``stopped`` where the run ended early (round, reason)
+      privacy.json         the privacy ledger (per client: ε, δ, σ, q, steps, clipping norm, accountant and its
+                           history, rounds taken, refused, discarded; server/ledger.py lists the keys)
       model.json           what the checkpoints hold (model name, input shape, classes, data set)
       model.pt             the final global model (a torch state_dict): the run finished
       checkpoints/round-NNN.pt
       resume.pt            what the server needs to go on after the last finished round (server/resume.py)
-      accuracy.png, epsilon.png
+      accuracy.png, epsilon.png, sites.png (accuracy per site per round)
       artifacts/           what ``fedge package`` exports (ONNX, TFLite, report)
       edge/                the demo's delivery side: keys/, devices/, logs/,
         fleet.db             the fleet collector's store (SQLite)
@@ -132,6 +135,10 @@ class RunDir:
     @property
     def epsilon_plot(self) -> Path:
         return self.path / "epsilon.png"
+
+    @property
+    def site_accuracy_plot(self) -> Path:
+        return self.path / "sites.png"
 
     @property
     def artifacts(self) -> Path:

@@ -34,7 +34,9 @@ def simulate(
     rounds: Annotated[int | None, typer.Option("--rounds", "-r", help="Number of federated rounds.")] = None,
     strategy: Annotated[
         str | None,
-        typer.Option(help="Flower strategy: fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum."),
+        typer.Option(
+            help="Flower strategy: fedavg, fedprox, fedadam, fedyogi, fedmedian, fedtrimmedavg, krum, qfedavg."
+        ),
     ] = None,
     dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="Differential privacy on every client.")] = None,
     target_epsilon: Annotated[
@@ -84,21 +86,45 @@ def simulate(
     if client_gpus is not None:
         experiment.client_num_gpus = client_gpus
     summary = run_experiment(experiment, verbose=verbose)
+    Console().print(summary_table(summary))
+    stopped = (summary.get("privacy") or {}).get("stopped")
+    if stopped:
+        Console().print(f"[bold]stopped early[/]: {stopped['reason']}", soft_wrap=True)
+    Console().print(f"run record: {summary['run-dir']}")
+
+
+def summary_table(summary: dict) -> Table:
+    """fedge simulate's table: per round the central accuracy and loss, who trained and refused, ε, and where the
+    nodes evaluated the model (fraction-evaluate > 0) the worst site, the spread and the sites below the threshold."""
+    per_site = any(r.get("sites") for r in summary["rounds"])
     table = Table(title=f"run {os.path.basename(summary['run-dir'])}")
-    for column in ("round", "accuracy", "loss", "trained", "refused", "max ε"):
-        table.add_column(column, justify="right")
+    columns = ["round", "accuracy", "loss", "trained", "refused", "max ε"]
+    columns += ["worst site", "spread", "below threshold"] if per_site else []
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("worst site", "below threshold") else "right")
     for r in summary["rounds"]:
         eps = r.get("epsilon-max")
-        table.add_row(
+        row = [
             str(r["round"]),
             f"{r['central-accuracy']:.3f}",
             f"{r['central-loss']:.3f}",
             str(r.get("clients-trained", "")),
             str(r.get("clients-refused", "")),
             "" if eps is None else f"{eps:.3f}",
-        )
-    Console().print(table)
-    Console().print(f"run record: {summary['run-dir']}")
+        ]
+        if per_site:
+            worst = r.get("worst-site")
+            row += (
+                [
+                    f"{worst} {r['worst-site-accuracy']:.3f}",
+                    f"{r['site-accuracy-spread']:.3f}",
+                    ", ".join(r.get("sites-below-threshold") or []) or "-",
+                ]
+                if worst is not None
+                else ["", "", ""]
+            )
+        table.add_row(*row)
+    return table
 
 
 @app.command()
