@@ -12,6 +12,13 @@ import sys
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Third-party native logs, set before anything loads TensorFlow/XLA (litert-torch's converter), absl or glog: their
+# C++ INFO/WARNING lines ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on") would
+# bury fedge's output. Only defaults: a user who exports TF_CPP_MIN_LOG_LEVEL=0 sees them again. fedge's own
+# warnings go through Python logging and are untouched (--verbose shows Flower's and Ray's too).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("GLOG_minloglevel", "2")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -28,6 +35,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help text is plain text: rich markup would eat [brackets] ("fedge[agent]", "[a-z0-9-]", "[run-config]").
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
 err = Console(stderr=True)
 

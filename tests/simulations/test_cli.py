@@ -125,3 +125,34 @@ def test_a_command_that_needs_a_missing_extra_says_which_one():
     message = " ".join(result.stderr.split())  # rich wraps long lines
     assert "comes with the 'train' extra: pip install \"fedge[train]\"" in message, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        yield (*prefix, name), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+
+
+def test_help_keeps_every_bracket_it_was_written_with():
+    """Help text is shown as written: no markup renderer may eat "fedge[agent]", "[a-z0-9-]" or "[run-config]"."""
+    import re
+
+    import click
+    import typer
+
+    from simulations.cli import app
+
+    root = typer.main.get_command(app)
+    checked = 0
+    for path, command in _commands(root):
+        with click.Context(command, info_name=" ".join(path), max_content_width=1000, terminal_width=1000) as ctx:
+            shown = " ".join(command.get_help(ctx).split())
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            for token in re.findall(r"\[[^\]\s]+\]", " ".join(text.split())):
+                assert token in shown, f"fedge {' '.join(path)} --help lost {token!r}"
+                checked += 1
+    assert checked >= 3  # fedge[agent], [a-z0-9-], ... are in today's help texts
