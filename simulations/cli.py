@@ -35,9 +35,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    # Help text is plain text: rich markup would eat [brackets] ("fedge[agent]", "[a-z0-9-]", "[run-config]").
-    rich_markup_mode=None,
-    context_settings={"max_content_width": 120},
 )
 err = Console(stderr=True)
 

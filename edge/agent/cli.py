@@ -224,7 +224,7 @@ def agent(
         str,
         typer.Option(
             "--broker",
-            help=f"mqtt://[user@]host[:port] or mqtts://... (TLS); the password from ${PASSWORD_ENV}.",
+            help=f"mqtt://\\[user@]host[:port] or mqtts://... (TLS); the password from ${PASSWORD_ENV}.",
         ),
     ],
     device_id: Annotated[str, typer.Option(help="This device's id: 1-64 lowercase letters, digits or '-'.")],
@@ -251,7 +251,7 @@ def agent(
 ) -> None:
     """Run one device agent until Ctrl-C: receive signed models, verify and swap them, run inference, report.
 
-    The same as `python -m edge.agent` (what a device runs: `pip install "fedge[agent]"` brings no torch).
+    The same as `python -m edge.agent` (what a device runs: `pip install "fedge\\[agent]"` brings no torch).
     """
     code = main(
         agent_argv(

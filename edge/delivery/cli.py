@@ -242,6 +242,21 @@ def publish(
             "(else the rollout is held); recorded in the report.",
         ),
     ] = False,
+    max_site_drop: Annotated[
+        float,
+        typer.Option(
+            help="Refuse an artifact whose acceptance report (fedge accept RUN_DIR) shows a site losing more "
+            "accuracy than this against fp32 on that site."
+        ),
+    ] = 0.05,
+    accept_site_drop: Annotated[
+        bool,
+        typer.Option(
+            "--accept-site-drop",
+            help="Roll out even an artifact the acceptance gate refuses (worse on a site, or never tested); "
+            "recorded in the rollout report.",
+        ),
+    ] = False,
     ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
 ) -> None:
     """Sign a model and roll it out to the devices, canaries first.
@@ -249,7 +264,10 @@ def publish(
     Sends the chunks (retained, on the model's topics), then the signed manifest on each device's topic: a canary
     share first, the rest when the canaries report healthy (else a signed rollback command to them). Prints what
     each device did (applied, rejected and why, rolled back); exit code 1 unless the rollout completed.
+    An artifact goes out only if `fedge accept RUN_DIR` tested its exact bytes on every site and no site lost more
+    than --max-site-drop (else nothing is published, unless --accept-site-drop).
     """
+    from edge.delivery.acceptance_gate import AcceptanceGate
     from edge.delivery.keys import load_signing_key
     from edge.delivery.rollout import RolloutPolicy, publish_rollout, sign_models
 
@@ -287,6 +305,7 @@ def publish(
         no_wait=no_wait,
         ca_file=ca,
         progress=console.print,
+        gate=AcceptanceGate(max_site_drop=max_site_drop, override=accept_site_drop),
     )
     if report.status == "assigned":
         console.print(f"assigned to {len(report.devices)} devices")
@@ -418,7 +437,7 @@ def fleet_collect(
         str | None,
         typer.Option(
             help="MQTT client id: a persistent session keeps what arrives while it is away. In a --group, one per "
-            "collector, the same across its restarts. [default: fedge-collector, or fedge-collector-GROUP-HOST]"
+            "collector, the same across its restarts. \\[default: fedge-collector, or fedge-collector-GROUP-HOST]"
         ),
     ] = None,
     group: Annotated[
