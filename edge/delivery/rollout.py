@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.agent.protocol import BrokerAddress
+from edge.delivery.acceptance_gate import AcceptanceGate, check_acceptance
 from edge.delivery.client import ServerClient
 from edge.delivery.collector import FleetCollector, FleetStore, VersionStats, open_fleet_store
 from edge.delivery.errors import ArtifactError, RolloutError
@@ -399,13 +400,16 @@ def publish_rollout(
     ca_file: Path | None = None,
     fleet_timeout_s: float = 10.0,
     progress: Callable[[str], None] = lambda message: None,
+    gate: AcceptanceGate | None = None,
 ) -> RolloutReport:
     """``fedge publish``: publish signed models and roll them out.
 
     With ``no_wait``: send the chunks, assign the one model to ``devices`` and return (status ``assigned``).
     Otherwise: listen to the fleet (the devices' retained states, ``fleet_timeout_s`` at most), target ``devices``
     or every online device, and run a :class:`StagedRollout`. With ``group``, each format's manifest is addressed
-    to that device group and signed once, instead of once per device (what a large fleet needs).
+    to that device group and signed once, instead of once per device (what a large fleet needs). With ``gate``,
+    nothing is published unless every artifact passed its acceptance test (or the gate's override is on, which the
+    report's ``overrides`` record).
     """
     policy = policy or RolloutPolicy()
     first = next(iter(models.values())).manifest
@@ -413,6 +417,10 @@ def publish_rollout(
     client = ServerClient(f"fedge-publish-{suffix}", broker, ca_file=ca_file, clean_session=True).connect()
     publisher = ModelPublisher(client, key, timeout=policy.apply_timeout_s)
     try:
+        # before anything is published: a refused artifact leaves no retained chunk behind
+        overrides = check_acceptance([m.artifact for m in models.values()], gate) if gate is not None else []
+        for line in overrides:
+            progress(line)
         if no_wait:
             if not devices:
                 raise RolloutError("--no-wait needs --devices (without waiting, nobody is asked who is online)")
@@ -423,7 +431,9 @@ def publish_rollout(
             model = next(iter(models.values()))
             publisher.publish_chunks(model)
             publisher.assign(model, list(devices), group=group)
-            return RolloutReport(first.model_id, first.version, status="assigned", devices=sorted(devices))
+            return RolloutReport(
+                first.model_id, first.version, status="assigned", devices=sorted(devices), overrides=overrides
+            )
         collector = FleetCollector(
             broker,
             open_fleet_store(db),
@@ -436,9 +446,11 @@ def publish_rollout(
             targets = list(devices) or sorted(
                 d for d, row in collector.store.device_states().items() if row.get("state") in ONLINE_STATES
             )
-            return StagedRollout(
+            report = StagedRollout(
                 publisher=publisher, collector=collector, models=models, policy=policy, progress=progress, group=group
             ).run(targets)
+            report.overrides[:0] = overrides
+            return report
         finally:
             collector.stop()
     finally:

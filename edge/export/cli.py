@@ -145,3 +145,53 @@ def package(
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report: {result.report}")
+
+
+@app.command()
+def accept(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory whose artifacts fedge package wrote.")],
+    artifacts: Annotated[Path | None, typer.Option(help="The artifacts folder (default: RUN_DIR/artifacts/).")] = None,
+    max_site_drop: Annotated[
+        float,
+        typer.Option(help="Refuse an artifact that loses more accuracy than this on any site (vs fp32 on that site)."),
+    ] = 0.05,
+    sites: Annotated[
+        int | None, typer.Option(help="Number of sites of a pooled-data run (default: the clients that trained).")
+    ] = None,
+    max_samples: Annotated[int, typer.Option(help="Samples per site at most (a seeded subset).")] = 1000,
+) -> None:
+    """Acceptance test of the exact artifact bytes on every site of the federation, before a rollout.
+
+    Each site runs the very files (sha256 checked against their descriptions) with the device runtimes on its own
+    data (simulated: rebuilt in-process from the run record as each client loaded it); writes acceptance.json and
+    acceptance.md into the artifacts folder and each artifact's verdict into its description's lineage, which
+    fedge publish checks (--max-site-drop) and signs into the manifest. Exit code 1 if any artifact is refused.
+    """
+    from edge.export.acceptance import accept_run
+
+    console = Console()
+    report = accept_run(
+        run_dir,
+        artifacts_dir=artifacts,
+        max_site_drop=max_site_drop,
+        sites=sites,
+        max_samples=max_samples,
+        progress=lambda message: console.print(f"[dim]{message}[/]"),
+    )
+    names = [s["name"] for s in report["sites"]]
+    table = Table(title=f"acceptance on {len(names)} sites (max drop {max_site_drop:.3f})")
+    for column in ("artifact", *names, "worst site", "drop", "verdict"):
+        table.add_column(column, justify="left" if column in ("artifact", "worst site", "verdict") else "right")
+    if report.get("reference-accuracy"):
+        table.add_row("global model", *(f"{report['reference-accuracy'][n]:.3f}" for n in names), "", "", "")
+    for row in report["artifacts"]:
+        table.add_row(
+            row["file"],
+            *(f"{row['sites'][n]['accuracy']:.3f}" for n in names),
+            row["worst-site"] or "",
+            f"{row['worst-site-drop']:.3f}",
+            row["verdict"],
+        )
+    console.print(table)
+    if any(row["verdict"] != "accepted" for row in report["artifacts"]):
+        raise typer.Exit(1)

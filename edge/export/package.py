@@ -24,6 +24,7 @@ from edge.compress.pruning import FineTune, check_amount, count_nonzero, prune_c
 from edge.compress.quantize import quantize_onnx
 from edge.export.artifact import describe_artifact, write_description
 from edge.export.errors import UnknownFormatError
+from edge.export.lineage import artifact_lineage
 from edge.export.onnx_export import check_onnx, export_onnx
 from edge.export.report import markdown_report, plot_accuracy_size
 from edge.export.runtime import ArtifactRunner, measure_latency, open_artifact
@@ -318,6 +319,8 @@ def package_model(
             metrics=metrics,
             source=inputs.source,
         )
+        if "lineage" in inputs.source:  # a run's model: its lineage and this artifact's recipe (fedge accept adds more)
+            description["lineage"] = artifact_lineage(description)
         write_description(description, path)
         artifacts.append(description)
     title = f"fedge package: {inputs.model_name}" + (

@@ -18,6 +18,7 @@ from torch import nn
 from edge.agent.errors import FedgeError
 from edge.compress.calibration import CalibrationSet
 from edge.export.errors import CheckpointError
+from edge.export.lineage import run_lineage
 from edge.export.package import PackageInputs
 from shared_models.data import ArrayDataset
 from shared_models.federation import FederatedData
@@ -146,5 +147,6 @@ def run_package_inputs(
             "model-options": dict(info.get("model-options") or {}),
             "project-dir": str(info.get("project-dir") or ""),
             **({"device-preprocessing": info["device-preprocessing"]} if info.get("device-preprocessing") else {}),
+            "lineage": run_lineage(run_dir),
         },
     )

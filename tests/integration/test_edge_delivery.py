@@ -372,12 +372,14 @@ def test_fedge_publish_and_fleet_status_on_mosquitto(mosquitto, env, tmp_path):
             str(tmp_path / "keys" / "server.key"),
             "--db",
             str(tmp_path / "p.db"),
+            "--accept-site-drop",  # a bare model file, never tested on sites: the override, recorded
         ]
         first = runner.invoke(
             app, ["publish", str(tmp_path / "digits.onnx"), *common, "--version", "1", "--canary", "0"]
         )
         assert first.exit_code == 0, first.output
         assert "completed" in first.output
+        assert "accept-site-drop: digits.onnx has no acceptance report" in first.output
         assert wait_for(lambda: all(a.agent.version == 1 for a in agents.values()), 10)
         assert collector.wait_until(lambda s: all(s.reports_since(d, 1, 0) >= 2 for d in devices), 20)
         second = runner.invoke(
