@@ -99,7 +99,7 @@ def run_deployment(tmp: Path, settings: list[str], *, warm: bool = True) -> list
     )
     procs: list[subprocess.Popen] = []
     logs = tmp / "logs"
-    logs.mkdir()
+    logs.mkdir(parents=True)
     try:
         procs.append(start_superlink(link, log_file=logs / "superlink.log"))
         register_nodes(link, [k.public for k in keys.values()])
@@ -147,6 +147,24 @@ def run_deployment(tmp: Path, settings: list[str], *, warm: bool = True) -> list
     finally:
         for proc in procs:
             stop_tree(proc, kill=True)
+
+
+def _deploy_with_one_retry(tmp: Path, settings: list[str], *, warm: bool) -> list[dict]:
+    """One deployment run; if it fails to start (seen once: the SuperLink exiting at start, on a busy machine),
+    show the end of its logs and try once more in a fresh directory."""
+    from server.errors import ServerError
+
+    (tmp / "first").mkdir()
+    (tmp / "second").mkdir()
+    try:
+        return run_deployment(tmp / "first", settings, warm=warm)
+    except (ServerError, RuntimeError, subprocess.CalledProcessError) as e:
+        print(f"deployment run failed ({type(e).__name__}: {e}); its logs end with:", file=sys.stderr)
+        for log in sorted((tmp / "first" / "logs").glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
+        time.sleep(10)
+        return run_deployment(tmp / "second", settings, warm=warm)
 
 
 def in_process_costs() -> dict[str, float]:
@@ -236,7 +254,7 @@ def main() -> None:
                 if variant == "simulation":
                     rounds = run_simulation(tmp, settings)
                 else:
-                    rounds = run_deployment(tmp, settings, warm=variant == "warm")
+                    rounds = _deploy_with_one_retry(tmp, settings, warm=variant == "warm")
                 total = time.perf_counter() - t
             runs[variant].append({"rounds": rounds, "total-s": total})
             mean = statistics.mean(r["seconds"] for r in rounds)
