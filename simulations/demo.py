@@ -1,13 +1,18 @@
 """``fedge demo``: the whole pipeline on one machine, from federated training to telemetry from devices.
 
 1. a DP federated simulation (Flower + Opacus) on scikit-learn's digits: :func:`simulations.simulate.run_experiment`;
+   then the non-private reference: the same job (model, clients, rounds, epochs, batches) with ``dp = false``, a
+   second simulation recorded as its own run next to it (``runs/<run-id>-no-dp/``);
 2. compress and export the global model (fp32 and int8; ONNX and TFLite), each artifact verified: :mod:`edge.export`;
 3. a signing key; the embedded broker (amqtt) as its own process; a fleet collector (SQLite);
 4. device agents as separate processes (``python -m edge.agent``), runtimes in turn (onnxruntime, LiteRT), each
-   running inference on the held-out samples the model never trained or calibrated on;
+   running inference on all the held-out samples the model never trained or calibrated on, every report window;
 5. rollout of the fp32 model (version 1) to every device, then a staged rollout of the int8 model (version 2):
    canaries first, judged against their own fp32 reports, then everyone (or a rollback command);
-6. telemetry for a few seconds, the fleet table, and the records.
+6. telemetry for a few seconds, the fleet table, and what each stage bought (:func:`demo_quality`): the DP model's
+   accuracy at its (ε, δ) beside the reference's, int8 against fp32 in size and latency per runtime, the devices'
+   accuracy with its standard error, the canary verdict with its report counts. The figures are read back from the
+   run's own files and recorded in ``edge/demo.json`` (``quality``).
 
 Everything goes under ``runs/<run-id>/`` (the simulation's run record, ``artifacts/``, and ``edge/``: keys, device
 stores, logs, ``fleet.db``, ``rollouts.json``, ``fleet.json``, ``demo.json``). Every process it starts is stopped in
@@ -16,10 +21,16 @@ a ``finally``, so also on Ctrl-C (and on SIGTERM, which the command turns into C
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
+import re
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +43,13 @@ from shared_models.errors import FedgeError
 from shared_models.run_dir import RunDir
 
 INT8, FP32 = "int8", "fp32"
+
+#: The non-private reference is the demo's job with DP off and this learning rate: without DP-SGD's clipping the
+#: one DP needs (2.0) diverges (accuracy 0.10 in a plain-loop emulation on the same partitions; 1.0 diverges too,
+#: 0.3, 0.5 and 0.7 reach 0.94-0.96). Everything else (model, clients, rounds, epochs, batches, decay) is the same.
+REFERENCE_SETTINGS: dict[str, Any] = {"dp": False, "learning-rate": 0.5}
+#: the reference's run id is the DP run's with this suffix, in the same runs directory
+REFERENCE_SUFFIX = "-no-dp"
 
 
 class DemoError(FedgeError):
@@ -74,23 +92,89 @@ def _stage(console: Console, number: int, text: str) -> None:
     console.rule(f"[bold][{number}/6][/] {text}", align="left")
 
 
-def train(options: DemoOptions, console: Console) -> Path:
-    """Stage 1: the federated simulation; returns its run directory."""
-    from shared_models.run_config import mint_run_id
+def _simulate(options: DemoOptions, settings: dict[str, Any]) -> dict[str, Any]:
+    """The demo's experiment with ``settings`` applied, run in Flower's simulation engine; the server's summary."""
     from simulations.experiment import apply_settings, load_experiment
     from simulations.simulate import run_experiment
 
     experiment = load_experiment(options.experiment)
-    settings = {"runs-dir": options.runs_dir, "run-id": mint_run_id("demo"), "num-server-rounds": options.rounds}
-    apply_settings(experiment, settings)
+    apply_settings(experiment, {"num-server-rounds": options.rounds, **settings})
     if options.num_clients is not None:
         experiment.num_supernodes = options.num_clients
-    summary = run_experiment(experiment, verbose=options.verbose)
+    return run_experiment(experiment, verbose=options.verbose)
+
+
+def train(options: DemoOptions, console: Console) -> Path:
+    """Stage 1: the federated simulation; returns its run directory."""
+    from shared_models.run_config import mint_run_id
+
+    summary = _simulate(options, {"runs-dir": options.runs_dir, "run-id": mint_run_id("demo")})
     console.print(
         f"global model: accuracy {summary['initial-accuracy']:.3f} -> {summary['final-accuracy']:.3f} "
         f"on the server's held-out split"
     )
     return Path(summary["run-dir"])
+
+
+def reference_dir(run_dir: Path) -> Path:
+    """Where the non-private reference of the DP run in ``run_dir`` is recorded: a run of its own next to it."""
+    return run_dir.parent / f"{run_dir.name}{REFERENCE_SUFFIX}"
+
+
+def _finished(run_dir: Path) -> bool:
+    run = RunDir(run_dir)
+    return not run.missing(run.config, run.metrics, run.model)
+
+
+def train_reference(run_dir: Path, options: DemoOptions, console: Console) -> Path | None:
+    """Stage 1, second half: the same job without DP (:data:`REFERENCE_SETTINGS`), a second simulation whose run
+    record goes next to the DP run's; with ``--from-run``, the reference an earlier demo ran for it, if any."""
+    reference = reference_dir(run_dir)
+    if _finished(reference):
+        console.print(f"non-private reference: reusing {reference}")
+        return reference
+    if options.from_run is not None:
+        console.print(
+            f"[yellow]no non-private reference next to {run_dir} ({reference.name}); a demo that trains runs one[/]"
+        )
+        return None
+    changed = ", ".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in REFERENCE_SETTINGS.items())
+    console.print(f"non-private reference: the same job with {changed} (no clipping, no noise)")
+    summary = _simulate(options, {"runs-dir": run_dir.parent, "run-id": reference.name, **REFERENCE_SETTINGS})
+    console.print(
+        f"reference model: accuracy {summary['initial-accuracy']:.3f} -> {summary['final-accuracy']:.3f} "
+        "on the same held-out split"
+    )
+    return Path(summary["run-dir"])
+
+
+def model_id_of(name: str) -> str:
+    """The id devices know a run's model by: its registry name (``digits-mlp``) as it is, a user's import path
+    (``my_project.task:build_model``) in the ``[a-z0-9-]`` the wire format allows."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64] or "model"
+
+
+@contextlib.contextmanager
+def native_stderr_to(log: Path, *, enabled: bool = True) -> Iterator[None]:
+    """Send what native libraries write to file descriptor 2 (LiteRT's "Created TensorFlow Lite XNNPACK delegate",
+    XLA's and TensorFlow's C++ logs) to ``log`` while the block runs; Python's own output is untouched unless it
+    goes to ``sys.stderr``, which is flushed first. ``enabled=False`` (``--verbose``) leaves stderr alone."""
+    if not enabled:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log, "ab") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def package(
@@ -99,7 +183,8 @@ def package(
     """Stage 2: fp32 and int8 artifacts in both formats, verified; the held-out samples for the devices.
 
     Returns ``({precision: {format: path}}, one samples file per device, model id)``. Calibration uses one half of
-    the server's held-out split; the devices (and the reported accuracy) use the other half, a share each.
+    the server's held-out split; the devices (and the reported accuracy) use the other half, every device all of it,
+    so that each report window's accuracy rests on every one of those samples (the standard error is printed).
     """
     import numpy as np
 
@@ -113,26 +198,23 @@ def package(
         formats=formats, variants=(FP32, INT8), fine_tune_epochs=0, latency_runs=options.latency_runs
     )
     run = RunDir(run_dir)
+    model_id = model_id_of(str(run.read_model_info()["model"]))
     paths = {p: {f: run.artifacts / f"{p}.{f}" for f in formats} for p in (FP32, INT8)}
     wanted = [path for by_format in paths.values() for path in by_format.values()]
     if options.from_run is not None and all(p.is_file() and Path(f"{p}.json").is_file() for p in wanted):
         console.print(f"reusing the artifacts in {run.artifacts} (delete them to export again)")
     else:
-        _export(inputs, package_options, run_dir, console)
+        with native_stderr_to(run.edge / "logs" / "package.log", enabled=not options.verbose):
+            _export(inputs, package_options, run_dir, console)
     for path in wanted:
         if not path.is_file():
             raise DemoError(f"packaging did not write {path}")
-    samples = []  # each device gets its own share of the evaluation half, as devices see their own data
-    for i in range(options.devices):
-        path = run.edge / "samples" / f"dev-{i + 1:02d}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        x, y = test.x[i :: options.devices], test.y[i :: options.devices]
-        if len(x) == 0:
-            raise DemoError(f"{len(test)} held-out samples are too few for {options.devices} devices")
-        np.savez(path, x=x.astype(np.float32), y=y.astype(np.int64))
-        samples.append(path)
-    model_id = inputs.model_name.lower().replace("_", "-")
-    return paths, samples, model_id
+    if len(test) == 0:
+        raise DemoError("the server's held-out split left no samples for the devices; raise test-fraction")
+    path = run.edge / "samples" / "held-out.npz"  # every device runs all of them: one file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=test.x.astype(np.float32), y=test.y.astype(np.int64))
+    return paths, [path] * options.devices, model_id
 
 
 def _export(inputs: Any, package_options: Any, run_dir: Path, console: Console) -> None:
@@ -174,6 +256,7 @@ class AgentProcesses:
         model_id: str,
         trust: Path,
         samples: Path,
+        samples_per_report: int,
         interval: float,
         log: Path,
     ) -> None:
@@ -190,7 +273,7 @@ class AgentProcesses:
                 trust=[trust],
                 data=samples,
                 interval=interval,
-                samples=32,
+                samples=samples_per_report,
             ),
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -242,6 +325,141 @@ def _record_rollouts(edge_dir: Path, reports: list) -> None:
     write_json(edge_dir / "rollouts.json", [r.to_dict() for r in reports])
 
 
+def _sample_count(path: Path) -> int:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as samples:
+        return len(samples["y"])
+
+
+def standard_error(accuracy: float, samples: int) -> float:
+    """The standard error of an accuracy measured on ``samples`` independent samples: sqrt(p (1 - p) / n)."""
+    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / max(samples, 1))
+
+
+def _final_accuracy(run_dir: Path) -> float:
+    return float(RunDir(run_dir).read_metrics()[-1]["central-accuracy"])
+
+
+def demo_quality(
+    run_dir: Path,
+    reference: Path | None,
+    *,
+    artifacts: dict[str, dict[str, Path]],
+    devices: list[dict[str, Any]],
+    rollout: Any,
+    samples_per_report: int,
+) -> dict[str, Any]:
+    """What each stage bought, from the run's own files: the DP model's accuracy at its (ε, δ) and the non-private
+    reference's (``metrics.json``, ``privacy.json`` of each run), int8 against fp32 per runtime (each artifact's
+    description: size, latency at batch 1 on 1 thread, accuracy), each device's last report window with its
+    standard error, and the int8 rollout's canary verdict with the report counts it rests on."""
+    run = RunDir(run_dir)
+    privacy = run.read_privacy()
+    config = run.read_config()
+    training = {
+        "accuracy": _final_accuracy(run_dir),
+        "epsilon": float(privacy.get("max-epsilon") or 0.0),
+        "delta": float(privacy.get("delta") or config.get("target-delta", 0.0)),
+        "target-epsilon": float(privacy.get("target-epsilon") or config.get("target-epsilon", 0.0)),
+        "dp": bool(privacy.get("enabled", config.get("dp"))),
+        "clients": len(privacy.get("clients", {})),
+        "rounds": len(run.read_metrics()) - 1,
+        "run": str(run_dir),
+    }
+    reference_record = None
+    if reference is not None:
+        reference_config = RunDir(reference).read_config()
+        reference_record = {
+            "accuracy": _final_accuracy(reference),
+            "dp": bool(reference_config.get("dp")),
+            "learning-rate": reference_config.get("learning-rate"),
+            "rounds": len(RunDir(reference).read_metrics()) - 1,
+            "run": str(reference),
+        }
+    per_runtime = {}
+    for fmt in artifacts[FP32]:
+        fp32, int8 = (json.loads(Path(f"{artifacts[p][fmt]}.json").read_text(encoding="utf-8")) for p in (FP32, INT8))
+        per_runtime[fmt] = {
+            "fp32-bytes": fp32["size-bytes"],
+            "int8-bytes": int8["size-bytes"],
+            "size-ratio": int8["size-bytes"] / fp32["size-bytes"],
+            "fp32-latency-ms": fp32["metrics"]["latency-ms"],
+            "int8-latency-ms": int8["metrics"]["latency-ms"],
+            "latency-ratio": int8["metrics"]["latency-ms"] / fp32["metrics"]["latency-ms"],
+            "fp32-accuracy": fp32["metrics"]["accuracy"],
+            "int8-accuracy": int8["metrics"]["accuracy"],
+        }
+    per_device = {}
+    for row in devices:
+        accuracy, inferences = row.get("accuracy"), row.get("inferences") or 0
+        per_device[row["device_id"]] = {
+            "runtime": row.get("runtime"),
+            "version": row.get("version"),
+            "accuracy": accuracy,
+            "inferences": inferences,
+            "standard-error": None if accuracy is None else standard_error(accuracy, inferences),
+        }
+    baseline, canary = rollout.baseline or {}, rollout.canary_stats or {}
+    return {
+        "training": training,
+        "reference": reference_record,
+        "artifacts": per_runtime,
+        "devices": {"samples-per-report": samples_per_report, "per-device": per_device},
+        "canary": {
+            "status": rollout.status,
+            "verdict": rollout.verdict,
+            "canaries": list(rollout.canaries),
+            "reports": canary.get("reports", 0),
+            "inferences": canary.get("labelled", 0),
+            "baseline-reports": baseline.get("reports", 0),
+            "baseline-inferences": baseline.get("labelled", 0),
+        },
+    }
+
+
+def print_quality(quality: dict[str, Any], console: Console) -> None:
+    """The lines that say what each stage bought (tests/integration/test_demo.py reads them back)."""
+
+    def say(text: str) -> None:
+        console.print(text, soft_wrap=True, highlight=False)
+
+    console.rule("[bold]what each stage bought[/]", align="left")
+    t, ref = quality["training"], quality["reference"]
+    if t["dp"]:
+        say(
+            f"DP model: accuracy {t['accuracy']:.3f} at ε = {t['epsilon']:.3f}, δ = {t['delta']:g} "
+            f"(each client, whole run; {t['clients']} clients x {t['rounds']} rounds)"
+        )
+    else:
+        say(f"model (no DP): accuracy {t['accuracy']:.3f} ({t['clients']} clients x {t['rounds']} rounds)")
+    if ref is not None:
+        say(
+            f"non-private reference: accuracy {ref['accuracy']:.3f} "
+            f"(same job, dp = false, learning rate {ref['learning-rate']:g})"
+        )
+    for fmt, a in quality["artifacts"].items():
+        say(
+            f"{fmt} int8/fp32: size {a['size-ratio']:.3f}x ({a['int8-bytes'] / 1024:.1f} / "
+            f"{a['fp32-bytes'] / 1024:.1f} KiB), latency {a['latency-ratio']:.3f}x "
+            f"({a['int8-latency-ms']:.4f} / {a['fp32-latency-ms']:.4f} ms, batch 1, 1 thread)"
+        )
+    devices = quality["devices"]
+    say(f"devices: every report window runs all {devices['samples-per-report']} evaluation samples")
+    for device, d in devices["per-device"].items():
+        if d["accuracy"] is not None:
+            say(
+                f"  {device} ({d['runtime']}, v{d['version']}): accuracy {d['accuracy']:.3f} "
+                f"± {d['standard-error']:.3f} (standard error, {d['inferences']} samples)"
+            )
+    c = quality["canary"]
+    say(f"canary verdict ({', '.join(c['canaries']) or 'no canaries'}): {c['verdict'] or c['status']}")
+    say(
+        f"  on {c['reports']} reports ({c['inferences']} labelled inferences) against "
+        f"{c['baseline-reports']} reports ({c['baseline-inferences']}) on the previous version"
+    )
+
+
 def _run_with_dashboard(options: DemoOptions, console: Console) -> dict[str, Any]:
     """The demo with the dashboard served over its runs directory while it runs (``fedge demo --ui``)."""
     from dataclasses import replace
@@ -286,6 +504,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
         console.print(f"using the finished run {run_dir}")
     else:
         run_dir = train(options, console)
+    reference = train_reference(run_dir, options, console)
     timings["train_s"] = time.monotonic() - started
     edge_dir = RunDir(run_dir).edge
     if edge_dir.exists():  # a previous demo on this run: its devices' stores would refuse versions 1 and 2 again
@@ -299,6 +518,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
     _stage(console, 2, "compress and export (fp32, int8; ONNX, TFLite), each artifact verified")
     t = time.monotonic()
     artifacts, samples, model_id = package(run_dir, options, console)
+    samples_per_report = _sample_count(samples[0])
     timings["package_s"] = time.monotonic() - t
 
     key = SigningKey.generate()
@@ -335,11 +555,13 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
                 model_id=model_id,
                 trust=public,
                 samples=device_samples,
+                samples_per_report=samples_per_report,
                 interval=options.report_interval_s,
                 log=edge_dir / "logs" / f"{d}.log",
             )
             pids[d] = agents.processes[d].pid
             console.print(f"  {d}: {runtimes[d]} (pid {agents.processes[d].pid})")
+        console.print(f"  each runs all {samples_per_report} evaluation samples every {options.report_interval_s:g} s")
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as p:
             task = p.add_task("waiting for the agents' birth messages", total=None)
             ok = collector.wait_until(
@@ -417,6 +639,15 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
         f"{sequence['duplicates']} duplicates dropped"
     )
     on_int8 = [r["device_id"] for r in rows if r.get("version") == 2]
+    quality = demo_quality(
+        run_dir,
+        reference,
+        artifacts=artifacts,
+        devices=rows,
+        rollout=reports[-1],
+        samples_per_report=samples_per_report,
+    )
+    print_quality(quality, console)
     timings["total_s"] = time.monotonic() - started
     summary = {
         "run_dir": str(run_dir),
@@ -428,6 +659,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> dict[st
         "rollouts": [r.to_dict() for r in reports],
         "on_int8": on_int8,
         "telemetry": sequence,
+        "quality": quality,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
