@@ -14,7 +14,7 @@ from shared_models.federation import FederatedData
 from shared_models.registry import ModelConfig
 from shared_models.run_config import DEFAULT_RUN_CONFIG, setting
 
-DP_MODES = ("ghost", "hooks", "ew", "functorch")
+DP_MODES = ("bk", "ghost", "hooks", "ew", "functorch")
 
 
 @dataclass(frozen=True, kw_only=True)

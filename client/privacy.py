@@ -22,6 +22,8 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from client.bk_clipping import BookKeeping, BookKeepingLoss
+from client.bk_clipping import unsupported_layers as bk_unsupported_layers
 from client.config import PrivacyConfig
 from client.errors import ModelNotPrivateError, PrivacyBudgetExhaustedError
 
@@ -268,11 +270,22 @@ EXPANDED_WEIGHTS_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedd
 
 def choose_grad_sample_mode(model: nn.Module, requested: str) -> tuple[str, str]:
     """The per-sample gradient mode for ``model``: the one asked for where it is correct, else the fastest that is,
-    and why. Ghost clipping (norms without per-sample gradients for Linear/Embedding, hooks or functorch for the
-    rest) fits any validated model except one whose layer runs several times per forward pass: a recurrent DP
-    layer's Linear runs once per time step, and ghost clipping takes one norm per call, so those use per-sample
-    hooks (which add the calls up). Expanded weights know only a few layer types; other models use hooks."""
+    and why. ``bk`` (ghost clipping in one backward pass, client/bk_clipping.py) knows Linear, ungrouped Conv1d/2d,
+    GroupNorm and LayerNorm; a model with other trainable layers uses Opacus's ghost clipping. Ghost clipping
+    (norms without per-sample gradients for Linear/Embedding, hooks or functorch for the rest) fits any validated
+    model except one whose layer runs several times per forward pass: a recurrent DP layer's Linear runs once per
+    time step, and ghost clipping takes one norm per call, so those use per-sample hooks (which add the calls up).
+    Expanded weights know only a few layer types; other models use hooks."""
     recurrent = any(isinstance(m, RNNLinear) for m in model.modules())
+    if requested == "bk" and recurrent:
+        return (
+            "hooks",
+            "one-pass ghost clipping takes one norm per layer call and a recurrent layer is called per time step",
+        )
+    if requested == "bk":
+        others = bk_unsupported_layers(model)
+        if others:
+            return "ghost", f"one-pass ghost clipping does not support {', '.join(others)}"
     if requested == "ghost" and recurrent:
         return "hooks", "ghost clipping takes one norm per layer call and a recurrent layer is called per time step"
     if requested == "ew":
@@ -302,7 +315,8 @@ def make_private(
     """Wrap model, optimizer, loader and loss for DP-SGD with Poisson sampling, on the run-long accountant.
 
     Returns ``(model, optimizer, loader, criterion)``; in ghost-clipping mode the loss is Opacus's
-    double-backward wrapper, otherwise the given one.
+    double-backward wrapper, in ``bk`` mode the one-backward book-keeping loss (client/bk_clipping.py) over
+    Opacus's ghost-clipping optimizer, otherwise the given one.
     """
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant = accountant
@@ -314,9 +328,14 @@ def make_private(
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=config.max_grad_norm,
         poisson_sampling=True,
-        grad_sample_mode=config.grad_sample_mode,
+        # bk: Opacus's ghost-clipping optimizer (noise, scaling, accountant), its hooks off, one backward pass
+        grad_sample_mode="ghost" if config.grad_sample_mode == "bk" else config.grad_sample_mode,
     )
-    if config.grad_sample_mode == "ghost":
+    if config.grad_sample_mode == "bk":
+        dp_model, dp_optimizer, _, dp_loader = wrapped
+        dp_model.disable_hooks()
+        dp_criterion = BookKeepingLoss(BookKeeping(model, max_grad_norm=config.max_grad_norm), criterion)
+    elif config.grad_sample_mode == "ghost":
         dp_model, dp_optimizer, dp_criterion, dp_loader = wrapped
     else:
         (dp_model, dp_optimizer, dp_loader), dp_criterion = wrapped, criterion
