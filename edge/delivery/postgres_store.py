@@ -10,6 +10,8 @@ What changes with several writers:
   collectors write the same state: a state is applied only if it is not older than the one stored (``state_ts``:
   the device's ``ts``, or the time received for a last will, which carries none), so a collector that lags behind
   never puts a device back into an older state.
+- ``last_seen`` is kept to a second (a row written only when it moved by more), so collectors sharing a stream do
+  not queue behind each other's row locks on every batch.
 - Rows of ``devices`` are written in device-id order, and a transaction that still deadlocks with another
   collector's is retried: a batch either commits whole or not at all, and is acknowledged only after it commits.
 
@@ -83,6 +85,8 @@ _EVENT = (
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _RETRIES = 5
+#: a device's last_seen is written when it moved by more than this (seconds): see PostgresFleetStore._write
+LAST_SEEN_RESOLUTION_S = 1.0
 
 
 def _driver():
@@ -269,9 +273,21 @@ class PostgresFleetStore:
     def _write(self, batch: _Batch) -> None:
         db = self._writer
         with db.transaction(), db.cursor() as cur:
-            if batch.touch:  # device rows in one order in every collector: fewer deadlocks between them
+            if batch.touch:
+                # every member of a group hears from every device: writing last_seen on each batch would lock the
+                # same rows in every collector's transaction and run them one after another. Read first (no lock);
+                # write only new devices, states, and a last_seen more than LAST_SEEN_RESOLUTION_S old, in one
+                # order in every collector (fewer deadlocks between them).
                 devices = sorted(batch.touch)
-                cur.execute(_TOUCH, (devices, [batch.touch[d] for d in devices]))
+                cur.execute("SELECT device_id, last_seen FROM devices WHERE device_id = ANY(%s)", (devices,))
+                known = dict(cur.fetchall())
+                stale = [
+                    d
+                    for d in devices
+                    if d in batch.states or (known.get(d) or 0.0) < batch.touch[d] - LAST_SEEN_RESOLUTION_S
+                ]
+                if stale:
+                    cur.execute(_TOUCH, (stale, [batch.touch[d] for d in stale]))
             if batch.states:
                 cur.executemany(_STATE, [batch.states[d][1] for d in sorted(batch.states)])
             if batch.telemetry:
