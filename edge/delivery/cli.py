@@ -351,8 +351,8 @@ def fleet_table(rows: list[dict[str, Any]], *, now: float | None = None, title: 
     now = time.time() if now is None else now
     models = sorted({r["model_id"] for r in rows if r.get("model_id")})
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=f"model: {', '.join(models)}" if models else None)
-    right = {"ver", "seen", "p50 ms", "p95 ms", "acc"}
-    for column in ("device", "state", "runtime", "ver", "seen", "p50 ms", "p95 ms", "acc", "last update"):
+    right = {"ver", "seen", "p50 ms", "p95 ms", "acc", "ε"}
+    for column in ("device", "state", "runtime", "ver", "seen", "p50 ms", "p95 ms", "acc", "ε", "last update"):
         table.add_column(column, justify="right" if column in right else "left", no_wrap=column != "last update")
 
     def num(v: Any, fmt: str) -> str:
@@ -373,9 +373,22 @@ def fleet_table(rows: list[dict[str, Any]], *, now: float | None = None, title: 
             num(r.get("latency_ms_p50"), ".3f"),
             num(r.get("latency_ms_p95"), ".3f"),
             num(r.get("accuracy"), ".3f"),
+            num(r.get("epsilon"), ".2f"),
             outcome,
         )
     return table
+
+
+def _with_lineage(store: Any) -> list[dict[str, Any]]:
+    """The fleet's rows with each device's model ε (from the lineage its retained state carried)."""
+    from edge.delivery.feedback import device_lineage
+
+    lineage = device_lineage(store)
+    rows = store.devices()
+    for r in rows:
+        known = lineage.get(r["device_id"]) or {}
+        r["epsilon"] = known.get("epsilon") if known.get("version") == r.get("version") else None
+    return rows
 
 
 @fleet_app.command("status")
@@ -413,8 +426,16 @@ def fleet_status(
             time.sleep(listen)
         finally:
             collector.stop()
+    from edge.delivery.feedback import degraded_events
+
     console = Console()
-    console.print(fleet_table(store.devices(), title=f"fleet ({store.path})"))
+    console.print(fleet_table(_with_lineage(store), title=f"fleet ({store.path})"))
+    for event in degraded_events(store):
+        action = f"; {event['action']}" if event.get("action") else ""
+        console.print(
+            f"[bold red]degraded[/] {event['model_id']} v{event['version']} on {len(event['devices'])} devices: "
+            f"{event['reason']}{action}"
+        )
     seq = store.sequence_report()
     console.print(
         f"telemetry: {seq['received']} received, {seq['lost']} lost (gaps in sequence numbers), "
@@ -453,6 +474,17 @@ def fleet_collect(
         typer.Option(help="Serve Prometheus metrics of the fleet on this port (http://HOST:PORT/metrics)."),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address the metrics endpoint listens on.")] = "127.0.0.1",
+    rollback_on_degraded: Annotated[
+        bool,
+        typer.Option(
+            "--rollback-on-degraded",
+            help="When a device group's telemetry degrades against its acceptance report, send it a signed rollback "
+            "to its previous version (needs --key).",
+        ),
+    ] = False,
+    key: Annotated[
+        Path | None, typer.Option(help="The signing key for --rollback-on-degraded (PATH.key from fedge keygen).")
+    ] = None,
 ) -> None:
     """Keep every state, telemetry and update message of the fleet in SQLite (or PostgreSQL) until Ctrl-C.
 
@@ -462,11 +494,24 @@ def fleet_collect(
     outcomes, latency) computed from the database at each scrape.
     """
     from edge.delivery.collector import collector_for
+    from edge.delivery.errors import DeliveryError
+    from edge.delivery.feedback import FeedbackLoop, FeedbackMonitor
+    from edge.delivery.keys import load_signing_key
     from edge.delivery.metrics import FleetMetrics, MetricsServer
+    from edge.delivery.publisher import ModelPublisher
 
+    if rollback_on_degraded and key is None:
+        raise DeliveryError("--rollback-on-degraded signs its rollback commands: pass --key PATH.key")
+    signing = load_signing_key(key) if rollback_on_degraded and key is not None else None
     collector = collector_for(_broker(broker_url), db, group=group or "", client_id=client_id, ca_file=ca).start()
     store = collector.store
     metrics = None
+    rollback = ModelPublisher(collector.client, signing).rollback if signing is not None else None
+    feedback = FeedbackLoop(
+        FeedbackMonitor(store),
+        rollback=rollback,
+        on_event=lambda e: Console().print(f"[bold red]degraded[/] {e.model_id} v{e.version}: {e.reason}"),
+    ).start()
     try:
         member = f" as {collector.client_id}, one of group {group}" if group else ""
         Console().print(f"collecting into {store.path}{member}; Ctrl-C stops")
@@ -475,6 +520,7 @@ def fleet_collect(
             Console().print(f"Prometheus metrics: {metrics.url}")
         _wait_forever()
     finally:
+        feedback.stop()
         collector.stop()
         if metrics is not None:
             metrics.stop()
@@ -483,3 +529,43 @@ def fleet_collect(
 
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(keys_app, name="keys")
+
+
+# ------------------------------------------------------------------------------------------------------- inspect
+
+
+@app.command()
+def inspect(
+    target: Annotated[str, typer.Argument(help="An artifact file (NAME.onnx with NAME.onnx.json) or a device id.")],
+    db: Annotated[str, typer.Option(help="The fleet database that holds the devices' retained states.")] = "fleet.db",
+) -> None:
+    """Print the lineage and privacy statement of an artifact, or of the model a device runs.
+
+    ARTIFACT: what fedge publish would sign into its manifest (run, hashes, recipe, acceptance, privacy statement,
+    device preprocessing). DEVICE: what the device reported in its retained state, as the fleet database kept it.
+    """
+    from edge.delivery.collector import open_fleet_store
+    from edge.delivery.errors import DeliveryError
+    from edge.delivery.feedback import device_lineage
+    from edge.delivery.publisher import load_artifact
+
+    console = Console()
+    if Path(target).is_file():
+        artifact = load_artifact(Path(target))
+        out = {
+            "file": str(artifact.path),
+            "model_id": artifact.model_id,
+            "format": artifact.format,
+            "lineage": artifact.lineage or None,
+            "preprocessing": artifact.preprocessing or None,
+        }
+    else:
+        if not Path(db).exists() and "://" not in db:
+            raise DeliveryError(f"{target} is no file, and {db} does not exist to look a device up in: pass --db")
+        store = open_fleet_store(db, read_only=True)
+        known = device_lineage(store).get(target)
+        store.close()
+        if known is None:
+            raise DeliveryError(f"no device {target} with a model lineage in {db}; is `fedge fleet collect` running?")
+        out = {"device_id": target, **known}
+    console.print_json(json.dumps(out))

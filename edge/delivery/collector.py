@@ -35,6 +35,7 @@ from edge.agent.protocol import (
     parse_telemetry,
     parse_topic,
 )
+from edge.delivery import feedback
 from edge.delivery.client import ServerClient
 from edge.delivery.errors import DeliveryError
 
@@ -107,6 +108,7 @@ class FleetStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            feedback.ensure_schema(self._db)  # device lineage and degraded events (edge/delivery/feedback.py)
         self._lock = threading.Lock()
         self._pending_touch: dict[str, float] | None = None  # last-seen per device, written once per batch
         self._pending_telemetry: list[tuple] | None = None  # telemetry rows, inserted together per batch
@@ -171,6 +173,7 @@ class FleetStore:
             )
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", (*fields.values(), device_id))
+        feedback.record_lineage(self._db, device_id, msg)
 
     def _record_telemetry(self, device_id: str, msg: Telemetry, received: float) -> None:
         if self._pending_touch is not None:

@@ -11,6 +11,8 @@ Metrics (all prefixed ``fedge_fleet_``):
 - ``telemetry_received_total``, ``telemetry_lost_total`` (gaps in sequence numbers),
   ``telemetry_duplicates_total``, ``malformed_messages_total``: counters;
 - ``update_outcomes_total{outcome,reason}``: the devices' reported update outcomes (applied, rejected, rolled-back);
+- ``degraded_events_total{model_id,version,measure,action}``: groups whose field telemetry degraded
+  (:mod:`edge.delivery.feedback`), and whether they were rolled back;
 - ``rollouts{status}``: rollouts by status, where a rollout record is given (the demo's ``rollouts.json``);
 - ``inference_latency_ms{device_id,quantile}``, ``device_accuracy{device_id}``,
   ``device_last_seen_timestamp_seconds{device_id}``: each device's latest telemetry.
@@ -31,6 +33,7 @@ from typing import Any
 from edge.agent.protocol import STATES
 from edge.delivery.collector import FleetStore
 from edge.delivery.errors import DeliveryError
+from edge.delivery.feedback import degraded_events
 
 PREFIX = "fedge_fleet"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -82,6 +85,7 @@ class FleetMetrics:
             sequence = store.sequence_report() if store else {"received": 0, "lost": 0, "duplicates": 0}
             malformed = len(store.malformed()) if store else 0
             outcomes = store.event_counts() if store else []
+            degraded = degraded_events(store) if store else []
         finally:
             if close and store is not None:
                 store.close()
@@ -128,6 +132,15 @@ class FleetMetrics:
         )
         for row in outcomes:
             c.add_metric([row["outcome"], row["reason"] or ""], row["n"])
+        yield c
+
+        c = core.CounterMetricFamily(
+            f"{PREFIX}_degraded_events",
+            "Device groups (model id, version) whose field telemetry degraded against their acceptance report.",
+            labels=["model_id", "version", "measure", "action"],
+        )
+        for row in degraded:
+            c.add_metric([row["model_id"] or "", str(row["version"]), row["measure"] or "", row["action"] or ""], 1)
         yield c
 
         if self.rollouts is not None:

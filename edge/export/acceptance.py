@@ -200,6 +200,9 @@ def write_report(artifacts_dir: Path, report: dict[str, Any], descriptions: Sequ
                 "worst-site": row["worst-site"],
                 "worst-site-drop": row["worst-site-drop"],
                 "max-site-drop": report["max-site-drop"],
+                # what the field is held to (edge/delivery/feedback.py): the worst and the mean site's accuracy
+                "accuracy-min": min(v["accuracy"] for v in row["sites"].values()),
+                "accuracy-mean": sum(v["accuracy"] for v in row["sites"].values()) / len(row["sites"]),
                 "sites": len(report["sites"]),
             },
         )

@@ -334,11 +334,18 @@ class DashboardData:
         except (OSError, sqlite3.Error) as e:
             return {**empty, "error": f"cannot open {db}: {e}"}
         try:
+            from edge.delivery.feedback import degraded_events, device_lineage
+
             devices = store.devices()
+            lineage = device_lineage(store)
+            for d in devices:  # each device's model ε, from the signed lineage its retained state carried
+                known = lineage.get(d["device_id"]) or {}
+                d["epsilon"] = known.get("epsilon") if known.get("version") == d.get("version") else None
             events = store.events()[-EVENT_ROWS:]
             return {
                 **empty,
                 "devices": devices,
+                "degraded": degraded_events(store),
                 "telemetry": store.telemetry(limit=TELEMETRY_ROWS),
                 "events": events[::-1],
                 "event-counts": store.event_counts(),

@@ -261,10 +261,11 @@
         <td><span class="state ${esc(d.state)}">${esc(d.state || "")}</span></td><td>${esc(d.runtime)}</td>
         <td>${esc(d.model_id)}</td><td class="num version">${d.version === null ? "" : esc(d.version)}</td>
         <td class="num">${esc(ago(d.last_seen))}</td><td class="num">${num(d.latency_ms_p50, 3)}</td>
-        <td class="num">${num(d.latency_ms_p95, 3)}</td><td class="num">${num(d.accuracy, 3)}</td><td>${update}</td></tr>`;
+        <td class="num">${num(d.latency_ms_p95, 3)}</td><td class="num">${num(d.accuracy, 3)}</td>
+        <td class="num epsilon">${num(d.epsilon, 2)}</td><td>${update}</td></tr>`;
     }).join("");
     setHTML($("devices").tBodies[0], rows ||
-      `<tr><td colspan="10" class="empty">no device has reported yet</td></tr>`);
+      `<tr><td colspan="11" class="empty">no device has reported yet</td></tr>`);
 
     renderTelemetry(fleet.telemetry || [], devices);
     renderRollouts((run && run.rollouts) || []);

@@ -1,0 +1,328 @@
+"""Field feedback: the running model's telemetry against what its acceptance report promised.
+
+A device group here is the devices running one model id at one version. For each group, :class:`FeedbackMonitor`
+compares the group's recent telemetry with a baseline:
+
+- with labels, the accuracy against the acceptance report's worst-site accuracy (``lineage.acceptance``, which the
+  signed manifest carries and each device reports in its retained state), less ``max_accuracy_drop`` and sampling
+  noise;
+- without labels, the mean confidence and the prediction histogram against the group's first reports on that
+  version (total variation distance between the two histograms).
+
+A group that falls below raises one ``degraded`` event (stored in the fleet database's ``degraded`` table, shown by
+``fedge fleet status``, Prometheus and the dashboard); with a rollback policy (:class:`FeedbackLoop` with a
+publisher: ``fedge fleet collect --rollback-on-degraded --key KEY``) the group gets a signed rollback command to its
+previous version, as a canary rollback does.
+
+It also keeps each device's model lineage from its retained state (``device_lineage``: the model's ε for the fleet
+table). Both tables live in the SQLite fleet store; the collector calls :func:`record_lineage` for every state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+_log = logging.getLogger("fedge.feedback")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS device_lineage (
+    device_id TEXT PRIMARY KEY, model_id TEXT, version INTEGER, epsilon REAL, lineage TEXT
+);
+CREATE TABLE IF NOT EXISTS degraded (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, raised REAL, model_id TEXT, version INTEGER, devices TEXT, measure TEXT,
+    value REAL, baseline REAL, reason TEXT, action TEXT
+);
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackConfig:
+    """When a group counts as degraded. The defaults are safe: a few reports are needed, differences must exceed
+    sampling noise, and one event is raised per group and version."""
+
+    #: labelled accuracy may be this much below the acceptance report's worst site
+    max_accuracy_drop: float = 0.05
+    #: mean confidence may fall this much below the group's first reports on the version
+    max_confidence_drop: float = 0.15
+    #: total variation distance allowed between the first and the recent prediction histograms (0..1)
+    max_histogram_distance: float = 0.3
+    #: telemetry reports the group must have sent on the version before it is judged (and for the baseline)
+    min_reports: int = 3
+    #: the recent window: the group's last this many reports
+    window_reports: int = 5
+    #: a difference in accuracy counts only beyond this many standard errors
+    noise_z: float = 2.0
+    #: seconds between two checks of :class:`FeedbackLoop`
+    interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Degraded:
+    model_id: str
+    version: int
+    devices: tuple[str, ...]
+    measure: str  # accuracy, mean-confidence, histogram
+    value: float
+    baseline: float
+    reason: str
+
+
+def ensure_schema(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+
+
+def record_lineage(db: sqlite3.Connection, device_id: str, msg: dict[str, Any]) -> None:
+    """Keep a device's model lineage from its state (called by the collector for every state it stores)."""
+    if msg.get("state") == "lost":
+        return  # the last will carries no model
+    lineage = msg.get("lineage") if isinstance(msg.get("lineage"), dict) else None
+    privacy = (lineage or {}).get("privacy") if isinstance((lineage or {}).get("privacy"), dict) else {}
+    epsilon = privacy.get("epsilon-max")
+    epsilon = float(epsilon) if isinstance(epsilon, int | float) and not isinstance(epsilon, bool) else None
+    db.execute(
+        "INSERT INTO device_lineage VALUES (?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+        "model_id = excluded.model_id, version = excluded.version, epsilon = excluded.epsilon, "
+        "lineage = excluded.lineage",
+        (device_id, msg.get("model_id"), msg.get("version"), epsilon, json.dumps(lineage) if lineage else None),
+    )
+
+
+def _rows(store: Any, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+    query = getattr(store, "_query", None)
+    if query is None:  # a store without SQL access (PostgreSQL is not wired here yet)
+        return []
+    try:
+        return [dict(r) for r in query(sql, args)]
+    except sqlite3.OperationalError:
+        return []  # a database written before these tables existed
+
+
+def device_lineage(store: Any) -> dict[str, dict[str, Any]]:
+    """Each device's model lineage as it last reported it: ``{device: {model_id, version, epsilon, lineage}}``."""
+    out = {}
+    for r in _rows(store, "SELECT * FROM device_lineage"):
+        r["lineage"] = json.loads(r["lineage"]) if r.get("lineage") else None
+        out[r["device_id"]] = r
+    return out
+
+
+def degraded_events(store: Any) -> list[dict[str, Any]]:
+    """Every degraded event raised, oldest first."""
+    rows = _rows(store, "SELECT * FROM degraded ORDER BY id")
+    for r in rows:
+        r["devices"] = json.loads(r["devices"]) if r.get("devices") else []
+    return rows
+
+
+def _tv_distance(a: list[int], b: list[int]) -> float:
+    n = max(len(a), len(b))
+    a, b = a + [0] * (n - len(a)), b + [0] * (n - len(b))
+    sa, sb = sum(a), sum(b)
+    if not sa or not sb:
+        return 0.0
+    return 0.5 * sum(abs(x / sa - y / sb) for x, y in zip(a, b, strict=True))
+
+
+def _sum_histograms(rows: list[dict[str, Any]]) -> list[int]:
+    total: list[int] = []
+    for r in rows:
+        h = json.loads(r["histogram"]) if r.get("histogram") else None
+        if not h:
+            continue
+        total += [0] * (len(h) - len(total))
+        for i, n in enumerate(h):
+            total[i] += int(n)
+    return total
+
+
+def _mean_confidence(rows: list[dict[str, Any]]) -> float | None:
+    weighted = [(r["mean_confidence"], r["inferences"]) for r in rows if r.get("mean_confidence") is not None]
+    n = sum(w for _, w in weighted)
+    return sum(c * w for c, w in weighted) / n if n else None
+
+
+def judge_group(
+    model_id: str,
+    version: int,
+    devices: list[str],
+    telemetry: list[dict[str, Any]],
+    acceptance: dict[str, Any] | None,
+    config: FeedbackConfig,
+) -> Degraded | None:
+    """Whether one group's telemetry (oldest first) shows its model degrading (a pure function)."""
+    if len(telemetry) < config.min_reports + (0 if acceptance else config.min_reports):
+        return None
+    recent = telemetry[-config.window_reports :]
+    labelled = sum(r["labelled"] for r in recent)
+    expected = (acceptance or {}).get("accuracy-min")
+    if labelled and isinstance(expected, int | float):
+        accuracy = sum(r["correct"] for r in recent) / labelled
+        noise = config.noise_z * math.sqrt(max(expected * (1 - expected), 1e-6) / labelled)
+        if accuracy < expected - config.max_accuracy_drop - noise:
+            return Degraded(
+                model_id,
+                version,
+                tuple(devices),
+                "accuracy",
+                accuracy,
+                float(expected),
+                f"accuracy {accuracy:.3f} in the field against {expected:.3f} on the worst site at acceptance",
+            )
+        return None
+    first = telemetry[: config.min_reports]
+    if len(telemetry) < 2 * config.min_reports:
+        return None
+    recent = telemetry[max(config.min_reports, len(telemetry) - config.window_reports) :]
+    before, now = _mean_confidence(first), _mean_confidence(recent)
+    if before is not None and now is not None and now < before - config.max_confidence_drop:
+        return Degraded(
+            model_id,
+            version,
+            tuple(devices),
+            "mean-confidence",
+            now,
+            before,
+            f"mean confidence {now:.3f} against {before:.3f} in its first reports on v{version}",
+        )
+    distance = _tv_distance(_sum_histograms(first), _sum_histograms(recent))
+    if distance > config.max_histogram_distance:
+        return Degraded(
+            model_id,
+            version,
+            tuple(devices),
+            "histogram",
+            distance,
+            config.max_histogram_distance,
+            f"prediction histogram drifted by {distance:.3f} (total variation) since its first reports on v{version}",
+        )
+    return None
+
+
+class FeedbackMonitor:
+    """Checks every device group in a fleet store and stores the ``degraded`` events it raises (once per group and
+    version)."""
+
+    def __init__(self, store: Any, config: FeedbackConfig | None = None) -> None:
+        self.store = store
+        self.config = config or FeedbackConfig()
+
+    def _raised(self) -> set[tuple[str, int]]:
+        return {(e["model_id"], e["version"]) for e in degraded_events(self.store)}
+
+    def check(self) -> list[Degraded]:
+        """Judge each group running a model; store and return the new ``degraded`` events."""
+        states = self.store.device_states()
+        lineage = device_lineage(self.store)
+        groups: dict[tuple[str, int], list[str]] = {}
+        for d, row in states.items():
+            if row.get("model_id") and row.get("version") is not None and row.get("state") != "lost":
+                groups.setdefault((row["model_id"], int(row["version"])), []).append(d)
+        raised = self._raised()
+        found = []
+        for (model_id, version), devices in sorted(groups.items()):
+            if (model_id, version) in raised:
+                continue
+            marks = ",".join("?" * len(devices))
+            telemetry = _rows(
+                self.store,
+                "SELECT labelled, correct, inferences, mean_confidence, histogram FROM telemetry "
+                f"WHERE model_id = ? AND version = ? AND device_id IN ({marks}) ORDER BY received, seq",
+                (model_id, version, *devices),
+            )
+            acceptance = next(
+                (
+                    (lineage[d].get("lineage") or {}).get("acceptance")
+                    for d in devices
+                    if d in lineage and lineage[d].get("version") == version and lineage[d].get("lineage")
+                ),
+                None,
+            )
+            verdict = judge_group(model_id, version, sorted(devices), telemetry, acceptance, self.config)
+            if verdict is not None:
+                self._store(verdict, "")
+                found.append(verdict)
+        return found
+
+    def _store(self, event: Degraded, action: str) -> None:
+        with self.store._lock:
+            self.store._db.execute(
+                "INSERT INTO degraded (raised, model_id, version, devices, measure, value, baseline, reason, action) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    event.model_id,
+                    event.version,
+                    json.dumps(list(event.devices)),
+                    event.measure,
+                    event.value,
+                    event.baseline,
+                    event.reason,
+                    action,
+                ),
+            )
+
+    def mark(self, event: Degraded, action: str) -> None:
+        """Record what was done about an event (``rollback``)."""
+        with self.store._lock:
+            self.store._db.execute(
+                "UPDATE degraded SET action = ? WHERE model_id = ? AND version = ?",
+                (action, event.model_id, event.version),
+            )
+
+
+class FeedbackLoop:
+    """Runs :meth:`FeedbackMonitor.check` every ``interval_s`` in a thread; with ``rollback`` (a function taking
+    the devices, model id, version and reason: :meth:`edge.delivery.publisher.ModelPublisher.rollback`), a degraded
+    group is rolled back to its previous version by a signed command."""
+
+    def __init__(
+        self,
+        monitor: FeedbackMonitor,
+        *,
+        rollback: Callable[..., None] | None = None,
+        on_event: Callable[[Degraded], None] = lambda event: None,
+    ) -> None:
+        self.monitor = monitor
+        self.rollback = rollback
+        self.on_event = on_event
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fedge-feedback", daemon=True)
+
+    def step(self) -> list[Degraded]:
+        events = self.monitor.check()
+        for event in events:
+            self.on_event(event)
+            if self.rollback is not None:
+                self.rollback(
+                    list(event.devices), model_id=event.model_id, from_version=event.version, reason=event.reason[:200]
+                )
+                self.monitor.mark(event, "rollback")
+        return events
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.monitor.config.interval_s):
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - the collector keeps collecting whatever the check does
+                _log.error("feedback: checking the fleet failed: %s", e)
+
+    def start(self) -> FeedbackLoop:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+
+def event_dict(event: Degraded) -> dict[str, Any]:
+    return asdict(event)
