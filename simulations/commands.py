@@ -182,7 +182,9 @@ def demo(
     from_run: Annotated[
         Path | None, typer.Option(help="Skip training: package and deliver this finished run (runs/<run-id>/).")
     ] = None,
-    latency_runs: Annotated[int, typer.Option(help="Timed calls per artifact when packaging.")] = 50,
+    latency_runs: Annotated[
+        int, typer.Option(help="Timed calls per artifact when packaging (interleaved; a call takes tens of us).")
+    ] = 1000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
     ui: Annotated[
         bool, typer.Option("--ui", help="Serve the live dashboard (fedge ui) during the demo and print its address.")

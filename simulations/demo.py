@@ -69,7 +69,7 @@ class DemoOptions:
     port: int | None = None
     runs_dir: Path = Path("runs")
     from_run: Path | None = None
-    latency_runs: int = 50
+    latency_runs: int = 1000  # median of interleaved calls: a call takes tens of microseconds, a busy CPU skews a few
     chunk_size: int = 16 * 1024
     timeout_s: float = 90.0
     verbose: bool = False
