@@ -35,6 +35,7 @@ class ServerConfig:
     max_in_flight: int
     evaluate_every: int
     site_accuracy_threshold: float
+    budget_aware_sampling: bool
     resume_from: Path | None
     stream_aggregation: bool
     progress: bool
@@ -98,6 +99,7 @@ class ServerConfig:
             max_in_flight=max_in_flight,
             evaluate_every=evaluate_every,
             site_accuracy_threshold=setting(run, "site-accuracy-threshold"),
+            budget_aware_sampling=setting(run, "budget-aware-sampling"),
             resume_from=resume_from,
             stream_aggregation=setting(run, "stream-aggregation"),
             progress=setting(run, "progress"),

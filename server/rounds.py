@@ -185,6 +185,7 @@ class RoundLoop:
         poll_interval: float = 0.05,
         max_in_flight: int = 0,
         evaluate_every: int = 1,
+        budget_aware: bool = True,
     ) -> None:
         self.strategy = strategy
         self.grid = grid
@@ -196,6 +197,8 @@ class RoundLoop:
         self.poll_interval = poll_interval
         self.max_in_flight = max(0, int(max_in_flight))
         self.evaluate_every = max(1, int(evaluate_every))
+        self.budget_aware = budget_aware
+        """Ask only clients that can afford the round (False: ask every node; each client's accountant refuses)."""
         self.unanswered = 0
         self.stopped: dict[str, object] | None = None
         """Why the run stopped before its last round (``round``, ``reason``), or None."""
@@ -260,7 +263,7 @@ class RoundLoop:
         Only clients known to be unable to afford another round are left out (an unknown client is asked: its own
         accountant decides), so before any client has run out this never stops a round.
         """
-        excluded = self.ledger.unaffordable_nodes()
+        excluded = self.ledger.unaffordable_nodes() if self.budget_aware else {}
         if not excluded:
             return None
         nodes = list(self.grid.get_node_ids())
@@ -285,7 +288,7 @@ class RoundLoop:
     ) -> RoundOutcome:
         start = time.monotonic()
         outcome = RoundOutcome(server_round, arrays)
-        excluded = self.ledger.unaffordable_nodes()
+        excluded = self.ledger.unaffordable_nodes() if self.budget_aware else {}
         outcome.not_affordable = len(excluded)
         if excluded:
             log.info(

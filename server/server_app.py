@@ -95,6 +95,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         straggler_timeout=config.straggler_timeout,
         max_in_flight=config.max_in_flight,
         evaluate_every=config.evaluate_every,
+        budget_aware=config.budget_aware_sampling,
     )
 
     def central_eval(arrays: ArrayRecord) -> tuple[float, float]:

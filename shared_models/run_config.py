@@ -47,6 +47,7 @@ DEFAULT_RUN_CONFIG: Mapping[str, Value] = MappingProxyType(
         "max-in-flight": 0,
         "evaluate-every": 1,
         "site-accuracy-threshold": 0.5,
+        "budget-aware-sampling": True,
         "min-replies": 1,
         "straggler-timeout": 0.0,
         "resume-from": "",

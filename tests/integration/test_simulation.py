@@ -51,7 +51,16 @@ def test_exhausted_budget_stops_clients_and_the_run_goes_on(tmp_path):
     # so every client refuses rounds 2 and 3.
     summary = _run(
         tmp_path,
-        ["num-server-rounds=3", "noise-multiplier=1.0", "target-epsilon=4.0", "local-epochs=1", "batch-size=80"],
+        [
+            "num-server-rounds=3",
+            "noise-multiplier=1.0",
+            "target-epsilon=4.0",
+            "local-epochs=1",
+            "batch-size=80",
+            # the server asks every client (budget-aware sampling would not start round 2): each client's own
+            # accountant is the authority and refuses
+            "budget-aware-sampling=false",
+        ],
         clients=2,
     )
     rounds = summary["rounds"]

@@ -166,3 +166,12 @@ def test_qfedavg_runs_as_a_strategy_by_name():
     outcome = loop.train_round(1, _start(), ConfigRecord())
     assert outcome.replied == 3
     assert not np.allclose(outcome.arrays["w"].numpy(), 0.0)  # the global model moved towards the clients
+
+
+def test_without_budget_aware_sampling_every_client_is_asked_and_the_spent_one_refuses():
+    nodes = DpNodes()
+    loop = _loop(nodes, budget_aware=False)
+    outcomes = []
+    loop.run(_start(), num_rounds=2, after_round=outcomes.append)
+    assert sorted(node for node, _ in nodes.asked[3:]) == [1, 2, 3]
+    assert outcomes[1].refused == 1 and outcomes[1].not_affordable == 0
