@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 
 #: Layer types whose per-example norms and clipped sums this module computes.
@@ -121,7 +122,7 @@ def _linear(module: nn.Linear, a: torch.Tensor, g: torch.Tensor) -> NormsAndSums
         squared = (torch.bmm(g, g.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum(dim=(1, 2)).clamp(min=0)
     else:
         per_example = torch.bmm(g.transpose(1, 2), a)  # (n, k, d)
-        squared = per_example.square().sum(dim=(1, 2))
+        squared = torch.linalg.vector_norm(per_example.flatten(1), dim=1).square()
     bias_per_example = g.sum(dim=1)  # (n, k)
     if module.bias is not None and module.bias.requires_grad:
         squared = squared + bias_per_example.square().sum(dim=1)
@@ -148,10 +149,11 @@ def _conv(module: nn.Conv1d | nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> No
         padding, stride, dilation = (0, module.padding[0]), (1, module.stride[0]), (1, module.dilation[0])
     else:
         kernel, padding, stride, dilation = module.kernel_size, module.padding, module.stride, module.dilation
-    unfolded = F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)  # (n, C_in*k, L)
+    # Opacus's strided unfold: a copy of a strided view, far faster on the CPU than F.unfold's im2col
+    unfolded = unfold2d(a, kernel_size=kernel, padding=padding, stride=stride, dilation=dilation)  # (n, C_in*k, L)
     g = g.reshape(n, g.shape[1], -1)  # (n, C_out, L)
     per_example = torch.bmm(g, unfolded.transpose(1, 2))  # (n, C_out, C_in*k)
-    squared = per_example.square().sum(dim=(1, 2))
+    squared = torch.linalg.vector_norm(per_example.flatten(1), dim=1).square()
     bias_per_example = g.sum(dim=2)
     if module.bias is not None and module.bias.requires_grad:
         squared = squared + bias_per_example.square().sum(dim=1)
