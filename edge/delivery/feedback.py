@@ -281,7 +281,9 @@ class FeedbackMonitor:
 class FeedbackLoop:
     """Runs :meth:`FeedbackMonitor.check` every ``interval_s`` in a thread; with ``rollback`` (a function taking
     the devices, model id, version and reason: :meth:`edge.delivery.publisher.ModelPublisher.rollback`), a degraded
-    group is rolled back to its previous version by a signed command."""
+    group is rolled back to its previous version by a signed command. A group that degrades again on the version
+    it was rolled back to (the drift is in its data, not in the new model) is held there (action ``held: ...``):
+    rolled back once, never in a loop."""
 
     def __init__(
         self,
@@ -300,12 +302,31 @@ class FeedbackLoop:
         events = self.monitor.check()
         for event in events:
             self.on_event(event)
-            if self.rollback is not None:
-                self.rollback(
-                    list(event.devices), model_id=event.model_id, from_version=event.version, reason=event.reason[:200]
-                )
-                self.monitor.mark(event, "rollback")
+            if self.rollback is None:
+                continue
+            landed = self._rolled_back_to(event)
+            if landed is not None:
+                # the group runs this version because it was rolled back from a newer one: the degradation is not
+                # the new model's, and the device keeps no older model to go to, so a person decides
+                self.monitor.mark(event, f"held: rolled back here from v{landed}; not rolled back again")
+                continue
+            self.rollback(
+                list(event.devices), model_id=event.model_id, from_version=event.version, reason=event.reason[:200]
+            )
+            self.monitor.mark(event, "rollback")
         return events
+
+    def _rolled_back_to(self, event: Degraded) -> int | None:
+        """The newer version this group was rolled back from onto ``event.version`` (``None`` if it was not)."""
+        for earlier in reversed(degraded_events(self.monitor.store)):
+            if (
+                earlier["model_id"] == event.model_id
+                and earlier["version"] > event.version
+                and earlier["action"] == "rollback"
+                and set(earlier["devices"]) & set(event.devices)
+            ):
+                return int(earlier["version"])
+        return None
 
     def _run(self) -> None:
         while not self._stop.wait(self.monitor.config.interval_s):

@@ -117,3 +117,33 @@ def test_the_fleet_table_shows_each_devices_model_epsilon(make_agent, tmp_path):
     console = Console(width=140, record=True)
     console.print(fleet_table([row]))
     assert "2.50" in console.export_text()
+
+
+def test_a_group_that_drifts_again_on_its_rolled_back_version_is_held_not_rolled_back_in_a_loop(make_agent, tmp_path):
+    agent = make_agent()
+    deliver(agent, model(1))
+    deliver(agent, model(2))
+    agent.samples.y = (agent.samples.y + 1) % 10  # the drift is in the field's data: every version suffers
+    store = FleetStore(tmp_path / "fleet.db")
+    loop = FeedbackLoop(
+        FeedbackMonitor(store, FeedbackConfig(min_reports=3)),
+        rollback=ModelPublisher(AgentLink(agent), signing_key()).rollback,
+    )
+    for _ in range(4):
+        agent.infer(20)
+        agent.report()
+    collect(agent, store)
+    (event,) = loop.step()
+    assert event.version == 2 and agent.version == 1  # rolled back once
+    for _ in range(4):
+        agent.infer(20)
+        agent.report()
+    collect(agent, store)
+    (again,) = loop.step()
+    assert again.version == 1 and again.measure == "accuracy"
+    assert agent.version == 1 and agent.last_update["outcome"] == "rolled-back"  # no second command (or refusal)
+    actions = {e["version"]: e["action"] for e in degraded_events(store)}
+    assert actions[2] == "rollback" and actions[1].startswith("held: rolled back here from v2")
+    # and the agent still takes a good update
+    deliver(agent, model(3))
+    assert agent.version == 3
