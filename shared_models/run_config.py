@@ -73,7 +73,7 @@ DEFAULT_RUN_CONFIG: Mapping[str, Value] = MappingProxyType(
         "learning-rate-decay": 0.8,
         "momentum": 0.0,
         "dp": True,
-        "dp-mode": "ghost",
+        "dp-mode": "bk",
         "dp-fix-model": False,
         "noise-multiplier": 0.0,
         "target-epsilon": 3.0,
