@@ -8,8 +8,7 @@ The student is either a model the user names (a built-in name or a second factor
 channels and hidden units, about 16% of the parameters for ``mnist-cnn``) when that factory takes ``width``; the
 registry (:func:`shared_models.registry.resolve_model`) builds both.
 
->>> from shared_models.models import count_parameters
-from shared_models.registry import resolve_model
+>>> from shared_models.models import build_model, count_parameters
 >>> teacher = build_model("mnist-cnn", input_shape=(1, 28, 28), num_classes=10, seed=0)
 >>> student = make_student("mnist-cnn", input_shape=(1, 28, 28), num_classes=10, width=0.4)
 >>> count_parameters(student) < count_parameters(teacher) / 4
