@@ -181,7 +181,9 @@ def accept(
     names = [s["name"] for s in report["sites"]]
     table = Table(title=f"acceptance on {len(names)} sites (max drop {max_site_drop:.3f})")
     for column in ("artifact", *names, "worst site", "drop", "verdict"):
-        table.add_column(column, justify="left" if column in ("artifact", "worst site", "verdict") else "right")
+        # fold, not cut: on a narrow terminal (or a log) the site names are the point of the table
+        justify = "left" if column in ("artifact", "worst site", "verdict") else "right"
+        table.add_column(column, justify=justify, overflow="fold")
     if report.get("reference-accuracy"):
         table.add_row("global model", *(f"{report['reference-accuracy'][n]:.3f}" for n in names), "", "", "")
     for row in report["artifacts"]:
