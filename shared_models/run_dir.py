@@ -14,7 +14,8 @@ Layout::
       checkpoints/round-NNN.pt
       resume.pt            what the server needs to go on after the last finished round (server/resume.py)
       accuracy.png, epsilon.png, sites.png (accuracy per site per round)
-      artifacts/           what ``fedge package`` exports (ONNX, TFLite, report)
+      artifacts/           what ``fedge package`` exports (ONNX, TFLite, report) and ``fedge accept`` checks
+      logs/native.log      native libraries' log lines while packaging and accepting (LiteRT, XLA)
       edge/                the demo's delivery side: keys/, devices/, logs/,
         fleet.db             the fleet collector's store (SQLite)
         rollouts.json        every rollout's report, rewritten after each
@@ -147,6 +148,11 @@ class RunDir:
     @property
     def edge(self) -> Path:
         return self.path / "edge"
+
+    @property
+    def logs(self) -> Path:
+        """What native libraries printed while the run was packaged and accepted (``native.log``)."""
+        return self.path / "logs"
 
     @property
     def fleet_db(self) -> Path:

@@ -21,16 +21,11 @@ a ``finally``, so also on Ctrl-C (and on SIGTERM, which the command turns into C
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import re
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +34,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from edge.agent.cli import agent_command
+from edge.delivery.publisher import derive_model_id
+from edge.export.native_log import native_stderr_to
 from shared_models.errors import FedgeError
 from shared_models.run_dir import RunDir
 
@@ -148,35 +145,6 @@ def train_reference(run_dir: Path, options: DemoOptions, console: Console) -> Pa
     return Path(summary["run-dir"])
 
 
-def model_id_of(name: str) -> str:
-    """The id devices know a run's model by: its registry name (``digits-mlp``) as it is, a user's import path
-    (``my_project.task:build_model``) in the ``[a-z0-9-]`` the wire format allows."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64] or "model"
-
-
-@contextlib.contextmanager
-def native_stderr_to(log: Path, *, enabled: bool = True) -> Iterator[None]:
-    """Send what native libraries write to file descriptor 2 (LiteRT's "Created TensorFlow Lite XNNPACK delegate",
-    XLA's and TensorFlow's C++ logs) to ``log`` while the block runs; Python's own output is untouched unless it
-    goes to ``sys.stderr``, which is flushed first. ``enabled=False`` (``--verbose``) leaves stderr alone."""
-    if not enabled:
-        yield
-        return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(log, "ab") as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-
-
 def package(
     run_dir: Path, options: DemoOptions, console: Console
 ) -> tuple[dict[str, dict[str, Path]], list[Path], str]:
@@ -198,7 +166,7 @@ def package(
         formats=formats, variants=(FP32, INT8), fine_tune_epochs=0, latency_runs=options.latency_runs
     )
     run = RunDir(run_dir)
-    model_id = model_id_of(str(run.read_model_info()["model"]))
+    model_id = derive_model_id(str(run.read_model_info()["model"]))
     paths = {p: {f: run.artifacts / f"{p}.{f}" for f in formats} for p in (FP32, INT8)}
     wanted = [path for by_format in paths.values() for path in by_format.values()]
     if options.from_run is not None and all(p.is_file() and Path(f"{p}.json").is_file() for p in wanted):

@@ -95,6 +95,7 @@ def package(
     description next to each (format, dtype, input/output shape, dtype and quantization parameters, sha256, size,
     accuracy, agreement with the float model, latency), report.md (a table of all) and accuracy-size.png.
     """
+    from edge.export.native_log import native_stderr_to
     from edge.export.package import PackageOptions, package_model, plan_steps
     from edge.export.run_source import run_package_inputs
     from shared_models.run_dir import RunDir
@@ -119,9 +120,12 @@ def package(
     )
     out_dir = out or RunDir(run_dir).artifacts
     console = Console()
-    with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
+    with (
+        native_stderr_to(RunDir(run_dir).logs / "native.log"),
+        Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+        ) as progress,
+    ):
         task = progress.add_task("packaging", total=plan_steps(options))
         result = package_model(
             inputs, out_dir, options, on_step=lambda d: progress.update(task, advance=1, description=d)
@@ -168,16 +172,19 @@ def accept(
     fedge publish checks (--max-site-drop) and signs into the manifest. Exit code 1 if any artifact is refused.
     """
     from edge.export.acceptance import accept_run
+    from edge.export.native_log import native_stderr_to
+    from shared_models.run_dir import RunDir
 
     console = Console()
-    report = accept_run(
-        run_dir,
-        artifacts_dir=artifacts,
-        max_site_drop=max_site_drop,
-        sites=sites,
-        max_samples=max_samples,
-        progress=lambda message: console.print(f"[dim]{message}[/]"),
-    )
+    with native_stderr_to(RunDir(run_dir).logs / "native.log"):
+        report = accept_run(
+            run_dir,
+            artifacts_dir=artifacts,
+            max_site_drop=max_site_drop,
+            sites=sites,
+            max_samples=max_samples,
+            progress=lambda message: console.print(f"[dim]{message}[/]"),
+        )
     names = [s["name"] for s in report["sites"]]
     table = Table(title=f"acceptance on {len(names)} sites (max drop {max_site_drop:.3f})")
     for column in ("artifact", *names, "worst site", "drop", "verdict"):

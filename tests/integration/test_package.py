@@ -66,3 +66,6 @@ def test_fedge_package_end_to_end_on_a_simulated_run(tmp_path):
     report = (out / "report.md").read_text()
     assert all(f"| {v} | {f} |" in report for v in ("fp32", "int8", "student-fp32") for f in ("onnx", "tflite"))
     assert "int8.tflite" in done.stdout
+    # LiteRT's native log line goes to the run's logs, not into the command's output
+    assert "XNNPACK" not in done.stdout + done.stderr
+    assert "XNNPACK" in (run_dir / "logs" / "native.log").read_text()
