@@ -156,7 +156,7 @@ def node_environment(env: dict[str, str], *, flower_clientapp: str, warm: bool =
     bin_dir = write_launcher(private / "bin", socket_path=socket_path, flower_clientapp=flower_clientapp).parent
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
     warm_process = subprocess.Popen(
-        [sys.executable, "-m", "client.warm_clientapp", "--socket", str(socket_path)],
+        [sys.executable, "-m", "client.warm_clientapp", "--socket", str(socket_path), "--remove-on-exit", str(private)],
         env=env,
         start_new_session=True,  # the node stops it; a Ctrl-C meant for the node does not print its traceback
     )

@@ -25,6 +25,8 @@ import importlib
 import json
 import os
 import selectors
+import shutil
+import signal
 import socket
 import struct
 import sys
@@ -122,6 +124,7 @@ def _run_child(entry: object, request: dict, fds: list[int], close: list[int]) -
     """In the forked child: become the caller's ``flwr-clientapp`` process, run Flower's entry point, exit."""
     code = 1
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the warm process's own handler is not the child's
         for fd in close:
             os.close(fd)
         for target, fd in enumerate(fds):
@@ -147,11 +150,27 @@ def _run_child(entry: object, request: dict, fds: list[int], close: list[int]) -
         os._exit(code)
 
 
-def serve(socket_path: Path, *, entry: str = FLOWER_ENTRY, preload: tuple[str, ...] = PRELOAD) -> None:
+def serve(
+    socket_path: Path,
+    *,
+    entry: str = FLOWER_ENTRY,
+    preload: tuple[str, ...] = PRELOAD,
+    remove_on_exit: Path | None = None,
+) -> None:
     """Import ``preload`` once, then fork one child per request on ``socket_path`` to run ``entry``.
 
-    Serves until the process that started it is gone (checked every second) or the process is terminated.
+    Serves until the process that started it is gone (checked every second) or the process is terminated; then
+    removes ``remove_on_exit`` (the node's private directory: a node killed outright cannot remove it itself).
     """
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    try:
+        _serve(socket_path, entry=entry, preload=preload)
+    finally:
+        if remove_on_exit is not None:
+            shutil.rmtree(remove_on_exit, ignore_errors=True)
+
+
+def _serve(socket_path: Path, *, entry: str, preload: tuple[str, ...]) -> None:
     for name in preload:
         importlib.import_module(name)
     function = _load(entry)
@@ -207,8 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--entry", default=FLOWER_ENTRY)
     parser.add_argument("--preload", default=",".join(PRELOAD), help="comma-separated modules to import once")
+    parser.add_argument("--remove-on-exit", type=Path, default=None, help="a directory to remove when serving ends")
     args = parser.parse_args(argv)
-    serve(args.socket, entry=args.entry, preload=tuple(m for m in args.preload.split(",") if m))
+    preload = tuple(m for m in args.preload.split(",") if m)
+    serve(args.socket, entry=args.entry, preload=preload, remove_on_exit=args.remove_on_exit)
 
 
 if __name__ == "__main__":

@@ -128,3 +128,36 @@ def test_flower_still_starts_clientapps_by_the_name_and_entry_point_the_launcher
     assert TASK_TYPE_TO_COMMAND[TaskType.CLIENT_APP] == LAUNCHER_NAME
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == LAUNCHER_NAME]
     assert script.value == FLOWER_ENTRY
+
+
+def test_a_node_killed_outright_leaves_no_warm_process_or_private_directory(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir()
+    socket_path = private / "warm.sock"
+    # stands in for `fedge node`: starts the warm process, then is killed with SIGKILL (no cleanup of its own)
+    node = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-m', 'client.warm_clientapp', '--socket', sys.argv[1], "
+            f"'--remove-on-exit', sys.argv[2], '--entry', '{ENTRY}:fake_clientapp', '--preload', '{ENTRY}']); "
+            "print(p.pid, flush=True); time.sleep(600)",
+            str(socket_path),
+            str(private),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    warm_pid = int(node.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not socket_path.exists():
+        assert time.monotonic() < deadline, "the warm process did not listen within 60 s"
+        time.sleep(0.05)
+    node.kill()
+    node.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while private.exists() or Path(f"/proc/{warm_pid}").exists():
+        assert time.monotonic() < deadline, "the warm process outlived its node or left its directory behind"
+        time.sleep(0.1)
