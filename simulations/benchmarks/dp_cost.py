@@ -8,8 +8,11 @@ shared ``train_epochs`` loop, once per Opacus ``grad_sample_mode`` that keeps th
 - ``hooks``: per-sample gradients from module hooks (Opacus's default);
 - ``functorch``: per-sample gradients from ``torch.func`` (vmap over one sample's gradient);
 - ``ew``: PyTorch's ExpandedWeights;
-- ``ghost``: ghost clipping (per-sample gradient *norms* without the per-sample gradients, then a second backward
-  pass with the clipped loss); the client's default.
+- ``ghost``: Opacus's ghost clipping (per-sample gradient *norms* without the per-sample gradients, then a second
+  backward pass with the clipped loss);
+- ``bk``: ghost clipping in one backward pass (``client/bk_clipping.py``: the layers' output gradients only, the
+  clipped sum from activations and output gradients) under Opacus's ghost-clipping optimizer, noise and
+  accountant; the client's default.
 
 (``no_op`` computes no per-sample gradients and clips nothing, and ``ghost_fsdp`` / ``ghost_tp`` need a process
 group, so they are left out.) Every mode and the plain loop are timed in turn, one epoch each, for ``--repeats``
