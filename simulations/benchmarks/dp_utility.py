@@ -83,10 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=0.6)
     parser.add_argument(
-        "--learning-rate-decay", type=float, default=0.88, help="the DP run's learning rate shrinks by this each round"
+        "--batch-size",
+        type=int,
+        default=200,
+        help="expected batch (Poisson rate 200/800 = 1/4): larger batches carry less noise per example at the same ε",
+    )
+    parser.add_argument("--learning-rate", type=float, default=3.0)
+    parser.add_argument(
+        "--learning-rate-decay", type=float, default=0.9, help="the DP run's learning rate shrinks by this each round"
     )
     parser.add_argument("--momentum", type=float, default=0.0)
     parser.add_argument(
@@ -97,6 +102,12 @@ def main(argv: list[str] | None = None) -> None:
         "clipping the small CNN diverges at 0.5)",
     )
     parser.add_argument("--public-momentum", type=float, default=0.9, help="momentum of the non-private run")
+    parser.add_argument(
+        "--public-batch-size",
+        type=int,
+        default=64,
+        help="batch of the non-private run (its best; the DP run's larger batch is a DP-SGD choice)",
+    )
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--target-epsilon", type=float, default=3.0)
     parser.add_argument("--delta", type=float, default=1e-5)
@@ -109,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             "dp=false",
             "learning-rate-decay=1.0",
+            f"batch-size={args.public_batch_size}",
             f"learning-rate={args.public_learning_rate}",
             f"momentum={args.public_momentum}",
         ],
@@ -163,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             "learning-rate-decay": args.learning_rate_decay,
             "non-private-learning-rate": args.public_learning_rate,
             "non-private-momentum": args.public_momentum,
+            "non-private-batch-size": args.public_batch_size,
             "max-grad-norm": args.max_grad_norm,
             "target-epsilon": args.target_epsilon,
             "delta": args.delta,
