@@ -9,6 +9,7 @@ run's own settings, is left as it was.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,14 @@ class RunRecord:
         """model.pt, written last and whole: its presence means the run finished (``RunDir.is_finished``)."""
         return atomic_write(self.run.model, lambda fh: torch.save(state_dict, fh))
 
-    def add_round(self, entry: dict[str, Any], ledger: PrivacyLedger) -> None:
+    def add_round(
+        self, entry: dict[str, Any], ledger: PrivacyLedger, *, before_write: Callable[[], None] | None = None
+    ) -> None:
+        """Append a finished round and rewrite metrics.json and privacy.json. ``before_write`` runs in between (the
+        server saves resume.pt there), so a round that shows in metrics.json can always be resumed after."""
         self.rounds.append({k: (_finite(v) if isinstance(v, float) else v) for k, v in entry.items()})
+        if before_write is not None:
+            before_write()
         self._write(ledger)
 
     def stop(self, stopped: dict[str, Any], ledger: PrivacyLedger) -> None:

@@ -176,17 +176,22 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             entry.update(fairness(outcome.sites, threshold=config.site_accuracy_threshold))
         if saved is not None and outcome.server_round == first_round:
             entry["resumed"] = True
-        record.add_round(entry, ledger)
-        save_server_state(
-            config.run_dir,
-            ServerState(
-                server_round=outcome.server_round,
-                arrays={k: a.numpy() for k, a in outcome.arrays.items()},
-                strategy=strategy_state(strategy),
-                ledger=ledger.state_dict(),
-                python_random=random.getstate(),
-                torch_random=torch.get_rng_state(),
-                rounds=record.rounds,
+        # resume.pt first, then the round in metrics.json: whoever sees round N there (a person, the dashboard, a
+        # test that kills the server) can count on a restart going on from round N + 1
+        record.add_round(
+            entry,
+            ledger,
+            before_write=lambda: save_server_state(
+                config.run_dir,
+                ServerState(
+                    server_round=outcome.server_round,
+                    arrays={k: a.numpy() for k, a in outcome.arrays.items()},
+                    strategy=strategy_state(strategy),
+                    ledger=ledger.state_dict(),
+                    python_random=random.getstate(),
+                    torch_random=torch.get_rng_state(),
+                    rounds=record.rounds,
+                ),
             ),
         )
         eps = f"  ε max {ledger.max_epsilon:.2f}" if config.dp else ""

@@ -25,6 +25,11 @@ def test_fedge_package_end_to_end_on_a_simulated_run(tmp_path):
         str(tmp_path),
         "--set",
         "progress=false",
+        # the image CNN (the assertions below check its (1, 8, 8) image input), at its own learning rate
+        "--set",
+        "model=digits-cnn",
+        "--set",
+        "learning-rate=0.5",
     )
     assert sim.returncode == 0, sim.stderr[-3000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]

@@ -41,7 +41,7 @@ def test_dp_simulation_learns_and_accounts_epsilon_over_the_whole_run(tmp_path):
     ):
         assert (run_dir / name).is_file(), name
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"round-00{i}.pt" for i in range(4)]
-    assert json.loads((run_dir / "model.json").read_text())["model"] == "digits-cnn"
+    assert json.loads((run_dir / "model.json").read_text())["model"] == load_experiment("digits-dp").run_config["model"]
     # fedge simulate feeds Flower's simulation engine a window of messages per Ray actor, not all at once
     assert json.loads((run_dir / "config.json").read_text())["max-in-flight"] >= 16
 

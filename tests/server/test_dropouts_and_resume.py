@@ -1,5 +1,6 @@
 """Dropouts, stragglers and resume in the round loop and the server's saved state (in-process grid)."""
 
+import json
 import random
 
 import numpy as np
@@ -161,3 +162,26 @@ def test_resume_keeps_the_runs_own_id(tmp_path):
         ServerConfig.from_context(ctx)
     ctx.run_config["run-id"] = "hd-1"
     assert ServerConfig.from_context(ctx).run_dir == run_dir.resolve()
+
+
+def test_a_round_shows_in_metrics_only_once_it_can_be_resumed(tmp_path):
+    """Whoever sees round N in metrics.json (a person, the dashboard, an operator who then restarts the server) can
+    count on a restart going on from round N + 1: the resume state is saved before the round is published."""
+    from server.ledger import PrivacyLedger
+    from server.run_record import RunRecord
+    from shared_models.run_dir import RunDir
+
+    record = RunRecord(tmp_path / "run", config={}, model_info={})
+    ledger = PrivacyLedger(3.0, 1e-5)
+    seen_when_saving: list[list[int]] = []
+
+    def save_resume_state() -> None:
+        metrics = RunDir(tmp_path / "run").metrics
+        seen_when_saving.append(
+            [r["round"] for r in json.loads(metrics.read_text())["rounds"]] if metrics.exists() else []
+        )
+
+    record.add_round({"round": 0, "central-accuracy": 0.1}, ledger)
+    record.add_round({"round": 1, "central-accuracy": 0.5}, ledger, before_write=save_resume_state)
+    assert seen_when_saving == [[0]]  # round 1 was not yet in metrics.json while its resume state was written
+    assert [r["round"] for r in RunDir(tmp_path / "run").read_metrics()] == [0, 1]
