@@ -212,12 +212,15 @@ def test_flowers_log_counts_every_streamed_reply_not_the_one_mean():
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
     flower_log = logging.getLogger("flwr")
+    level = flower_log.level  # a quiet (non --verbose) fedge command run earlier in this process sets WARNING
+    flower_log.setLevel(logging.INFO)
     flower_log.addHandler(handler)
     try:
         start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
         outcome = loop.train_round(1, start, ConfigRecord())
     finally:
         flower_log.removeHandler(handler)
+        flower_log.setLevel(level)
     assert (outcome.replied, outcome.failed) == (3, 1)
     assert "aggregate_train: Received 3 results and 1 failures" in lines, lines
     assert not flower_log.filters  # the count applies to that one call only
