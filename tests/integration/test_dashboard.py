@@ -357,10 +357,10 @@ def test_round_count_advances_while_a_simulation_runs_without_a_reload(page, tmp
         assert seen and seen[-1] == rounds, f"round counts seen on the page: {seen}; simulation output:\n{output}"
         assert len(seen) >= 2 and seen == sorted(seen), f"the count must advance on the page: {seen}"
         assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
-        page.goto("about:blank")  # stop its polls before the server stops: a refused poll would log an error
         assert page.evaluate("window.fedgeDashboard.polls") > len(seen)
         run_id = page.locator("[data-testid=run-title]").inner_text()
         assert (runs_dir / run_id / "metrics.json").is_file()
+        page.goto("about:blank")  # stop its polls before the server stops: a refused poll would log an error
 
 
 def test_prometheus_metrics_parse_and_match_the_fleet_table(finished):
