@@ -1,6 +1,7 @@
 """The acceptance gate of ``fedge publish``: an artifact goes out only if the federation's sites accepted its exact
 bytes (``fedge accept`` wrote ``acceptance.json`` beside it) and its worst site lost at most ``max_site_drop``
-accuracy against fp32 on that site. ``override`` (``--accept-site-drop``) lets a refused or untested artifact out,
+accuracy against its reference on that site (the report's ``reference``: the fp32 artifact, or for an fp32 artifact
+the global model it was exported from). ``override`` (``--accept-site-drop``) lets a refused or untested artifact out,
 and the rollout report records why.
 
 Reads JSON and hashes only (the acceptance report's own format is :mod:`edge.export.acceptance`'s, by key names).
@@ -26,7 +27,7 @@ class AcceptanceGateError(DeliveryError):
 
 @dataclass(frozen=True, kw_only=True)
 class AcceptanceGate:
-    #: the worst-site accuracy drop (vs fp32 on the same site) an artifact may have
+    #: the worst-site accuracy drop (vs the artifact's reference on the same site) an artifact may have
     max_site_drop: float = DEFAULT_MAX_SITE_DROP
     #: roll out anyway (recorded in the rollout report)
     override: bool = False
@@ -65,10 +66,18 @@ def acceptance_problem(artifact: Artifact, max_site_drop: float) -> str | None:
         return f"{name}'s acceptance report has no worst-site drop: run fedge accept RUN_DIR again"
     if drop > max_site_drop + 1e-12:
         return (
-            f"{name} loses {drop:.3f} accuracy on site {row.get('worst-site')} against fp32 there, more than "
-            f"--max-site-drop {max_site_drop:.3f}"
+            f"{name} loses {drop:.3f} accuracy on site {row.get('worst-site')} against {_reference_name(row)} "
+            f"there, more than --max-site-drop {max_site_drop:.3f}"
         )
     return None
+
+
+def _reference_name(row: dict[str, Any]) -> str:
+    """What the acceptance report compared an artifact with (its ``reference``), in words."""
+    reference = row.get("reference")
+    if reference == "global-model":
+        return "the global model"
+    return str(reference) if reference else "its reference"
 
 
 def check_acceptance(artifacts: list[Artifact], gate: AcceptanceGate) -> list[str]:

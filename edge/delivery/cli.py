@@ -246,7 +246,7 @@ def publish(
         float,
         typer.Option(
             help="Refuse an artifact whose acceptance report (fedge accept RUN_DIR) shows a site losing more "
-            "accuracy than this against fp32 on that site."
+            "accuracy than this against its reference on that site (the fp32 artifact; for fp32, the global model)."
         ),
     ] = 0.05,
     accept_site_drop: Annotated[

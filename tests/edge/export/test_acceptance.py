@@ -86,12 +86,27 @@ def test_the_gate_refuses_the_degraded_artifact_and_passes_the_good_one(accepted
     good, bad = load_artifact(folder / "int8.onnx"), load_artifact(folder / "pruned-int8.onnx")
     assert check_acceptance([good], AcceptanceGate()) == []
     assert good.lineage["acceptance"]["verdict"] == "accepted"  # what the signed manifest will carry
-    with pytest.raises(AcceptanceGateError, match="site-high.*--accept-site-drop"):
+    # the message names what the artifact was compared with: here the fp32 artifact of its format
+    with pytest.raises(AcceptanceGateError, match="site-high against fp32.onnx there.*--accept-site-drop"):
         check_acceptance([good, bad], AcceptanceGate(max_site_drop=0.05))
     # a looser threshold at publish time lets it out; the override is recorded
     assert check_acceptance([bad], AcceptanceGate(max_site_drop=0.9)) == []
     overrides = check_acceptance([bad], AcceptanceGate(override=True))
     assert len(overrides) == 1 and overrides[0].startswith("accept-site-drop:") and "site-high" in overrides[0]
+
+
+def test_the_gate_names_the_global_model_as_the_reference_of_an_fp32_artifact(tmp_path):
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    _artifact(folder, "fp32.onnx", _onnx(swap=(5, 6)), "fp32", "fp32")  # exported wrong: worse than its source
+    w, b = logistic_weights()
+    _, _, x, y = digits_split()
+    sites = [Site("site-low", x[y < 5], y[y < 5]), Site("site-high", x[y >= 5], y[y >= 5])]
+    report = accept_artifacts(folder, sites, global_model=lambda sample: sample @ w + b)
+    assert report["artifacts"][0]["reference"] == "global-model"
+    with pytest.raises(AcceptanceGateError, match="site-high against the global model there") as refused:
+        check_acceptance([load_artifact(folder / "fp32.onnx")], AcceptanceGate())
+    assert "fp32 there" not in str(refused.value)
 
 
 def test_the_gate_refuses_an_untested_or_changed_artifact(accepted, tmp_path):
