@@ -59,12 +59,65 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_received ON events (received);
 CREATE TABLE IF NOT EXISTS malformed (received REAL, topic TEXT, reason TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
+CREATE TABLE IF NOT EXISTS device_lineage (
+    device_id TEXT PRIMARY KEY, model_id TEXT, version INTEGER, epsilon REAL, lineage TEXT
+);
+CREATE TABLE IF NOT EXISTS degraded (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, raised REAL, model_id TEXT, version INTEGER, devices TEXT, measure TEXT,
+    value REAL, baseline REAL, reason TEXT, action TEXT
+);
 """
 
 _TOUCH = (
     "INSERT INTO devices (device_id, last_seen) VALUES (?, ?) "
     "ON CONFLICT(device_id) DO UPDATE SET last_seen = max(coalesce(last_seen, 0), excluded.last_seen)"
 )
+_LINEAGE = (
+    "INSERT INTO device_lineage VALUES (?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+    "model_id = excluded.model_id, version = excluded.version, epsilon = excluded.epsilon, lineage = excluded.lineage"
+)
+#: the columns of a row of ``events`` (:func:`event_row`) and of ``degraded`` (:func:`feedback.degraded_record`)
+EVENT_COLUMNS = "device_id, ts, received, outcome, reason, detail, model_id, version, running_version"
+DEGRADED_COLUMNS = "raised, model_id, version, devices, measure, value, baseline, reason, action"
+#: what the feedback monitor reads of a device group's telemetry (oldest first)
+GROUP_TELEMETRY_COLUMNS = "labelled, correct, inferences, mean_confidence, histogram"
+
+
+def telemetry_row(device_id: str, msg: Telemetry, received: float) -> tuple:
+    """A row of ``telemetry`` (every column, in table order), the same in both stores."""
+    return (
+        device_id,
+        msg.session,
+        msg.seq,
+        msg.ts,
+        received,
+        msg.model_id,
+        msg.version,
+        msg.inferences,
+        msg.errors,
+        msg.labelled,
+        msg.correct,
+        msg.latency_ms_p50,
+        msg.latency_ms_p95,
+        msg.mean_confidence,
+        msg.accuracy,
+        json.dumps(msg.histogram),
+    )
+
+
+def event_row(device_id: str, msg: dict[str, Any], received: float) -> tuple:
+    """A row of ``events`` (:data:`EVENT_COLUMNS`), the same in both stores; reason and detail cut to size."""
+    return (
+        device_id,
+        msg.get("ts"),
+        received,
+        msg["outcome"],
+        str(msg.get("reason", ""))[:100],
+        str(msg.get("detail", ""))[:500],
+        msg.get("model_id"),
+        msg.get("version"),
+        msg.get("running_version"),
+    )
 
 
 @dataclass(frozen=True)
@@ -108,7 +161,6 @@ class FleetStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-            feedback.ensure_schema(self._db)  # device lineage and degraded events (edge/delivery/feedback.py)
         self._lock = threading.Lock()
         self._pending_touch: dict[str, float] | None = None  # last-seen per device, written once per batch
         self._pending_telemetry: list[tuple] | None = None  # telemetry rows, inserted together per batch
@@ -173,31 +225,16 @@ class FleetStore:
             )
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", (*fields.values(), device_id))
-        feedback.record_lineage(self._db, device_id, msg)
+        lineage = feedback.lineage_record(device_id, msg)
+        if lineage is not None:
+            self._db.execute(_LINEAGE, lineage)
 
     def _record_telemetry(self, device_id: str, msg: Telemetry, received: float) -> None:
         if self._pending_touch is not None:
             self._pending_touch[device_id] = max(received, self._pending_touch.get(device_id, 0.0))
         else:
             self._touch(device_id, received)
-        row = (
-            device_id,
-            msg.session,
-            msg.seq,
-            msg.ts,
-            received,
-            msg.model_id,
-            msg.version,
-            msg.inferences,
-            msg.errors,
-            msg.labelled,
-            msg.correct,
-            msg.latency_ms_p50,
-            msg.latency_ms_p95,
-            msg.mean_confidence,
-            msg.accuracy,
-            json.dumps(msg.histogram),
-        )
+        row = telemetry_row(device_id, msg, received)
         if self._pending_telemetry is not None:
             self._pending_telemetry.append(row)
         else:
@@ -219,20 +256,28 @@ class FleetStore:
     def _record_events(self, device_id: str, msg: dict[str, Any], received: float) -> None:
         self._touch(device_id, received)
         self._db.execute(
-            "INSERT INTO events (device_id, ts, received, outcome, reason, detail, model_id, version, "
-            "running_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                device_id,
-                msg.get("ts"),
-                received,
-                msg["outcome"],
-                str(msg.get("reason", ""))[:100],
-                str(msg.get("detail", ""))[:500],
-                msg.get("model_id"),
-                msg.get("version"),
-                msg.get("running_version"),
-            ),
+            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            event_row(device_id, msg, received),
         )
+
+    def add_degraded(self, row: tuple) -> bool:
+        """Store a ``degraded`` event (:func:`feedback.degraded_record`) unless its model id and version already
+        have one; return whether it was stored."""
+        model_id, version = row[1], row[2]
+        with self._lock:
+            cur = self._db.execute(
+                f"INSERT INTO degraded ({DEGRADED_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM degraded WHERE model_id = ? AND version = ?)",
+                (*row, model_id, version),
+            )
+            return cur.rowcount == 1
+
+    def set_degraded_action(self, model_id: str, version: int, action: str) -> None:
+        """Record what was done about a group's ``degraded`` event (``rollback``, ``held: ...``)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE degraded SET action = ? WHERE model_id = ? AND version = ?", (action, model_id, version)
+            )
 
     # ------------------------------------------------------------------------------------------------- reading
 
@@ -243,6 +288,34 @@ class FleetStore:
                 return self._db.execute(sql, args).fetchall()
             finally:
                 self._db.row_factory = None
+
+    def _query_newer(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        """``_query`` of a table that a database written by an older fedge lacks (opened read-only, nothing was
+        created): no rows."""
+        try:
+            return [dict(r) for r in self._query(sql, args)]
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise
+            return []
+
+    def lineage_rows(self) -> list[dict[str, Any]]:
+        """Each device's ``device_lineage`` row (lineage as stored: JSON text); :func:`feedback.device_lineage`."""
+        return self._query_newer("SELECT * FROM device_lineage")
+
+    def degraded_rows(self) -> list[dict[str, Any]]:
+        """Every ``degraded`` row, oldest first (devices as stored: JSON text); :func:`feedback.degraded_events`."""
+        return self._query_newer("SELECT * FROM degraded ORDER BY id")
+
+    def group_telemetry(self, model_id: str, version: int, device_ids: list[str]) -> list[dict[str, Any]]:
+        """What ``device_ids`` reported on ``model_id`` ``version``, oldest first (what the feedback monitor judges)."""
+        marks = ",".join("?" * len(device_ids))
+        rows = self._query(
+            f"SELECT {GROUP_TELEMETRY_COLUMNS} FROM telemetry WHERE model_id = ? AND version = ? "
+            f"AND device_id IN ({marks}) ORDER BY received, seq",
+            (model_id, version, *device_ids),
+        )
+        return [dict(r) for r in rows]
 
     def devices(self) -> list[dict[str, Any]]:
         """One row per device: its state, model, last seen, and its latest telemetry (latency, accuracy)."""

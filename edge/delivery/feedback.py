@@ -15,7 +15,8 @@ publisher: ``fedge fleet collect --rollback-on-degraded --key KEY``) the group g
 previous version, as a canary rollback does.
 
 It also keeps each device's model lineage from its retained state (``device_lineage``: the model's ε for the fleet
-table). Both tables live in the SQLite fleet store; the collector calls :func:`record_lineage` for every state.
+table). Both live in the fleet store, SQLite or PostgreSQL alike (tables ``device_lineage`` and ``degraded``): the
+store writes :func:`lineage_record` of every state it takes and answers the queries below; this module holds no SQL.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -31,16 +31,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 _log = logging.getLogger("fedge.feedback")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS device_lineage (
-    device_id TEXT PRIMARY KEY, model_id TEXT, version INTEGER, epsilon REAL, lineage TEXT
-);
-CREATE TABLE IF NOT EXISTS degraded (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, raised REAL, model_id TEXT, version INTEGER, devices TEXT, measure TEXT,
-    value REAL, baseline REAL, reason TEXT, action TEXT
-);
-"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,40 +65,38 @@ class Degraded:
     reason: str
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    db.executescript(SCHEMA)
-
-
-def record_lineage(db: sqlite3.Connection, device_id: str, msg: dict[str, Any]) -> None:
-    """Keep a device's model lineage from its state (called by the collector for every state it stores)."""
+def lineage_record(device_id: str, msg: dict[str, Any]) -> tuple | None:
+    """The ``device_lineage`` row a device's state gives: (device, model id, version, ε, lineage as JSON); ``None``
+    for a last will (``lost`` carries no model: the store keeps what the device last said)."""
     if msg.get("state") == "lost":
-        return  # the last will carries no model
+        return None
     lineage = msg.get("lineage") if isinstance(msg.get("lineage"), dict) else None
     privacy = (lineage or {}).get("privacy") if isinstance((lineage or {}).get("privacy"), dict) else {}
     epsilon = privacy.get("epsilon-max")
     epsilon = float(epsilon) if isinstance(epsilon, int | float) and not isinstance(epsilon, bool) else None
-    db.execute(
-        "INSERT INTO device_lineage VALUES (?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
-        "model_id = excluded.model_id, version = excluded.version, epsilon = excluded.epsilon, "
-        "lineage = excluded.lineage",
-        (device_id, msg.get("model_id"), msg.get("version"), epsilon, json.dumps(lineage) if lineage else None),
+    return device_id, msg.get("model_id"), msg.get("version"), epsilon, json.dumps(lineage) if lineage else None
+
+
+def degraded_record(event: Degraded, *, raised: float, action: str = "") -> tuple:
+    """The ``degraded`` row of an event: (raised, model id, version, devices as JSON, measure, value, baseline,
+    reason, action)."""
+    return (
+        raised,
+        event.model_id,
+        event.version,
+        json.dumps(list(event.devices)),
+        event.measure,
+        event.value,
+        event.baseline,
+        event.reason,
+        action,
     )
-
-
-def _rows(store: Any, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-    query = getattr(store, "_query", None)
-    if query is None:  # a store without SQL access (PostgreSQL is not wired here yet)
-        return []
-    try:
-        return [dict(r) for r in query(sql, args)]
-    except sqlite3.OperationalError:
-        return []  # a database written before these tables existed
 
 
 def device_lineage(store: Any) -> dict[str, dict[str, Any]]:
     """Each device's model lineage as it last reported it: ``{device: {model_id, version, epsilon, lineage}}``."""
     out = {}
-    for r in _rows(store, "SELECT * FROM device_lineage"):
+    for r in store.lineage_rows():
         r["lineage"] = json.loads(r["lineage"]) if r.get("lineage") else None
         out[r["device_id"]] = r
     return out
@@ -116,7 +104,7 @@ def device_lineage(store: Any) -> dict[str, dict[str, Any]]:
 
 def degraded_events(store: Any) -> list[dict[str, Any]]:
     """Every degraded event raised, oldest first."""
-    rows = _rows(store, "SELECT * FROM degraded ORDER BY id")
+    rows = store.degraded_rows()
     for r in rows:
         r["devices"] = json.loads(r["devices"]) if r.get("devices") else []
     return rows
@@ -230,13 +218,7 @@ class FeedbackMonitor:
         for (model_id, version), devices in sorted(groups.items()):
             if (model_id, version) in raised:
                 continue
-            marks = ",".join("?" * len(devices))
-            telemetry = _rows(
-                self.store,
-                "SELECT labelled, correct, inferences, mean_confidence, histogram FROM telemetry "
-                f"WHERE model_id = ? AND version = ? AND device_id IN ({marks}) ORDER BY received, seq",
-                (model_id, version, *devices),
-            )
+            telemetry = self.store.group_telemetry(model_id, version, devices)
             acceptance = next(
                 (
                     (lineage[d].get("lineage") or {}).get("acceptance")
@@ -246,36 +228,15 @@ class FeedbackMonitor:
                 None,
             )
             verdict = judge_group(model_id, version, sorted(devices), telemetry, acceptance, self.config)
-            if verdict is not None:
-                self._store(verdict, "")
+            # stored once per group and version, whichever monitor (one per collector of a group) sees it first:
+            # only the one whose row went in reports it (and so rolls the group back)
+            if verdict is not None and self.store.add_degraded(degraded_record(verdict, raised=time.time())):
                 found.append(verdict)
         return found
 
-    def _store(self, event: Degraded, action: str) -> None:
-        with self.store._lock:
-            self.store._db.execute(
-                "INSERT INTO degraded (raised, model_id, version, devices, measure, value, baseline, reason, action) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    time.time(),
-                    event.model_id,
-                    event.version,
-                    json.dumps(list(event.devices)),
-                    event.measure,
-                    event.value,
-                    event.baseline,
-                    event.reason,
-                    action,
-                ),
-            )
-
     def mark(self, event: Degraded, action: str) -> None:
         """Record what was done about an event (``rollback``)."""
-        with self.store._lock:
-            self.store._db.execute(
-                "UPDATE degraded SET action = ? WHERE model_id = ? AND version = ?",
-                (action, event.model_id, event.version),
-            )
+        self.store.set_degraded_action(event.model_id, event.version, action)
 
 
 class FeedbackLoop:

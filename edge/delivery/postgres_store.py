@@ -12,6 +12,9 @@ What changes with several writers:
   never puts a device back into an older state.
 - ``last_seen`` is kept to a second (a row written only when it moved by more), so collectors sharing a stream do
   not queue behind each other's row locks on every batch.
+- A device's model lineage (``device_lineage``, from its state) follows the same rule as its state (``state_ts``).
+- A ``degraded`` event is stored once per model id and version (a unique index): each collector of a group runs
+  the feedback monitor on the same database, and only the one whose row went in reports it (and rolls back).
 - Rows of ``devices`` are written in device-id order, and a transaction that still deadlocks with another
   collector's is retried: a batch either commits whole or not at all, and is acknowledged only after it commits.
 
@@ -27,8 +30,16 @@ import time
 from typing import Any
 
 from edge.agent.errors import AgentError
-from edge.agent.protocol import Telemetry, parse_device_message, parse_telemetry, parse_topic
-from edge.delivery.collector import VersionStats
+from edge.agent.protocol import parse_device_message, parse_telemetry, parse_topic
+from edge.delivery import feedback
+from edge.delivery.collector import (
+    DEGRADED_COLUMNS,
+    EVENT_COLUMNS,
+    GROUP_TELEMETRY_COLUMNS,
+    VersionStats,
+    event_row,
+    telemetry_row,
+)
 from edge.delivery.errors import DeliveryError
 
 _log = logging.getLogger("fedge.collector")
@@ -52,6 +63,15 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_received ON events (received);
 CREATE TABLE IF NOT EXISTS malformed (received DOUBLE PRECISION, topic TEXT, reason TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT);
+CREATE TABLE IF NOT EXISTS device_lineage (
+    device_id TEXT PRIMARY KEY, model_id TEXT, version BIGINT, epsilon DOUBLE PRECISION, lineage TEXT,
+    state_ts DOUBLE PRECISION
+);
+CREATE TABLE IF NOT EXISTS degraded (
+    id BIGSERIAL PRIMARY KEY, raised DOUBLE PRECISION, model_id TEXT, version BIGINT, devices TEXT, measure TEXT,
+    value DOUBLE PRECISION, baseline DOUBLE PRECISION, reason TEXT, action TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS degraded_group ON degraded (model_id, version);
 """
 
 #: one lock id for creating the schema: two collectors starting together must not both create it
@@ -80,9 +100,17 @@ _STATE = (
     "last_update = CASE WHEN %s THEN %s ELSE last_update END "
     "WHERE device_id = %s AND (state_ts IS NULL OR state_ts <= %s)"
 )
-_EVENT = (
-    "INSERT INTO events (device_id, ts, received, outcome, reason, detail, model_id, version, running_version) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+# a lineage is taken only from a state not older than the one it was stored from (as _STATE does)
+_LINEAGE = (
+    "INSERT INTO device_lineage (device_id, model_id, version, epsilon, lineage, state_ts) "
+    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (device_id) DO UPDATE SET model_id = excluded.model_id, "
+    "version = excluded.version, epsilon = excluded.epsilon, lineage = excluded.lineage, state_ts = excluded.state_ts "
+    "WHERE device_lineage.state_ts IS NULL OR device_lineage.state_ts <= excluded.state_ts"
+)
+_DEGRADED = (
+    f"INSERT INTO degraded ({DEGRADED_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (model_id, version) DO NOTHING"
 )
 _RETRIES = 5
 #: a device's last_seen is written when it moved by more than this (seconds): see PostgresFleetStore._write
@@ -120,6 +148,7 @@ class _Batch:
         self.malformed: list[tuple] = []
         self.touch: dict[str, float] = {}
         self.states: dict[str, tuple] = {}  # device -> (state time, statement args): the newest one per device
+        self.lineage: dict[str, tuple] = {}  # device -> (state time, row): from its newest state that has a model
         self.telemetry: list[tuple] = []
         self.events: list[tuple] = []
 
@@ -139,23 +168,11 @@ class _Batch:
         device = parsed.device_id
         self.touch[device] = max(received, self.touch.get(device, 0.0))
         if parsed.kind == "telemetry":
-            self.telemetry.append(_telemetry_row(device, msg, received))
+            self.telemetry.append(telemetry_row(device, msg, received))
         elif parsed.kind == "state":
             self._state(device, msg, received)
         else:
-            self.events.append(
-                (
-                    device,
-                    msg.get("ts"),
-                    received,
-                    msg["outcome"],
-                    str(msg.get("reason", ""))[:100],
-                    str(msg.get("detail", ""))[:500],
-                    msg.get("model_id"),
-                    msg.get("version"),
-                    msg.get("running_version"),
-                )
-            )
+            self.events.append(event_row(device, msg, received))
         self.kinds.append(parsed.kind)
 
     def _state(self, device: str, msg: dict[str, Any], received: float) -> None:
@@ -180,27 +197,9 @@ class _Batch:
         )
         if device not in self.states or self.states[device][0] <= at:
             self.states[device] = (at, args)
-
-
-def _telemetry_row(device: str, msg: Telemetry, received: float) -> tuple:
-    return (
-        device,
-        msg.session,
-        msg.seq,
-        msg.ts,
-        received,
-        msg.model_id,
-        msg.version,
-        msg.inferences,
-        msg.errors,
-        msg.labelled,
-        msg.correct,
-        msg.latency_ms_p50,
-        msg.latency_ms_p95,
-        msg.mean_confidence,
-        msg.accuracy,
-        json.dumps(msg.histogram),
-    )
+        lineage = feedback.lineage_record(device, msg)  # None for a last will: the lineage stored stays
+        if lineage is not None and (device not in self.lineage or self.lineage[device][0] <= at):
+            self.lineage[device] = (at, (*lineage, at))
 
 
 class PostgresFleetStore:
@@ -237,6 +236,7 @@ class PostgresFleetStore:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._retryable = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+        self._undefined_table = psycopg.errors.UndefinedTable
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:
@@ -253,8 +253,7 @@ class PostgresFleetStore:
     def record_many(self, messages: list[tuple[str, bytes, float]]) -> list[str | None]:
         """Store (topic, payload, received) messages in one transaction (retried whole on a deadlock with another
         collector): when this returns, every one of them is committed."""
-        if self._writer is None:
-            raise DeliveryError(f"the fleet database {self.path} was opened read-only: it cannot store messages")
+        self._writable()
         batch = _Batch()
         for topic, payload, received in messages:
             batch.add(topic, payload, received)
@@ -269,6 +268,10 @@ class PostgresFleetStore:
                     _log.info("collector: batch of %d messages retried (%s)", len(messages), type(e).__name__)
                     time.sleep(0.01 * (attempt + 1))
         return batch.kinds
+
+    def _writable(self) -> None:
+        if self._writer is None:
+            raise DeliveryError(f"the fleet database {self.path} was opened read-only: nothing can be stored in it")
 
     def _write(self, batch: _Batch) -> None:
         db = self._writer
@@ -290,6 +293,8 @@ class PostgresFleetStore:
                     cur.execute(_TOUCH, (stale, [batch.touch[d] for d in stale]))
             if batch.states:
                 cur.executemany(_STATE, [batch.states[d][1] for d in sorted(batch.states)])
+            if batch.lineage:
+                cur.executemany(_LINEAGE, [batch.lineage[d][1] for d in sorted(batch.lineage)])
             if batch.telemetry:
                 rows = sorted(batch.telemetry, key=lambda r: (r[0], r[1], r[2]))
                 cur.execute(_INSERT_TELEMETRY, [list(col) for col in zip(*rows, strict=True)])
@@ -310,6 +315,46 @@ class PostgresFleetStore:
     def _query(self, sql: str, args: tuple | list = ()) -> list[dict[str, Any]]:
         with self._read_lock:
             return self._reader.execute(sql, args).fetchall()
+
+    def _query_newer(self, sql: str, args: tuple | list = ()) -> list[dict[str, Any]]:
+        """``_query`` of a table that a database written by an older fedge lacks (opened read-only, nothing was
+        created): no rows."""
+        try:
+            return self._query(sql, args)
+        except self._undefined_table:
+            return []
+
+    def lineage_rows(self) -> list[dict[str, Any]]:
+        """Each device's ``device_lineage`` row (lineage as stored: JSON text); :func:`feedback.device_lineage`."""
+        return self._query_newer("SELECT device_id, model_id, version, epsilon, lineage FROM device_lineage")
+
+    def degraded_rows(self) -> list[dict[str, Any]]:
+        """Every ``degraded`` row, oldest first (devices as stored: JSON text); :func:`feedback.degraded_events`."""
+        return self._query_newer("SELECT * FROM degraded ORDER BY id")
+
+    def group_telemetry(self, model_id: str, version: int, device_ids: list[str]) -> list[dict[str, Any]]:
+        """What ``device_ids`` reported on ``model_id`` ``version``, oldest first (what the feedback monitor judges)."""
+        return self._query(
+            f"SELECT {GROUP_TELEMETRY_COLUMNS} FROM telemetry WHERE model_id = %s AND version = %s "
+            "AND device_id = ANY(%s) ORDER BY received, seq",
+            (model_id, version, list(device_ids)),
+        )
+
+    def add_degraded(self, row: tuple) -> bool:
+        """Store a ``degraded`` event (:func:`feedback.degraded_record`) unless its model id and version already
+        have one (stored by this collector or another of its group); return whether this call stored it."""
+        self._writable()
+        with self._write_lock, self._writer.transaction(), self._writer.cursor() as cur:
+            cur.execute(_DEGRADED, row)
+            return cur.rowcount == 1
+
+    def set_degraded_action(self, model_id: str, version: int, action: str) -> None:
+        """Record what was done about a group's ``degraded`` event (``rollback``, ``held: ...``)."""
+        self._writable()
+        with self._write_lock, self._writer.transaction(), self._writer.cursor() as cur:
+            cur.execute(
+                "UPDATE degraded SET action = %s WHERE model_id = %s AND version = %s", (action, model_id, version)
+            )
 
     def devices(self) -> list[dict[str, Any]]:
         """One row per device: its state, model, last seen, and its latest telemetry (latency, accuracy)."""

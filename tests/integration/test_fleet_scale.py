@@ -29,7 +29,9 @@ pytestmark = pytest.mark.integration
 DEVICES = [f"dev-{i}" for i in range(4)]
 
 
-def state(device: str, name: str = "ready", *, version: int = 1, ts: float | None = None) -> bytes:
+def state(
+    device: str, name: str = "ready", *, version: int = 1, ts: float | None = None, lineage: dict | None = None
+) -> bytes:
     msg = state_message(
         device_id=device,
         state=name,
@@ -38,6 +40,7 @@ def state(device: str, name: str = "ready", *, version: int = 1, ts: float | Non
         ts=time.time() if ts is None else ts,
         model_id="m",
         version=version,
+        lineage=lineage,
     )
     return json.dumps(msg).encode()
 
@@ -113,6 +116,131 @@ def test_read_only_postgres_store_refuses_writes(postgres_url):
             reader.record(state_topic("dev-0"), state("dev-0"))
     finally:
         reader.close()
+
+
+# ------------------------------------------------------------------------ issue 13: lineage, ε and field feedback
+
+
+def lineage(epsilon: float, accuracy_min: float = 0.95) -> dict:
+    """The signed lineage a device reports in its state: its acceptance report and its privacy statement."""
+    return {
+        "run-id": "r1",
+        "acceptance": {"verdict": "accepted", "worst-site-drop": 0.0, "accuracy-min": accuracy_min},
+        "privacy": {"epsilon-max": epsilon, "delta": 1e-5},
+    }
+
+
+def poor_telemetry(device: str, seq: int, version: int) -> bytes:
+    """Telemetry of a model that gets 10 of its 32 labelled samples right in the field."""
+    msg = json.loads(telemetry_payload(device, seq, version=version, model_id="m"))
+    msg.update(correct=10, accuracy=10 / 32)
+    return json.dumps(msg).encode()
+
+
+def test_store_keeps_each_devices_lineage_and_epsilon_from_its_state(store):
+    from edge.delivery.cli import _with_lineage
+    from edge.delivery.feedback import device_lineage
+
+    now = time.time()
+    store.record(state_topic("dev-0"), state("dev-0", version=1, ts=now, lineage=lineage(2.5)), now)
+    store.record(state_topic("dev-1"), state("dev-1", version=1, ts=now), now)  # a model without a lineage
+    lost = json.dumps({"type": "state", "device_id": "dev-0", "state": "lost", "session": "bench"}).encode()
+    store.record(state_topic("dev-0"), lost, now + 1)  # the last will carries no model: the lineage stays
+    known = device_lineage(store)
+    assert known["dev-0"]["epsilon"] == 2.5 and known["dev-0"]["version"] == 1
+    assert known["dev-0"]["lineage"]["acceptance"]["accuracy-min"] == 0.95
+    assert known["dev-1"]["epsilon"] is None and known["dev-1"]["lineage"] is None
+    assert {r["device_id"]: r["epsilon"] for r in _with_lineage(store)} == {"dev-0": 2.5, "dev-1": None}
+    store.record(state_topic("dev-0"), state("dev-0", version=2, ts=now + 2, lineage=lineage(4.0)), now + 2)
+    assert (device_lineage(store)["dev-0"]["version"], device_lineage(store)["dev-0"]["epsilon"]) == (2, 4.0)
+
+
+def test_store_keeps_one_degraded_event_per_group_and_its_action(store):
+    from edge.delivery.feedback import FeedbackConfig, FeedbackMonitor, degraded_events
+
+    now = time.time()
+    messages = [(state_topic(d), state(d, version=2, ts=now, lineage=lineage(3.0)), now) for d in DEVICES[:2]]
+    messages += [(telemetry_topic(d), poor_telemetry(d, seq, 2), now + seq) for d in DEVICES[:2] for seq in (1, 2, 3)]
+    store.record_many(messages)
+    monitor = FeedbackMonitor(store, FeedbackConfig(min_reports=3))
+    (event,) = monitor.check()
+    assert (event.model_id, event.version, event.measure, event.devices) == ("m", 2, "accuracy", ("dev-0", "dev-1"))
+    assert event.baseline == 0.95 and event.value < 0.5
+    assert monitor.check() == []  # raised once per group and version
+    monitor.mark(event, "rollback")
+    (stored,) = degraded_events(store)
+    assert (stored["model_id"], stored["version"], stored["devices"], stored["action"]) == (
+        "m",
+        2,
+        ["dev-0", "dev-1"],
+        "rollback",
+    )
+    assert stored["measure"] == "accuracy" and stored["reason"].startswith("accuracy 0.312")
+
+
+def test_postgres_collectors_of_a_group_raise_a_degraded_group_once(postgres_url):
+    """Each collector of a group runs the feedback monitor on the one database: the event is stored once, and only
+    the monitor that stored it reports it (so only one rolls the group back)."""
+    from edge.delivery.feedback import FeedbackConfig, FeedbackMonitor, degraded_events
+
+    a, b = open_fleet_store(postgres_url), open_fleet_store(postgres_url)
+    try:
+        now = time.time()
+        a.record_many(
+            [(state_topic("dev-0"), state("dev-0", version=2, ts=now, lineage=lineage(3.0)), now)]
+            + [(telemetry_topic("dev-0"), poor_telemetry("dev-0", seq, 2), now + seq) for seq in (1, 2, 3)]
+        )
+        config = FeedbackConfig(min_reports=3)
+        first, second = FeedbackMonitor(a, config), FeedbackMonitor(b, config)
+        second._raised = lambda: set()  # as if it checked before the other stored its event: a real race
+        assert len(first.check()) == 1
+        assert second.check() == []
+        assert len(degraded_events(b)) == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_postgres_keeps_the_lineage_of_the_newer_state_whichever_collector_writes_last(postgres_url):
+    from edge.delivery.feedback import device_lineage
+
+    a, b = open_fleet_store(postgres_url), open_fleet_store(postgres_url)
+    try:
+        now = time.time()
+        a.record(state_topic("dev-0"), state("dev-0", version=2, ts=now + 1, lineage=lineage(4.0)), now + 1)
+        b.record(state_topic("dev-0"), state("dev-0", version=1, ts=now, lineage=lineage(2.0)), now)  # lagging
+        assert (device_lineage(b)["dev-0"]["version"], device_lineage(b)["dev-0"]["epsilon"]) == (2, 4.0)
+        reader = open_fleet_store(postgres_url, read_only=True)
+        try:
+            assert device_lineage(reader)["dev-0"]["epsilon"] == 4.0
+        finally:
+            reader.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_fleet_status_on_postgres_shows_epsilon_and_degraded_groups(postgres_url):
+    from typer.testing import CliRunner
+
+    from edge.delivery.feedback import FeedbackConfig, FeedbackMonitor
+    from simulations.cli import app
+
+    store = open_fleet_store(postgres_url)
+    try:
+        now = time.time()
+        store.record_many(
+            [(state_topic("dev-0"), state("dev-0", version=2, ts=now, lineage=lineage(2.75)), now)]
+            + [(telemetry_topic("dev-0"), poor_telemetry("dev-0", seq, 2), now + seq) for seq in (1, 2, 3)]
+        )
+        assert len(FeedbackMonitor(store, FeedbackConfig(min_reports=3)).check()) == 1
+    finally:
+        store.close()
+    result = CliRunner().invoke(app, ["fleet", "status", "--db", postgres_url], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "2.75" in result.output  # the device's model ε
+    assert "degraded m v2 on 1 devices: accuracy 0.312" in result.output
+    assert "3 received" in result.output
 
 
 # ------------------------------------------------------------------------------ collectors as a group on Mosquitto
