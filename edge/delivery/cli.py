@@ -17,7 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge.delivery.feedback import FeedbackConfig
+
 app = typer.Typer()
+_FEEDBACK = FeedbackConfig()  # the defaults of fedge fleet collect's --feedback-* options
 fleet_app = typer.Typer(
     help="The fleet as the collector sees it: a table of devices, or a collector that keeps listening.",
     no_args_is_help=True,
@@ -485,6 +488,57 @@ def fleet_collect(
     key: Annotated[
         Path | None, typer.Option(help="The signing key for --rollback-on-degraded (PATH.key from fedge keygen).")
     ] = None,
+    feedback_max_accuracy_drop: Annotated[
+        float,
+        typer.Option(
+            help="A group is degraded when its labelled accuracy in the field falls more than this (0..1) below "
+            "the worst site's at acceptance (beyond sampling noise, --feedback-noise-z).",
+            rich_help_panel="Field feedback",
+        ),
+    ] = _FEEDBACK.max_accuracy_drop,
+    feedback_max_confidence_drop: Annotated[
+        float,
+        typer.Option(
+            help="Without labels: degraded when the mean confidence falls more than this (0..1) below the "
+            "group's first reports on its version.",
+            rich_help_panel="Field feedback",
+        ),
+    ] = _FEEDBACK.max_confidence_drop,
+    feedback_max_histogram_distance: Annotated[
+        float,
+        typer.Option(
+            help="Without labels: degraded when the prediction histogram drifts further than this (total "
+            "variation distance, 0..1) from the group's first reports on its version.",
+            rich_help_panel="Field feedback",
+        ),
+    ] = _FEEDBACK.max_histogram_distance,
+    feedback_min_reports: Annotated[
+        int,
+        typer.Option(
+            help="Telemetry reports a group must send on a version before it is judged (and, without labels, "
+            "for its baseline); at least 1.",
+            rich_help_panel="Field feedback",
+        ),
+    ] = _FEEDBACK.min_reports,
+    feedback_window_reports: Annotated[
+        int,
+        typer.Option(
+            help="The group's last this many reports are judged; at least 1.", rich_help_panel="Field feedback"
+        ),
+    ] = _FEEDBACK.window_reports,
+    feedback_noise_z: Annotated[
+        float,
+        typer.Option(
+            help="An accuracy drop counts only beyond this many standard errors (sampling noise); at least 0.",
+            rich_help_panel="Field feedback",
+        ),
+    ] = _FEEDBACK.noise_z,
+    feedback_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between two checks of the fleet's groups (above 0).", rich_help_panel="Field feedback"
+        ),
+    ] = _FEEDBACK.interval_s,
 ) -> None:
     """Keep every state, telemetry and update message of the fleet in SQLite (or PostgreSQL) until Ctrl-C.
 
@@ -492,6 +546,8 @@ def fleet_collect(
     With --group and a postgresql:// --db, several collectors share the fleet's messages, each stored once.
     With --metrics-port, Prometheus metrics (devices by state and version, telemetry received/lost, update
     outcomes, latency) computed from the database at each scrape.
+    Every --feedback-interval seconds each device group (model id and version) is judged against its acceptance
+    report; a degraded one is reported (and with --rollback-on-degraded, rolled back).
     """
     from edge.delivery.collector import collector_for
     from edge.delivery.errors import DeliveryError
@@ -502,13 +558,22 @@ def fleet_collect(
 
     if rollback_on_degraded and key is None:
         raise DeliveryError("--rollback-on-degraded signs its rollback commands: pass --key PATH.key")
+    feedback_config = FeedbackConfig(
+        max_accuracy_drop=feedback_max_accuracy_drop,
+        max_confidence_drop=feedback_max_confidence_drop,
+        max_histogram_distance=feedback_max_histogram_distance,
+        min_reports=feedback_min_reports,
+        window_reports=feedback_window_reports,
+        noise_z=feedback_noise_z,
+        interval_s=feedback_interval,
+    )  # checked before anything connects: a bad value is one line, exit code 2
     signing = load_signing_key(key) if rollback_on_degraded and key is not None else None
     collector = collector_for(_broker(broker_url), db, group=group or "", client_id=client_id, ca_file=ca).start()
     store = collector.store
     metrics = None
     rollback = ModelPublisher(collector.client, signing).rollback if signing is not None else None
     feedback = FeedbackLoop(
-        FeedbackMonitor(store),
+        FeedbackMonitor(store, feedback_config),
         rollback=rollback,
         on_event=lambda e: Console().print(f"[bold red]degraded[/] {e.model_id} v{e.version}: {e.reason}"),
     ).start()

@@ -27,10 +27,16 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from edge.delivery.errors import DeliveryError
+
 _log = logging.getLogger("fedge.feedback")
+
+
+class FeedbackConfigError(DeliveryError):
+    """A feedback threshold or interval the monitor cannot judge with (out of range, not a number)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +58,33 @@ class FeedbackConfig:
     noise_z: float = 2.0
     #: seconds between two checks of :class:`FeedbackLoop`
     interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            allowed, words = _ALLOWED[f.name]
+            whole = f.name in ("min_reports", "window_reports")
+            number = isinstance(value, int) if whole else isinstance(value, int | float)
+            if isinstance(value, bool) or not number or not math.isfinite(value) or not allowed(value):
+                raise FeedbackConfigError(f"{option_name(f.name)} must be {words}, got {value!r}")
+
+
+#: what each :class:`FeedbackConfig` setting allows: (test, the same in words)
+_ALLOWED: dict[str, tuple[Callable[[float], bool], str]] = {
+    "max_accuracy_drop": (lambda v: 0 <= v <= 1, "an accuracy drop from 0 to 1"),
+    "max_confidence_drop": (lambda v: 0 <= v <= 1, "a confidence drop from 0 to 1"),
+    "max_histogram_distance": (lambda v: 0 <= v <= 1, "a total variation distance from 0 to 1"),
+    "min_reports": (lambda v: v >= 1, "a whole number of reports, at least 1"),
+    "window_reports": (lambda v: v >= 1, "a whole number of reports, at least 1"),
+    "noise_z": (lambda v: v >= 0, "a number of standard errors, at least 0"),
+    "interval_s": (lambda v: v > 0, "a number of seconds above 0"),
+}
+
+
+def option_name(setting: str) -> str:
+    """The ``fedge fleet collect`` option of a :class:`FeedbackConfig` setting (``interval_s``:
+    ``--feedback-interval``)."""
+    return "--feedback-" + setting.removesuffix("_s").replace("_", "-")
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,30 @@ def test_fleet_status_prints_devices_and_losses(tmp_path):
 def test_fleet_status_without_a_database(tmp_path):
     out = fedge("fleet", "status", "--db", str(tmp_path / "none.db"))
     assert out.returncode == 2 and "fedge fleet collect" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--feedback-min-reports", "0", "--feedback-min-reports must be a whole number of reports, at least 1"),
+        ("--feedback-max-accuracy-drop", "1.5", "--feedback-max-accuracy-drop must be an accuracy drop from 0 to 1"),
+        ("--feedback-interval", "0", "--feedback-interval must be a number of seconds above 0"),
+    ],
+)
+def test_fleet_collect_refuses_a_bad_feedback_setting_before_it_connects(option, value, expected):
+    from edge.delivery.brokers import free_port
+
+    # no broker on that port: a setting checked only after connecting would fail on the broker instead
+    out = fedge("fleet", "collect", "--broker", f"mqtt://127.0.0.1:{free_port()}", option, value)
+    assert out.returncode == 2
+    assert expected in " ".join(out.stderr.split()) and "Traceback" not in out.stderr
+    assert "broker" not in out.stderr
+
+
+def test_feedback_settings_are_checked_where_they_are_made():
+    from edge.delivery.feedback import FeedbackConfig, FeedbackConfigError
+
+    assert FeedbackConfig(min_reports=1, noise_z=0.0, max_histogram_distance=1.0).min_reports == 1
+    for bad in ({"window_reports": 2.5}, {"noise_z": -1.0}, {"max_confidence_drop": float("nan")}):
+        with pytest.raises(FeedbackConfigError, match="--feedback-"):
+            FeedbackConfig(**bad)
