@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edge.delivery.feedback import FeedbackConfig
@@ -602,16 +603,30 @@ app.add_typer(keys_app, name="keys")
 @app.command()
 def inspect(
     target: Annotated[str, typer.Argument(help="An artifact file (NAME.onnx with NAME.onnx.json) or a device id.")],
-    db: Annotated[str, typer.Option(help="The fleet database that holds the devices' retained states.")] = "fleet.db",
+    db: Annotated[
+        str,
+        typer.Option(
+            help="The fleet database that holds the devices' retained states: a SQLite file or a postgresql:// URL."
+        ),
+    ] = "fleet.db",
+    broker_url: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            help="Read the device's retained state from this broker instead of --db (the server user's URL, "
+            "mqtt://USER@HOST:PORT; password: $FEDGE_BROKER_PASSWORD).",
+        ),
+    ] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the retained state with --broker.")] = 5.0,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate for mqtts://.")] = None,
 ) -> None:
     """Print the lineage and privacy statement of an artifact, or of the model a device runs.
 
     ARTIFACT: what fedge publish would sign into its manifest (run, hashes, recipe, acceptance, privacy statement,
-    device preprocessing). DEVICE: what the device reported in its retained state, as the fleet database kept it.
+    device preprocessing). DEVICE: what the device reported in its retained state, as the fleet database kept it,
+    or (--broker) as the broker holds it now; exit code 1 if the broker holds no state of that device.
     """
-    from edge.delivery.collector import open_fleet_store
-    from edge.delivery.errors import DeliveryError
-    from edge.delivery.feedback import device_lineage
+    from edge.delivery.device_state import NoDeviceStateError, device_lineage_in_db, device_lineage_on_broker
     from edge.delivery.publisher import load_artifact
 
     console = Console()
@@ -624,13 +639,12 @@ def inspect(
             "lineage": artifact.lineage or None,
             "preprocessing": artifact.preprocessing or None,
         }
+    elif broker_url is not None:
+        try:
+            out = device_lineage_on_broker(_broker(broker_url), target, wait_s=wait, ca_file=ca)
+        except NoDeviceStateError as e:
+            Console(stderr=True).print(f"[bold]{escape(str(e))}[/]")
+            raise typer.Exit(1) from e
     else:
-        if not Path(db).exists() and "://" not in db:
-            raise DeliveryError(f"{target} is no file, and {db} does not exist to look a device up in: pass --db")
-        store = open_fleet_store(db, read_only=True)
-        known = device_lineage(store).get(target)
-        store.close()
-        if known is None:
-            raise DeliveryError(f"no device {target} with a model lineage in {db}; is `fedge fleet collect` running?")
-        out = {"device_id": target, **known}
+        out = device_lineage_in_db(db, target)
     console.print_json(json.dumps(out))

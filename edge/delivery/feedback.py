@@ -98,16 +98,26 @@ class Degraded:
     reason: str
 
 
-def lineage_record(device_id: str, msg: dict[str, Any]) -> tuple | None:
-    """The ``device_lineage`` row a device's state gives: (device, model id, version, ε, lineage as JSON); ``None``
-    for a last will (``lost`` carries no model: the store keeps what the device last said)."""
+def state_lineage(msg: dict[str, Any]) -> dict[str, Any] | None:
+    """What a device's state says of the model it runs: ``{model_id, version, epsilon, lineage}`` (ε: the signed
+    lineage's worst-case ``epsilon-max``); ``None`` for a last will (``lost`` carries no model)."""
     if msg.get("state") == "lost":
         return None
     lineage = msg.get("lineage") if isinstance(msg.get("lineage"), dict) else None
     privacy = (lineage or {}).get("privacy") if isinstance((lineage or {}).get("privacy"), dict) else {}
     epsilon = privacy.get("epsilon-max")
     epsilon = float(epsilon) if isinstance(epsilon, int | float) and not isinstance(epsilon, bool) else None
-    return device_id, msg.get("model_id"), msg.get("version"), epsilon, json.dumps(lineage) if lineage else None
+    return {"model_id": msg.get("model_id"), "version": msg.get("version"), "epsilon": epsilon, "lineage": lineage}
+
+
+def lineage_record(device_id: str, msg: dict[str, Any]) -> tuple | None:
+    """The ``device_lineage`` row a device's state gives: (device, model id, version, ε, lineage as JSON); ``None``
+    for a last will (the store keeps what the device last said)."""
+    block = state_lineage(msg)
+    if block is None:
+        return None
+    lineage = json.dumps(block["lineage"]) if block["lineage"] else None
+    return device_id, block["model_id"], block["version"], block["epsilon"], lineage
 
 
 def degraded_record(event: Degraded, *, raised: float, action: str = "") -> tuple:
