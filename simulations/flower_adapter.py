@@ -7,19 +7,37 @@ no Ray cluster address (``--ray-address``) and runs the ServerApp in another pro
 the ServerApp's context (and so the run config), the node count and the backend config: fedge calls it here, and
 nowhere else. :func:`check_flower_simulation_api` fails loudly, naming the call, when Flower changes it (a test runs
 it), instead of a simulation failing halfway with a ``TypeError``.
+
+While that call runs, the simulation's queue thread is fedge's :func:`poll_nodes_with_messages` instead of Flower
+1.42's ``add_messages_to_queue`` (``flwr.server.superlink.fleet.vce.vce_api``): Flower's asks every node in turn
+for a message every 0.1 s, and each ask checks every stored message, so a pass costs nodes x messages checks under
+the GIL; at 1,000 simulated nodes that thread was busy ~40% of the run (a profile of the driver), taking the CPU the
+server and the Ray actors needed. fedge's asks, in one pass, only the nodes that have an undelivered message, with
+the same LinkState call (so every check Flower makes on a message still runs), one message per node per pass and the
+same 0.1 s wait. Upstream, an index of undelivered messages by destination node in the LinkState would give every
+caller the same; until Flower has one, the swap lives here, is undone after the call, and fails loudly (like the
+call above) when Flower's function or its LinkState's fields change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from queue import Queue
 from typing import Any
 
 from shared_models.errors import FedgeError
 
 PRIVATE_CALL = "flwr.simulation.run_simulation._run_simulation"
 EXIT_EVENT = "flwr.supercore.telemetry.EventType.PYTHON_API_RUN_SIMULATION_LEAVE"
+QUEUE_THREAD = "flwr.server.superlink.fleet.vce.vce_api.add_messages_to_queue"
+QUEUE_THREAD_PARAMETERS = ("state", "queue", "nodes_mapping", "f_stop")
+#: the in-memory LinkState's fields the queue thread reads: its message store and the lock that guards it
+LINKSTATE_FIELDS = ("message_ins_store", "lock")
 # The keyword arguments fedge passes; each must still be a parameter of Flower's function.
 PARAMETERS = (
     "num_supernodes",
@@ -62,6 +80,62 @@ def check_flower_simulation_api() -> None:
     missing = [name for name in PARAMETERS if name not in accepted]
     if missing:
         raise FlowerApiError(f"{PRIVATE_CALL} no longer takes {', '.join(missing)}; {fix}")
+    check_queue_thread(fix)
+
+
+def check_queue_thread(fix: str) -> None:
+    """Raise :class:`FlowerApiError` unless Flower's simulation queue thread and in-memory LinkState are still what
+    :func:`poll_nodes_with_messages` replaces and reads."""
+    try:
+        vce_api = importlib.import_module("flwr.server.superlink.fleet.vce.vce_api")
+        from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+    except ImportError as e:
+        raise FlowerApiError(f"{QUEUE_THREAD} cannot be imported ({e}); {fix}") from e
+    function = getattr(vce_api, "add_messages_to_queue", None)
+    if not callable(function):
+        raise FlowerApiError(f"{QUEUE_THREAD} no longer exists; {fix}")
+    if function is not poll_nodes_with_messages:
+        parameters = tuple(inspect.signature(function).parameters)
+        if parameters != QUEUE_THREAD_PARAMETERS:
+            raise FlowerApiError(f"{QUEUE_THREAD} now takes ({', '.join(parameters)}); {fix}")
+    source = inspect.getsource(InMemoryLinkState.__init__)
+    missing = [name for name in LINKSTATE_FIELDS if f"self.{name}" not in source]
+    if missing:
+        raise FlowerApiError(f"Flower's InMemoryLinkState no longer has {', '.join(missing)}; {fix}")
+
+
+def nodes_with_messages(state: Any, nodes: Any) -> list[int]:
+    """The nodes of ``nodes`` (in their order) that have an undelivered message in ``state``, read in one pass over
+    its message store; every node of ``nodes`` where the state is not Flower's in-memory one."""
+    store, lock = getattr(state, "message_ins_store", None), getattr(state, "lock", None)
+    if store is None or lock is None:
+        return list(nodes)
+    with lock:
+        waiting = {message.metadata.dst_node_id for message in store.values() if message.metadata.delivered_at == ""}
+    return [node for node in nodes if node in waiting]
+
+
+def poll_nodes_with_messages(state: Any, queue: Queue, nodes_mapping: Any, f_stop: threading.Event) -> None:
+    """Flower's simulation queue thread (see the module's docstring), asking only nodes with a message waiting:
+    each pass hands at most one message per node to the workers' queue, through the LinkState's own
+    ``get_message_ins`` (which checks the message's expiry and federation and marks it delivered)."""
+    while not f_stop.is_set():
+        for node_id in nodes_with_messages(state, nodes_mapping.keys()):
+            for message in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(message)
+        f_stop.wait(0.1)
+
+
+@contextlib.contextmanager
+def fedge_queue_thread() -> Iterator[None]:
+    """Within the block, Flower's simulation starts :func:`poll_nodes_with_messages` as its queue thread."""
+    vce_api = importlib.import_module("flwr.server.superlink.fleet.vce.vce_api")
+    flowers = vce_api.add_messages_to_queue
+    vce_api.add_messages_to_queue = poll_nodes_with_messages
+    try:
+        yield
+    finally:
+        vce_api.add_messages_to_queue = flowers
 
 
 def run_simulation_in_process(
@@ -85,15 +159,44 @@ def run_simulation_in_process(
     from flwr.supercore.telemetry import EventType
 
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
-    _run_simulation(
-        num_supernodes=num_supernodes,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app,
-        server_app=server_app,
-        backend_name="ray",
-        backend_config=backend_config,
-        app_dir=str(app_dir),
-        is_app=True,
-        server_app_context=context,
-        verbose_logging=verbose,
-    )
+    with fedge_queue_thread():
+        _run_simulation(
+            num_supernodes=num_supernodes,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config=backend_config,
+            app_dir=str(app_dir),
+            is_app=True,
+            server_app_context=context,
+            verbose_logging=verbose,
+        )
+
+
+def in_memory_federation(num_nodes: int) -> tuple[Any, Any, list[int]]:
+    """Flower's in-memory LinkState with one run and ``num_nodes`` registered nodes, and an InMemoryGrid on it, built
+    as Flower's simulation builds them: (state, grid, node ids). For tests and the ``sim_scale`` diagnostic of the
+    queue thread."""
+    from flwr.proto.task_pb2 import Task
+    from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.superlink.federation import NoOpFederationManager
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    run = Run.create_empty(run_id=1)
+    run.primary_task_id, run.federation_id = 7, NOOP_FEDERATION_ID
+    state.run_ids[1] = RunRecord(run=run)
+    state.task_store[7] = Task(task_id=7, run_id=1)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 7, 1, 1
+    nodes = list(_register_nodes(num_nodes, factory))
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    return state, grid, nodes

@@ -56,6 +56,7 @@ from simulations.benchmarks.common import Row, base_parser, write_results  # noq
 NAME = "sim_scale"
 GIB = 1024**3
 STOCK = "stock"  # the variant run with the stock-Flower peer apps instead of fedge's
+FLOWER_QUEUE = "stream, Flower's queue thread"  # fedge's apps on Flower's own simulation queue thread
 
 
 @dataclass
@@ -192,37 +193,22 @@ def _floor_inputs(cfg: dict[str, Any], num_clients: int) -> tuple[list[Any], Any
     return configs, ArrayRecord(model.state_dict())
 
 
-def queue_scan_seconds(num_nodes: int, stored: int, *, repeats: int = 3) -> float:
+def queue_scan_seconds(num_nodes: int, stored: int, *, repeats: int = 3, fedge: bool = False) -> float:
     """CPU seconds of one pass of Flower's simulation queue thread over ``num_nodes`` nodes while ``stored``
     messages wait in its in-memory LinkState (the thread makes such a pass, under the GIL, every 0.1 s).
 
     Flower 1.42's ``add_messages_to_queue`` asks ``get_message_ins(node_id, limit=1)`` of every node in turn, and
     each call checks every stored message: a pass costs num_nodes x stored checks. This is why fedge keeps a
-    window of messages in flight (``max-in-flight``) instead of pushing a round's 1,000 messages at once. Built
-    from Flower's internals as its simulation builds them (``flwr.simulation.run_simulation``); a diagnostic only.
+    window of messages in flight (``max-in-flight``) instead of pushing a round's 1,000 messages at once, and why
+    its simulations run with :func:`simulations.flower_adapter.poll_nodes_with_messages` as the queue thread
+    (``fedge=True`` measures that one's pass: only the nodes with an undelivered message are asked). Built from
+    Flower's internals as its simulation builds them; a diagnostic only.
     """
     from flwr.app import ConfigRecord, Message, RecordDict
-    from flwr.proto.task_pb2 import Task
-    from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
-    from flwr.server.superlink.linkstate import LinkStateFactory
-    from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
-    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
-    from flwr.supercore.object_store import ObjectStoreFactory
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
-    from flwr.superlink.federation import NoOpFederationManager
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    state = factory.state()
-    run = Run.create_empty(run_id=1)
-    run.primary_task_id, run.federation_id = 7, NOOP_FEDERATION_ID
-    state.run_ids[1] = RunRecord(run=run)
-    state.task_store[7] = Task(task_id=7, run_id=1)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 7, 1, 1
-    nodes = list(_register_nodes(num_nodes, factory))
-    grid = InMemoryGrid(state_factory=factory)
-    grid.set_run(run)
+    from simulations.flower_adapter import in_memory_federation, nodes_with_messages
+
+    state, grid, nodes = in_memory_federation(num_nodes)
     messages = [
         Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=node, message_type="train")
         for node in nodes[:stored]
@@ -231,7 +217,7 @@ def queue_scan_seconds(num_nodes: int, stored: int, *, repeats: int = 3) -> floa
         grid.push_messages(messages)
     start = time.process_time()
     for _ in range(repeats):
-        for node in nodes:
+        for node in nodes_with_messages(state, nodes) if fedge else nodes:
             state.get_message_ins(node_id=node, limit=1)  # marks them delivered; they stay stored, as in a round
     return (time.process_time() - start) / repeats
 
@@ -303,7 +289,13 @@ def floor_processes_seconds(cfg: dict[str, Any], num_clients: int, *, processes:
 
 
 def simulate_round(
-    config: str, num_clients: int, overrides: list[str], *, interval: float, stock: bool = False
+    config: str,
+    num_clients: int,
+    overrides: list[str],
+    *,
+    interval: float,
+    stock: bool = False,
+    flower_queue: bool = False,
 ) -> dict[str, Any]:
     """Run the simulation in a fresh Python process (as ``fedge simulate`` would), sampling that process's tree.
 
@@ -317,6 +309,8 @@ def simulate_round(
         command += ["--child-clients", str(num_clients), "--child-out", str(out)]
         if stock:
             command.append("--child-stock")
+        if flower_queue:
+            command.append("--child-flower-queue")
         for item in overrides:
             command += ["--set", item]
         child = subprocess.Popen(command)
@@ -346,7 +340,15 @@ def simulate_round(
     }
 
 
-def _child(config: str, num_clients: int, overrides: list[str], out: Path, *, stock: bool = False) -> None:
+def _child(
+    config: str, num_clients: int, overrides: list[str], out: Path, *, stock: bool = False, flower_queue: bool = False
+) -> None:
+    if flower_queue:  # Flower's own simulation queue thread, as Flower ships it (see simulations/flower_adapter.py)
+        import contextlib
+
+        from simulations import flower_adapter
+
+        flower_adapter.fedge_queue_thread = contextlib.nullcontext
     from simulations.experiment import apply_overrides, load_experiment
     from simulations.simulate import run_experiment
 
@@ -404,9 +406,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child-clients", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-stock", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-flower-queue", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_out is not None:  # one simulation, started by simulate_round in its own process
-        _child(args.config, args.child_clients, args.settings, args.child_out, stock=args.child_stock)
+        _child(
+            args.config,
+            args.child_clients,
+            args.settings,
+            args.child_out,
+            stock=args.child_stock,
+            flower_queue=args.child_flower_queue,
+        )
         return
 
     from simulations.experiment import apply_overrides, load_experiment, resolve_paths
@@ -431,6 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         "stream": "stream-aggregation=true",
         "floor-processes": None,
         "hold": "stream-aggregation=false",
+        FLOWER_QUEUE: "stream-aggregation=true",
         STOCK: None,
     }
     rows: list[Row] = []
@@ -471,6 +482,8 @@ def main(argv: list[str] | None = None) -> None:
                         overrides + ([variants[variant]] if variants[variant] else []),
                         interval=args.sample_interval,
                         stock=variant == STOCK,
+                        # the stock peer runs on the engine as Flower ships it, queue thread included
+                        flower_queue=variant in (STOCK, FLOWER_QUEUE),
                     )
                     results[variant].append(outcome)
                     print(
@@ -497,6 +510,16 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(Row.compare(f"{tag}: stock-Flower peer, round 2 time", stock_r2, "s", procs_name, floor_procs))
         stream_r2 = statistics.median(r["round-2-s"] for r in results["stream"])
         rows.append(Row.compare(f"{tag}: round 2 time, streaming mean", stream_r2, "s", stock_name, stock_r2))
+        flower_queue_r2 = statistics.median(r["round-2-s"] for r in results[FLOWER_QUEUE])
+        rows.append(
+            Row.compare(
+                f"{tag}: round 2 time, streaming mean",
+                stream_r2,
+                "s",
+                "the same on Flower's queue thread",
+                flower_queue_r2,
+            )
+        )
         stream_mem = max(r["peak-rss-bytes"] for r in results["stream"]) / GIB
         hold_mem = max(r["peak-rss-bytes"] for r in results["hold"]) / GIB
         rows.append(
@@ -520,17 +543,27 @@ def main(argv: list[str] | None = None) -> None:
         if window:
             try:
                 scan = queue_scan_seconds(num_clients, window)
+                ours = queue_scan_seconds(num_clients, window, fedge=True)
             except Exception as e:  # noqa: BLE001 - Flower's internals moved: the diagnostic is left out, said why
                 print(f"note: the queue-thread diagnostic failed ({type(e).__name__}: {e}); left out")
             else:
+                what = f"CPU of one pass over {num_clients} nodes with {window} messages in flight (max-in-flight)"
                 rows.append(
                     Row.compare(
-                        f"{tag}: Flower's queue thread, CPU of one pass over {num_clients} nodes with {window} "
-                        "messages in flight (max-in-flight); one pass per 0.1 s",
+                        f"{tag}: Flower's queue thread, {what}; one pass per 0.1 s",
                         scan,
                         "s",
                         "its 0.1 s wait between passes",
                         0.1,
+                    )
+                )
+                rows.append(
+                    Row.compare(
+                        f"{tag}: fedge's queue thread (asks only nodes with a message waiting), {what}",
+                        ours,
+                        "s",
+                        "Flower's",
+                        scan,
                     )
                 )
         per_count[str(num_clients)] = {"partitioner": partitioner, "partitioner-note": why, "runs": results}
