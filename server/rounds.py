@@ -48,6 +48,7 @@ class StreamingMean:
         self.total_weight = 0.0
         self.count = 0
         self._arrays: dict[str, np.ndarray] = {}
+        self._scratch: dict[str, np.ndarray] = {}
         self._metrics: dict[str, float] = {}
 
     def add(self, arrays: ArrayRecord, metrics: MetricRecord) -> None:
@@ -55,9 +56,14 @@ class StreamingMean:
         for key, array in arrays.items():
             value = array.numpy()
             if key in self._arrays:
-                self._arrays[key] += value.astype(np.float64) * weight
+                # weight x value in float64 into a kept scratch buffer, then summed in place: no temporaries per
+                # reply (at 1,000 replies of a 1.7M-parameter model, two fresh float64 copies each cost seconds)
+                scratch = self._scratch[key]
+                np.multiply(value, weight, out=scratch, dtype=np.float64)
+                self._arrays[key] += scratch
             else:
-                self._arrays[key] = value.astype(np.float64) * weight
+                self._arrays[key] = np.multiply(value, weight, dtype=np.float64)
+                self._scratch[key] = np.empty_like(self._arrays[key])
         for key, value in metrics.items():
             if key != WEIGHT_KEY and isinstance(value, int | float):
                 self._metrics[key] = self._metrics.get(key, 0.0) + float(value) * weight
