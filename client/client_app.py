@@ -1,5 +1,9 @@
 """The Flower ClientApp: translate Messages into local (private) training and back.
 
+Besides train and evaluate, a node answers ``query.accept`` (``fedge accept RUN_DIR --superlink``, sent by
+``server/acceptance_app.py``): it checks the artifacts' sha256, runs them with the device runtimes on its own data and
+replies with their accuracies and the global model's (:func:`accept_on_node`).
+
 The reply to a train message carries the updated arrays and a MetricRecord with ``train-loss``, ``num-examples``,
 ``epsilon`` (cumulative over the run), ``delta`` and the DP settings used. A client whose next round would exceed
 its budget replies without arrays: a MetricRecord with ``refused`` = 1 and a ConfigRecord ``refusal`` that says
@@ -10,6 +14,7 @@ server counts it as failed and goes on with the others.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -27,12 +32,12 @@ from flwr.common.constant import ErrorCode
 from torch import nn
 
 from client.config import ClientConfig
-from client.errors import PrivacyBudgetExhaustedError
+from client.errors import AcceptanceOnNodeError, PrivacyBudgetExhaustedError
 from client.state_file import restore_state, save_state, state_file
 from shared_models.data import ArrayDataset
 from shared_models.errors import FedgeError, SchemaMismatchError
 from shared_models.training import evaluate as evaluate_model
-from shared_models.training import train_epochs
+from shared_models.training import predict, train_epochs
 
 # Known, harmless warnings from Opacus on every round; they would bury the run's own output.
 for _message in ("Secure RNG turned off", "Full backward hook is firing", "Optimal order is the largest alpha"):
@@ -40,6 +45,8 @@ for _message in ("Secure RNG turned off", "Full backward hook is firing", "Optim
 
 log = logging.getLogger("fedge.client")
 app = ClientApp()
+#: the action of the acceptance test's messages: Flower's message type ``query.accept``
+ACCEPT_ACTION = "accept"
 
 
 def _local_model(config: ClientConfig, data: ArrayDataset, arrays: ArrayRecord) -> nn.Module:
@@ -275,5 +282,76 @@ def evaluate(msg: Message, context: Context) -> Message:
         result = evaluate_model(model, data, device=config.device)
         metrics = MetricRecord({"eval-loss": result.loss, "eval-accuracy": result.accuracy, "num-examples": len(data)})
         return RecordDict({"metrics": metrics, "client": ConfigRecord({**config.identity, "site": site_name(config)})})
+
+    return _reply(msg, work)
+
+
+def accept_on_node(config: ClientConfig, content: RecordDict) -> RecordDict:
+    """The acceptance test of the exact artifact bytes on this node's own data; pure of Flower's Context.
+
+    ``content``: the global model (ArrayRecord ``arrays``), the artifacts (ArrayRecord ``artifacts``: each file's
+    bytes as a 1-D uint8 array, keyed by file name) and a ConfigRecord ``acceptance`` with each file's
+    ``sha256.<file>``, ``max-samples``, ``seed`` and the federation's ``num-classes``. Every file's bytes are checked
+    against the sha256 the server sent before anything runs; then each runs in its device runtime, one sample at a
+    time, on a seeded subset of this node's data (loaded as for evaluate), and the global model on the same samples
+    is the fp32 reference. Replies ``accuracy.<file>``, ``accuracy.global-model`` and ``num-examples``, and this
+    node's ``site`` (the name per-site evaluation uses) with its identity."""
+    settings = content.config_records.get("acceptance", ConfigRecord())
+    artifacts = content.array_records.get("artifacts", ArrayRecord())
+    files = {}
+    described = {key.removeprefix("sha256.") for key in settings if key.startswith("sha256.")}
+    for name in sorted(set(artifacts.keys()) | described):
+        if name not in artifacts:
+            raise AcceptanceOnNodeError(f"{name}: the server described it but sent no bytes; run fedge accept again")
+        data = artifacts[name].numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != settings.get(f"sha256.{name}"):
+            raise AcceptanceOnNodeError(
+                f"{name}: bytes differ from the sha256 the server sent; nothing was run. The file changed on its way "
+                "or on the server: package the run again and run fedge accept again"
+            )
+        files[name] = data
+    if not files:
+        raise AcceptanceOnNodeError("the server sent no artifact to test; package the run first (fedge package)")
+    try:  # the device runtimes: only a node that runs the acceptance test pays for importing them
+        from edge.agent.protocol import format_of
+        from edge.agent.runtime import accuracy_of, load_runner
+    except ImportError as e:
+        raise AcceptanceOnNodeError(
+            f"this node cannot run artifacts ({e}): install the device runtimes, pip install 'fedge[agent]'"
+        ) from e
+    data = config.data.client_train_set(
+        config.partition_id, config.num_partitions, node_data_path=config.node_data_path
+    ).with_classes(agreed_classes(settings))
+    model = _local_model(config, data, content["arrays"]).cpu()
+    samples = data.sample(int(settings.get("max-samples", 1000)), seed=int(settings.get("seed", 0)))
+    metrics: dict[str, float | int] = {
+        "accuracy.global-model": accuracy_of(lambda x: predict(model, x[None, ...])[0], samples.x, samples.y),
+        "num-examples": len(samples),
+    }
+    for name, blob in files.items():
+        fmt = format_of(name)
+        if fmt is None:
+            raise AcceptanceOnNodeError(f"{name}: no device runtime runs this kind of file (.onnx, .tflite)")
+        runner = load_runner(fmt, blob, None)  # a file that does not load: the runtime's error, with its reason
+        metrics[f"accuracy.{name}"] = accuracy_of(runner.predict, samples.x, samples.y)
+    return RecordDict(
+        {"metrics": MetricRecord(metrics), "client": ConfigRecord({**config.identity, "site": site_name(config)})}
+    )
+
+
+@app.query(ACCEPT_ACTION)
+def accept(msg: Message, context: Context) -> Message:
+    """The acceptance test of the exact artifact bytes (``fedge accept RUN_DIR --superlink``) on this node's data.
+
+    A node that cannot run it replies with an Error whose reason starts with ``site NAME:`` (this node's site), so
+    the server lists it by name among the failed sites."""
+
+    def work() -> RecordDict:
+        config = ClientConfig.from_context(context)
+        try:
+            return accept_on_node(config, msg.content)
+        except FedgeError as e:
+            why = str(e) if isinstance(e, AcceptanceOnNodeError) else f"{type(e).__name__}: {e}"
+            raise AcceptanceOnNodeError(f"site {site_name(config)}: {why}") from e
 
     return _reply(msg, work)

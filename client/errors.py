@@ -20,3 +20,8 @@ class PrivacyBudgetExhaustedError(ClientError):
 class ModelNotPrivateError(ClientError):
     """A model with layers Opacus cannot train with DP-SGD (BatchNorm, nn.LSTM, ...) and no fix asked for, or one
     that cannot be made private at all."""
+
+
+class AcceptanceOnNodeError(ClientError):
+    """This node cannot run the acceptance test of the artifacts (``fedge accept RUN_DIR --superlink``): artifact
+    bytes that are not the ones the server described, a file no device runtime runs, a missing runtime."""

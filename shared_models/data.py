@@ -62,6 +62,13 @@ class ArrayDataset:
         idx = np.asarray(indices, dtype=np.int64)
         return ArrayDataset(self.name, self.x[idx], self.y[idx], self.num_classes)
 
+    def sample(self, max_samples: int, *, seed: int = 0) -> ArrayDataset:
+        """At most ``max_samples`` of this data, a seeded subset kept in order (all of it when it has no more): the
+        samples ``fedge accept`` measures a site on, the same whether the site is simulated or a real node."""
+        if len(self) <= max_samples:
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).permutation(len(self))[:max_samples]))
+
     def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
         dataset = TensorDataset(torch.from_numpy(self.x), torch.from_numpy(self.y))
         generator = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ quantized and its output dequantized by :func:`to_input_tensor` / :func:`from_ou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -258,6 +258,17 @@ def load_runner(fmt: str, model: bytes, preprocessing: Mapping[str, Any] | None 
     runner.predict(np.zeros(runner.input_shape, dtype=np.float32))
     steps = Preprocessing.from_spec(preprocessing)
     return runner if steps.empty else PreprocessedRunner(runner, steps)
+
+
+def accuracy_of(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    """The fraction of samples whose highest score is their label, one sample at a time as a device runs them: what
+    ``fedge accept`` measures for every artifact and for the global model, in-process and on a federation's nodes.
+
+    >>> accuracy_of(lambda sample: sample, np.eye(3, dtype=np.float32), np.array([0, 1, 1]))
+    0.6666666666666666
+    """
+    correct = sum(int(np.argmax(predict(sample)) == int(label)) for sample, label in zip(x, y, strict=True))
+    return correct / len(y) if len(y) else 0.0
 
 
 def probabilities(scores: np.ndarray) -> np.ndarray:

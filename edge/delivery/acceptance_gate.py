@@ -61,6 +61,8 @@ def acceptance_problem(artifact: Artifact, max_site_drop: float) -> str | None:
     signed = (artifact.lineage.get("acceptance") or {}).get("sha256")
     if signed is not None and signed != hashlib.sha256(raw).hexdigest():
         return f"{REPORT} changed after {name}'s description recorded it: run fedge accept RUN_DIR again"
+    if row.get("refused-because"):  # not tested on every site it had to be: no threshold lets it out
+        return f"{name} was not accepted: {row['refused-because']}; run fedge accept RUN_DIR again"
     drop = row.get("worst-site-drop")
     if not isinstance(drop, int | float):
         return f"{name}'s acceptance report has no worst-site drop: run fedge accept RUN_DIR again"
