@@ -3,29 +3,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from client.client_app import train_locally
-from client.config import ClientConfig, PrivacyConfig
+from client.config import PrivacyConfig
 from client.errors import ClientConfigError
 from client.privacy import load_accountant, save_accountant
-from shared_models.federation import FederatedData
 from shared_models.models import build_model
-
-
-def _config(privacy: PrivacyConfig, **kw) -> ClientConfig:
-    base = dict(
-        model="digits-cnn",
-        data=FederatedData(dataset="digits"),
-        partition_id=0,
-        num_partitions=4,
-        node_data_path="",
-        local_epochs=1,
-        batch_size=64,
-        learning_rate=0.5,
-        momentum=0.0,
-        privacy=privacy,
-        device=torch.device("cpu"),
-    )
-    base.update(kw)
-    return ClientConfig(**base)
+from tests.client.digits_client import digits_client
 
 
 def _arrays():
@@ -43,7 +25,7 @@ def test_accountant_survives_a_round_trip_through_the_node_state():
 
 
 def test_epsilon_accumulates_across_rounds_and_stays_within_budget():
-    cfg = _config(PrivacyConfig(target_epsilon=3.0, planned_rounds=3))
+    cfg = digits_client(PrivacyConfig(target_epsilon=3.0, planned_rounds=3))
     state = RecordDict()
     eps = []
     for r in (1, 2, 3):
@@ -55,7 +37,7 @@ def test_epsilon_accumulates_across_rounds_and_stays_within_budget():
 
 
 def test_a_client_refuses_the_round_that_would_exceed_its_budget():
-    cfg = _config(PrivacyConfig(noise_multiplier=1.0, target_epsilon=6.0))  # 2 rounds fit, the 3rd would not
+    cfg = digits_client(PrivacyConfig(noise_multiplier=1.0, target_epsilon=6.0))  # 2 rounds fit, the 3rd would not
     state = RecordDict()
     first = train_locally(cfg, _arrays(), ConfigRecord({"server-round": 1}), state)
     assert first["metrics"]["refused"] == 0 and "arrays" in first
@@ -78,7 +60,7 @@ def test_a_client_refuses_the_round_that_would_exceed_its_budget():
 
 
 def test_without_dp_there_is_no_epsilon_and_weights_change():
-    cfg = _config(PrivacyConfig(enabled=False))
+    cfg = digits_client(PrivacyConfig(enabled=False))
     out = train_locally(cfg, _arrays(), ConfigRecord({"server-round": 1}), RecordDict())
     assert "epsilon" not in out["metrics"]
     before, after = _arrays().to_torch_state_dict(), out["arrays"].to_torch_state_dict()

@@ -5,36 +5,19 @@ import json
 
 import dp_accounting
 import pytest
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from client.client_app import train_locally
-from client.config import ClientConfig, PrivacyConfig
+from client.config import PrivacyConfig
 from server.ledger import DpRound, PrivacyLedger, parse_history
 from server.run_record import RunRecord
-from shared_models.federation import FederatedData
 from shared_models.models import build_model
 from shared_models.run_dir import RunDir
+from tests.client.digits_client import digits_client
 
 DELTA = 1e-5
 # Opacus's RDP orders, so both accountants take their minimum over the same orders.
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-
-
-def _client() -> ClientConfig:
-    return ClientConfig(
-        model="digits-mlp",
-        data=FederatedData(dataset="digits"),
-        partition_id=0,
-        num_partitions=4,
-        node_data_path="",
-        local_epochs=1,
-        batch_size=64,
-        learning_rate=0.5,
-        momentum=0.0,
-        privacy=PrivacyConfig(target_epsilon=4.0, target_delta=DELTA, max_grad_norm=0.7, planned_rounds=3),
-        device=torch.device("cpu"),
-    )
 
 
 def _recompute(entries: list[tuple[float, float, int]], delta: float) -> float:
@@ -46,7 +29,8 @@ def _recompute(entries: list[tuple[float, float, int]], delta: float) -> float:
 
 
 def test_epsilon_in_the_run_record_is_recomputed_by_dp_accounting_within_one_percent(tmp_path):
-    config = _client()
+    privacy = PrivacyConfig(target_epsilon=4.0, target_delta=DELTA, max_grad_norm=0.7, planned_rounds=3)
+    config = digits_client(privacy, model="digits-mlp")
     arrays = ArrayRecord(build_model("digits-mlp", input_shape=(1, 8, 8), num_classes=10, seed=0).state_dict())
     state, ledger = RecordDict(), PrivacyLedger(4.0, DELTA)
     for server_round in (1, 2):
