@@ -333,7 +333,7 @@ class RunOutcome:
     flower_run_id: int
     status: str  # Flower's "finished:completed", "finished:failed", "finished:stopped"
     details: str
-    run_record: str | None  # where the ServerApp wrote the run record: a path on the server
+    run_record: str | None  # where the ServerApp wrote its result (the run record; an acceptance report): on the server
 
     @property
     def completed(self) -> bool:
@@ -431,7 +431,7 @@ def follow_logs(flower_run_id: int, flwr_home: Path, on_line: Callable[[str], No
 
 
 def _late_run_record(
-    flower_run_id: int, flwr_home: Path, seen: list[str], *, wait: float = 15
+    flower_run_id: int, flwr_home: Path, seen: list[str], *, wait: float = 15, result_line: re.Pattern = RUN_RECORD_LINE
 ) -> tuple[str | None, str]:
     """The run-record line a finished run's ServerApp wrote last, and the log lines the stream had not shown yet.
 
@@ -442,7 +442,7 @@ def _late_run_record(
     while True:
         result = _flwr(["log", str(flower_run_id), CONNECTION, "--show"], flwr_home, timeout=60)
         lines = (result.stdout or "").splitlines(keepends=True)
-        found = [m.group(1) for m in map(RUN_RECORD_LINE.search, lines) if m]
+        found = [m.group(1) for m in map(result_line.search, lines) if m]
         if found or time.monotonic() > deadline:
             last = seen[-1].rstrip() if seen else None
             start = max((i + 1 for i, line in enumerate(lines) if line.rstrip() == last), default=0)
@@ -451,12 +451,19 @@ def _late_run_record(
 
 
 def run_on_federation(
-    run_config: dict[str, Any], connection: Connection, *, echo: Callable[[str], None] = sys.stdout.write
+    run_config: dict[str, Any],
+    connection: Connection,
+    *,
+    echo: Callable[[str], None] = sys.stdout.write,
+    server_app: str | None = None,
+    result_line: re.Pattern = RUN_RECORD_LINE,
 ) -> RunOutcome:
     """Submit one run of fedge's apps with ``run_config`` and follow it until it ends.
 
     Server-side paths in ``run_config`` travel as given (the server resolves them). Raises :class:`RunFailedError`
-    with the server's reason when the run does not complete.
+    with the server's reason when the run does not complete. ``server_app`` (import path) replaces the training
+    ServerApp (``server.acceptance_app:app`` for the acceptance test); ``result_line`` is the line of its log that
+    names where it wrote its result (the run record; the acceptance report), returned as ``run_record``.
     """
     tail: list[str] = []
     record: list[str] = []
@@ -464,7 +471,7 @@ def run_on_federation(
     def on_line(line: str) -> None:
         echo(line)
         tail[:] = [*tail[-39:], line]
-        found = RUN_RECORD_LINE.search(line)
+        found = result_line.search(line)
         if found:
             record.append(found.group(1))
 
@@ -475,7 +482,7 @@ def run_on_federation(
         write_connection(
             home, connection.superlink, ca_certificate=connection.ca_certificate, insecure=connection.insecure
         )
-        app_dir = write_app_dir(Path(tmp) / "app", run_config)
+        app_dir = write_app_dir(Path(tmp) / "app", run_config, **({"server_app": server_app} if server_app else {}))
         flower_run_id = submit_app(app_dir, home)
         echo(f"Flower run {flower_run_id} started on {connection.superlink}\n")
         code = follow_logs(flower_run_id, home, on_line)
@@ -488,7 +495,7 @@ def run_on_federation(
                 "`fedge run --resume RUN_DIR`"
             ) from None
         if not record and status.endswith(":completed"):
-            late, unseen = _late_run_record(flower_run_id, home, tail)
+            late, unseen = _late_run_record(flower_run_id, home, tail, result_line=result_line)
             echo(unseen)
             record.extend([late] if late else [])
     outcome = RunOutcome(

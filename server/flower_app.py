@@ -35,8 +35,13 @@ def _fedge_version() -> str:
         return "0.0.0"
 
 
-def write_app_dir(directory: Path, run_config: dict[str, Any], *, name: str = "fedge-run") -> Path:
-    """Write a Flower App into ``directory`` whose run config defaults are ``run_config``; the directory."""
+def write_app_dir(
+    directory: Path, run_config: dict[str, Any], *, name: str = "fedge-run", server_app: str = SERVER_APP
+) -> Path:
+    """Write a Flower App into ``directory`` whose run config defaults are ``run_config``; the directory.
+
+    ``server_app``: the ServerApp by import path (``server.acceptance_app:app`` for ``fedge accept --superlink``,
+    which sends the nodes the acceptance test instead of training rounds); the ClientApp is always fedge's."""
     lines = [
         "[project]",
         f"name = {json.dumps(name)}",
@@ -48,7 +53,7 @@ def write_app_dir(directory: Path, run_config: dict[str, Any], *, name: str = "f
         'publisher = "fedge"',
         "",
         "[tool.flwr.app.components]",
-        f"serverapp = {json.dumps(SERVER_APP)}",
+        f"serverapp = {json.dumps(server_app)}",
         f"clientapp = {json.dumps(CLIENT_APP)}",
         "",
         "[tool.flwr.app.config]",

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -160,22 +161,68 @@ def accept(
         typer.Option(help="Refuse an artifact that loses more accuracy than this on any site (vs fp32 on that site)."),
     ] = 0.05,
     sites: Annotated[
-        int | None, typer.Option(help="Number of sites of a pooled-data run (default: the clients that trained).")
+        int | None,
+        typer.Option(help="Number of sites of a pooled-data run (default: the clients that trained). Simulated only."),
     ] = None,
     max_samples: Annotated[int, typer.Option(help="Samples per site at most (a seeded subset).")] = 1000,
+    superlink: Annotated[
+        str | None,
+        typer.Option(
+            help="Run it on the federation's real nodes through this SuperLink (HOST:PORT, as for fedge run); "
+            "RUN_DIR and --artifacts are then paths on the server. Without it, the sites are simulated in-process."
+        ),
+    ] = None,
+    ca: Annotated[Path | None, typer.Option(help="The federation's CA certificate (ca.crt), with --superlink.")] = None,
+    insecure: Annotated[bool, typer.Option(help="No TLS to the SuperLink: only on a trusted test network.")] = False,
+    min_sites: Annotated[
+        int | None,
+        typer.Option(
+            help="With --superlink: how many nodes must report (default: every site that trained, from the run's "
+            "privacy ledger); fewer refuses every artifact (exit code 2)."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="With --superlink: seconds to wait for the nodes and their replies.")
+    ] = 300.0,
 ) -> None:
     """Acceptance test of the exact artifact bytes on every site of the federation, before a rollout.
 
-    Each site runs the very files (sha256 checked against their descriptions) with the device runtimes on its own
-    data (simulated: rebuilt in-process from the run record as each client loaded it); writes acceptance.json and
+    Each site runs the very files (sha256 checked) with the device runtimes on its own data. With --superlink, on
+    the federation's real nodes: the files travel to every node (fedge node) in a Flower message, each node checks
+    their sha256 and reports its accuracies; a node that cannot run them is listed as failed. Without it, simulated:
+    each site's data is rebuilt in-process from the run record as its client loaded it. Writes acceptance.json and
     acceptance.md into the artifacts folder and each artifact's verdict into its description's lineage, which
     fedge publish checks (--max-site-drop) and signs into the manifest. Exit code 1 if any artifact is refused.
     """
-    from edge.export.acceptance import accept_run
     from edge.export.native_log import native_stderr_to
     from shared_models.run_dir import RunDir
 
     console = Console()
+    if superlink is not None:
+        from server.acceptance import AcceptanceSettings, accept_on_federation
+        from server.deployment import Connection
+
+        outcome = accept_on_federation(
+            AcceptanceSettings(
+                run_dir=run_dir.absolute(),
+                artifacts_dir=(artifacts or RunDir(run_dir).artifacts).absolute(),
+                max_site_drop=max_site_drop,
+                max_samples=max_samples,
+                min_sites=min_sites or 0,
+                timeout=timeout,
+            ),
+            Connection(superlink=superlink, ca_certificate=ca, insecure=insecure),
+            echo=lambda line: print(line, end="", flush=True),  # the server's log, as fedge run shows it
+        )
+        if outcome.report is None:
+            console.print(f"acceptance report (on the server): {outcome.report_path}", soft_wrap=True)
+        else:
+            _print_acceptance(console, outcome.report)
+        if outcome.refused:
+            raise typer.Exit(1)
+        return
+    from edge.export.acceptance import accept_run
+
     with native_stderr_to(RunDir(run_dir).logs / "native.log"):
         report = accept_run(
             run_dir,
@@ -185,8 +232,14 @@ def accept(
             max_samples=max_samples,
             progress=lambda message: console.print(f"[dim]{message}[/]"),
         )
+    _print_acceptance(console, report)
+    if any(row["verdict"] != "accepted" for row in report["artifacts"]):
+        raise typer.Exit(1)
+
+
+def _print_acceptance(console: Console, report: dict) -> None:
     names = [s["name"] for s in report["sites"]]
-    table = Table(title=f"acceptance on {len(names)} sites (max drop {max_site_drop:.3f})")
+    table = Table(title=f"acceptance on {len(names)} sites (max drop {report['max-site-drop']:.3f})")
     for column in ("artifact", *names, "worst site", "drop", "verdict"):
         # fold, not cut: on a narrow terminal (or a log) the site names are the point of the table
         justify = "left" if column in ("artifact", "worst site", "verdict") else "right"
@@ -202,5 +255,5 @@ def accept(
             row["verdict"],
         )
     console.print(table)
-    if any(row["verdict"] != "accepted" for row in report["artifacts"]):
-        raise typer.Exit(1)
+    for failed in report.get("failed-sites") or []:
+        console.print(f"[yellow]failed site[/] {escape(failed['site'])}: {escape(failed['reason'])}", soft_wrap=True)
