@@ -83,6 +83,23 @@ DEGRADED_COLUMNS = "raised, model_id, version, devices, measure, value, baseline
 GROUP_TELEMETRY_COLUMNS = "labelled, correct, inferences, mean_confidence, histogram"
 
 
+def parse_fleet_message(topic: str, payload: bytes) -> tuple[str, str, Any] | None:
+    """(kind, device id, validated message) of what a device sent, as both stores take it; ``None`` for a cleared
+    retained state; an :class:`AgentError` for anything malformed (the store keeps :func:`malformed_row` of it)."""
+    parsed = parse_topic(topic)
+    if parsed is None or parsed.kind not in ("state", "telemetry", "events"):
+        raise AgentError(f"not a device message topic: {topic[:200]!r}")
+    if parsed.kind == "state" and not payload:
+        return None
+    parse = parse_telemetry if parsed.kind == "telemetry" else parse_device_message
+    return parsed.kind, parsed.device_id, parse(parsed, payload)
+
+
+def malformed_row(received: float, topic: str, error: Exception) -> tuple:
+    """A row of ``malformed``: when, on which topic (cut to size) and why."""
+    return received, topic[:200], str(error)[:300]
+
+
 def telemetry_row(device_id: str, msg: Telemetry, received: float) -> tuple:
     """A row of ``telemetry`` (every column, in table order), the same in both stores."""
     return (
@@ -196,19 +213,16 @@ class FleetStore:
             return kinds
 
     def _record(self, topic: str, payload: bytes, received: float) -> str | None:
-        parsed = parse_topic(topic)
         try:
-            if parsed is None or parsed.kind not in ("state", "telemetry", "events"):
-                raise AgentError(f"not a device message topic: {topic[:200]!r}")
-            if parsed.kind == "state" and not payload:
-                return None  # a cleared retained state
-            parse = parse_telemetry if parsed.kind == "telemetry" else parse_device_message
-            msg = parse(parsed, payload)
+            message = parse_fleet_message(topic, payload)
         except AgentError as e:
-            self._db.execute("INSERT INTO malformed VALUES (?, ?, ?)", (received, topic[:200], str(e)[:300]))
+            self._db.execute("INSERT INTO malformed VALUES (?, ?, ?)", malformed_row(received, topic, e))
             return None
-        getattr(self, f"_record_{parsed.kind}")(parsed.device_id, msg, received)
-        return parsed.kind
+        if message is None:
+            return None  # a cleared retained state
+        kind, device_id, msg = message
+        getattr(self, f"_record_{kind}")(device_id, msg, received)
+        return kind
 
     def _touch(self, device_id: str, received: float) -> None:
         self._db.execute(_TOUCH, (device_id, received))

@@ -30,7 +30,6 @@ import time
 from typing import Any
 
 from edge.agent.errors import AgentError
-from edge.agent.protocol import parse_device_message, parse_telemetry, parse_topic
 from edge.delivery import feedback
 from edge.delivery.collector import (
     DEGRADED_COLUMNS,
@@ -38,6 +37,8 @@ from edge.delivery.collector import (
     GROUP_TELEMETRY_COLUMNS,
     VersionStats,
     event_row,
+    malformed_row,
+    parse_fleet_message,
     telemetry_row,
 )
 from edge.delivery.errors import DeliveryError
@@ -153,27 +154,23 @@ class _Batch:
         self.events: list[tuple] = []
 
     def add(self, topic: str, payload: bytes, received: float) -> None:
-        parsed = parse_topic(topic)
         try:
-            if parsed is None or parsed.kind not in ("state", "telemetry", "events"):
-                raise AgentError(f"not a device message topic: {topic[:200]!r}")
-            if parsed.kind == "state" and not payload:
-                self.kinds.append(None)  # a cleared retained state
-                return
-            msg = (parse_telemetry if parsed.kind == "telemetry" else parse_device_message)(parsed, payload)
+            message = parse_fleet_message(topic, payload)
         except AgentError as e:
-            self.malformed.append((received, topic[:200], str(e)[:300]))
+            self.malformed.append(malformed_row(received, topic, e))
+            message = None
+        if message is None:  # malformed, or a cleared retained state
             self.kinds.append(None)
             return
-        device = parsed.device_id
+        kind, device, msg = message
         self.touch[device] = max(received, self.touch.get(device, 0.0))
-        if parsed.kind == "telemetry":
+        if kind == "telemetry":
             self.telemetry.append(telemetry_row(device, msg, received))
-        elif parsed.kind == "state":
+        elif kind == "state":
             self._state(device, msg, received)
         else:
             self.events.append(event_row(device, msg, received))
-        self.kinds.append(parsed.kind)
+        self.kinds.append(kind)
 
     def _state(self, device: str, msg: dict[str, Any], received: float) -> None:
         ts = msg.get("ts")
