@@ -64,7 +64,7 @@ def acceptance_content(
 
 
 def sort_replies(nodes: Iterable[int], replies: Iterable[Message], timeout: float) -> tuple[list, list[dict]]:
-    """Replies -> (site results, failed sites): an Error names its site when the node could say it."""
+    """Replies -> (site results by site name, failed sites): an Error names its site when the node could say it."""
     from edge.export.acceptance import SiteResult
 
     by_node = {r.metadata.src_node_id: r for r in replies}
@@ -82,7 +82,7 @@ def sort_replies(nodes: Iterable[int], replies: Iterable[Message], timeout: floa
             accuracy = {k.removeprefix("accuracy."): float(v) for k, v in metrics.items() if k.startswith("accuracy.")}
             site = str(client.get("site") or client.get("node-name") or f"node-{node}")
             results.append(SiteResult(site, int(metrics.get("num-examples", 0)), accuracy))
-    return results, failed
+    return sorted(results, key=lambda r: r.name), failed
 
 
 def run_acceptance(grid: Grid, settings: AcceptanceSettings, *, flower_run_id: int) -> dict[str, Any]:

@@ -10,8 +10,10 @@ database, and the run resumed with ``fedge run --resume``. Every process is stop
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -224,6 +226,16 @@ def deployment(tmp_path_factory):
         resume = fed.start("resume", ["run", *common, "--resume", str(run_dir)])
         code = resume.wait(timeout=TIMEOUT)
         resumed = subprocess.CompletedProcess(resume.args, code, fed.log("resume"), "")
+        acceptance = None
+        if code == 0:  # issue 13 on the real nodes, while the federation is still up: package, then accept
+            package = fed.start("package", ["package", str(run_dir), "-f", "onnx", "-V", "fp32", "-V", "int8"])
+            if package.wait(timeout=TIMEOUT) == 0:
+                accept = fed.start("accept", ["accept", str(run_dir), *common, "--timeout", "120"])
+                acceptance = {"code": accept.wait(timeout=TIMEOUT), "output": fed.log("accept")}
+                report = run_dir / "artifacts" / "acceptance.json"
+                acceptance["report"] = json.loads(report.read_text()) if report.is_file() else None
+            else:
+                acceptance = {"code": None, "output": fed.log("package"), "report": None}
         yield {
             "run_dir": run_dir,
             "rounds": _rounds(run_dir),
@@ -233,6 +245,8 @@ def deployment(tmp_path_factory):
             "rogue_code": rogue_code,
             "rogue_log": fed.log("rogue"),
             "mismatched_log": fed.log("mismatched"),
+            "acceptance": acceptance,
+            "node_logs": {name: fed.log(name) for name in (*HOSPITALS, "mismatched")},
             "seconds": time.monotonic() - started,
         }
     finally:
@@ -284,3 +298,33 @@ def test_resume_after_server_killed_keeps_the_ledger(deployment):
         eps = after[name]["epsilons"]
         assert eps == sorted(eps) and eps[-1] > eps[-2]  # the clients' accountants went on, not from zero
     assert (deployment["run_dir"] / "model.pt").is_file()
+
+
+def test_artifacts_are_accepted_on_the_real_nodes(deployment):
+    """fedge accept RUN_DIR --superlink: the exact files travel to every node, each hospital measures them on its own
+    table; the node whose table does not fit is listed as failed, not a site."""
+    acceptance = deployment["acceptance"]
+    assert acceptance is not None and acceptance["report"] is not None, acceptance and acceptance["output"][-3000:]
+    report, output = acceptance["report"], acceptance["output"]
+    refused = [r["file"] for r in report["artifacts"] if r["verdict"] != "accepted"]
+    assert acceptance["code"] == (1 if refused else 0), output[-3000:]
+    assert [s["name"] for s in report["sites"]] == sorted(HOSPITALS)  # by node name: the hospitals' own tables
+    assert all(s["samples"] > 100 for s in report["sites"])
+    rows = {r["file"]: r for r in report["artifacts"]}
+    assert set(rows) == {"fp32.onnx", "int8.onnx"}
+    for row in rows.values():
+        assert set(row["sites"]) == set(HOSPITALS)
+        assert all(0 <= v["accuracy"] <= 1 for v in row["sites"].values())
+    fp32 = rows["fp32.onnx"]
+    assert fp32["reference"] == "global-model" and rows["int8.onnx"]["reference"] == "fp32.onnx"
+    assert all(abs(v["drop"]) < 0.02 for v in fp32["sites"].values())  # the exported float model is the model
+    (failed,) = report["failed-sites"]
+    assert failed["site"] == "mismatched" and "SchemaMismatchError" in failed["reason"], failed
+    # the report names the Flower run fedge accept submitted, and each description's lineage its sha256
+    (flower_run,) = re.findall(r"Flower run (\d+) started", output)
+    assert report["mode"].startswith("on the federation's nodes") and f"Flower run {flower_run})" in report["mode"]
+    digest = hashlib.sha256((deployment["run_dir"] / "artifacts" / "acceptance.json").read_bytes()).hexdigest()
+    for name in rows:
+        lineage = json.loads((deployment["run_dir"] / "artifacts" / f"{name}.json").read_text())["lineage"]
+        assert lineage["acceptance"]["sha256"] == digest and lineage["acceptance"]["sites"] == 3
+    assert "Traceback" not in output
