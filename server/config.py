@@ -10,6 +10,7 @@ from typing import Any
 from flwr.app import Context
 
 from server.errors import ServerConfigError
+from server.parameter_average import check_decay
 from server.strategies import StrategyOptions, strategy_name
 from shared_models.federation import FederatedData
 from shared_models.registry import ModelConfig
@@ -38,6 +39,8 @@ class ServerConfig:
     budget_aware_sampling: bool
     resume_from: Path | None
     stream_aggregation: bool
+    server_ema: float
+    """Decay of the server's moving average of the global models (``server-ema``); 0 = off."""
     progress: bool
     seed: int
     raw: dict[str, Any]
@@ -102,6 +105,7 @@ class ServerConfig:
             budget_aware_sampling=setting(run, "budget-aware-sampling"),
             resume_from=resume_from,
             stream_aggregation=setting(run, "stream-aggregation"),
+            server_ema=check_decay(setting(run, "server-ema")),
             progress=setting(run, "progress"),
             seed=setting(run, "seed"),
             raw=run,

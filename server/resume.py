@@ -48,6 +48,9 @@ class ServerState:
     python_random: tuple
     torch_random: torch.Tensor
     rounds: list[dict[str, Any]]
+    average: dict[str, Any] | None = None
+    """The server's parameter average (``server-ema``: :class:`server.parameter_average.ParameterAverage`'s
+    ``state_dict``), or None when the run does not average."""
 
 
 def _is_array_dict(value: Any) -> bool:
@@ -100,6 +103,11 @@ def save_server_state(run_dir: Path, state: ServerState) -> Path:
         "torch-random": state.torch_random,
         "rounds": state.rounds,
     }
+    if state.average is not None:
+        payload["parameter-average"] = {
+            "weight": float(state.average["weight"]),
+            "average": _to_tensors(state.average["average"]),
+        }
     return atomic_write(RunDir(run_dir).resume, lambda fh: torch.save(payload, fh))
 
 
@@ -125,7 +133,15 @@ def load_server_state(run_dir: Path) -> ServerState:
         python_random=_as_random_state(payload["python-random"]),
         torch_random=payload["torch-random"],
         rounds=list(payload["rounds"]),
+        average=_average(payload.get("parameter-average")),
     )
+
+
+def _average(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The saved parameter average as ``ParameterAverage.load_state_dict`` takes it (None: the run had none)."""
+    if saved is None:
+        return None
+    return {"weight": float(saved["weight"]), "average": _to_arrays(saved["average"])}
 
 
 def _as_random_state(value: Any) -> tuple:

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from server.config import ServerConfig
 from server.errors import ServerConfigError
 from server.ledger import PrivacyLedger
+from server.parameter_average import ParameterAverage
 from server.resume import (
     ResumeError,
     ServerState,
@@ -66,9 +67,14 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
     strategy = build_strategy(config.strategy, config.strategy_options)
     ledger = PrivacyLedger(config.target_epsilon, config.target_delta, enabled=config.dp)
     saved = load_server_state(config.resume_from) if config.resume_from is not None else None
+    # server-ema: the server evaluates, checkpoints and finally saves a moving average of the global models (the
+    # clients go on training the plain aggregate); post-processing of the clients' releases, so no ε is spent
+    average = ParameterAverage(decay=config.server_ema) if config.server_ema > 0 else None
     if saved is not None:
         ledger = PrivacyLedger.from_state_dict(saved.ledger) if saved.ledger else ledger
         load_strategy_state(strategy, saved.strategy)
+        if average is not None and saved.average is not None:
+            average.load_state_dict(saved.average)
     record = RunRecord(
         config.run_dir,
         config=config.raw,
@@ -146,13 +152,22 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         status=f"acc {record.rounds[-1]['central-accuracy']:.3f}",
     )
 
+    reported: list[ArrayRecord] = []  # the last round's model as the server reports it (the average, with server-ema)
+
     def after_round(outcome: RoundOutcome) -> None:
-        loss, acc = central_eval(outcome.arrays)
-        record.save_checkpoint(outcome.server_round, outcome.arrays.to_torch_state_dict())
+        arrays = outcome.arrays
+        if average is not None:
+            mean = average.update({k: a.numpy() for k, a in outcome.arrays.items()})
+            arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in mean.items()})
+        reported[:] = [arrays]
+        loss, acc = central_eval(arrays)
+        record.save_checkpoint(outcome.server_round, arrays.to_torch_state_dict())
         entry = {
             "round": outcome.server_round,
             "central-loss": loss,
             "central-accuracy": acc,
+            # what central-loss/-accuracy and the checkpoint are of: the round's global model, or its moving average
+            "evaluated-model": f"server-ema {config.server_ema:g}" if average is not None else "global",
             "train-loss": outcome.train_metrics.get("train-loss"),
             "clients-sampled": outcome.sampled,
             "clients-trained": outcome.replied,
@@ -191,6 +206,7 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
                     python_random=random.getstate(),
                     torch_random=torch.get_rng_state(),
                     rounds=record.rounds,
+                    average=average.state_dict() if average is not None else None,
                 ),
             ),
         )
@@ -223,7 +239,8 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
     if loop.stopped is not None:
         record.stop(loop.stopped, ledger)
         console.print(f"[bold]stopped[/]: {loop.stopped['reason']}", soft_wrap=True)
-    record.save_final(final.to_torch_state_dict())
+    # model.pt is the model the run reported last: with server-ema, the moving average
+    record.save_final((reported[0] if reported else final).to_torch_state_dict())
     plots = record.plot(ledger, site_accuracy_threshold=config.site_accuracy_threshold)
     last_sites = next((r for r in reversed(record.rounds) if r.get("sites")), {})
     summary = {
