@@ -1,8 +1,8 @@
 """The Flower ClientApp: translate Messages into local (private) training and back.
 
 Besides train and evaluate, a node answers ``query.accept`` (``fedge accept RUN_DIR --superlink``, sent by
-``server/acceptance_app.py``): it checks the artifacts' sha256, runs them with the device runtimes on its own data and
-replies with their accuracies and the global model's (:func:`accept_on_node`).
+``edge/export/acceptance_app.py``): it checks the artifacts' sha256, runs them with the device runtimes on its own
+data and replies with their accuracies and the global model's (:func:`accept_on_node`).
 
 The reply to a train message carries the updated arrays and a MetricRecord with ``train-loss``, ``num-examples``,
 ``epsilon`` (cumulative over the run), ``delta`` and the DP settings used. A client whose next round would exceed

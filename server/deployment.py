@@ -462,7 +462,7 @@ def run_on_federation(
 
     Server-side paths in ``run_config`` travel as given (the server resolves them). Raises :class:`RunFailedError`
     with the server's reason when the run does not complete. ``server_app`` (import path) replaces the training
-    ServerApp (``server.acceptance_app:app`` for the acceptance test); ``result_line`` is the line of its log that
+    ServerApp (``edge.export.acceptance_app:app`` for the acceptance test); ``result_line`` is the line of its log that
     names where it wrote its result (the run record; the acceptance report), returned as ``run_record``.
     """
     tail: list[str] = []

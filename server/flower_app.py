@@ -40,7 +40,7 @@ def write_app_dir(
 ) -> Path:
     """Write a Flower App into ``directory`` whose run config defaults are ``run_config``; the directory.
 
-    ``server_app``: the ServerApp by import path (``server.acceptance_app:app`` for ``fedge accept --superlink``,
+    ``server_app``: the ServerApp by import path (``edge.export.acceptance_app:app`` for ``fedge accept --superlink``,
     which sends the nodes the acceptance test instead of training rounds); the ClientApp is always fedge's."""
     lines = [
         "[project]",

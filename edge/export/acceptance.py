@@ -7,7 +7,7 @@ Sites here are simulated, in-process: each site's data is rebuilt from the run r
 it (the ``natural`` partitioner's one file per node, or the partition of the pooled set), so it is in the form the
 model trained on, and the runtimes run without the device preprocessing (which maps a device's raw rows to that
 form); pass ``raw=True`` for sites whose samples are raw device rows. On a federation of real nodes the same test
-runs on the nodes themselves (``server/acceptance_app.py``: the files travel in a Flower message, each node's
+runs on the nodes themselves (``edge/export/acceptance_app.py``: the files travel in a Flower message, each node's
 ClientApp checks their sha256 and measures them on its own table); both paths measure with
 :func:`edge.agent.runtime.accuracy_of` and turn the per-site accuracies into the report with :func:`build_report`.
 

@@ -199,7 +199,7 @@ def accept(
 
     console = Console()
     if superlink is not None:
-        from server.acceptance import AcceptanceSettings, accept_on_federation
+        from edge.export.federated_acceptance import AcceptanceSettings, accept_on_federation
         from server.deployment import Connection
 
         outcome = accept_on_federation(

@@ -15,8 +15,8 @@ from client.client_app import accept
 from edge.delivery.acceptance_gate import AcceptanceGate, AcceptanceGateError, check_acceptance
 from edge.delivery.publisher import load_artifact
 from edge.export.acceptance import AcceptanceError
-from server.acceptance import AcceptanceSettings, acceptance_run_config
-from server.acceptance_app import run_acceptance
+from edge.export.acceptance_app import run_acceptance
+from edge.export.federated_acceptance import AcceptanceSettings, acceptance_run_config
 from server.flower_app import write_app_dir
 from shared_models.run_config import DEFAULT_RUN_CONFIG
 from shared_models.run_dir import RunDir
@@ -114,6 +114,6 @@ def test_acceptance_refuses_an_artifact_changed_after_it_was_described(tmp_path,
 
 def test_the_acceptance_app_dir_names_the_acceptance_server_app(tmp_path):
     text = (
-        write_app_dir(tmp_path, {"dp": True}, server_app="server.acceptance_app:app") / "pyproject.toml"
+        write_app_dir(tmp_path, {"dp": True}, server_app="edge.export.acceptance_app:app") / "pyproject.toml"
     ).read_text()
-    assert 'serverapp = "server.acceptance_app:app"' in text and 'clientapp = "client.client_app:app"' in text
+    assert 'serverapp = "edge.export.acceptance_app:app"' in text and 'clientapp = "client.client_app:app"' in text

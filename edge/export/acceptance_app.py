@@ -1,14 +1,14 @@
 """The acceptance ServerApp: the exact artifact bytes tested on every node of a real federation, before a rollout.
 
-``fedge accept RUN_DIR --superlink HOST:PORT`` submits it (:mod:`server.acceptance`). It checks each artifact's
-bytes against its description, waits for the nodes, and sends every node one ``query.accept`` message: the global
-model (ArrayRecord ``arrays``: each node measures it too, the fp32 reference), the files (ArrayRecord ``artifacts``,
-each file's bytes as a 1-D uint8 array, so multi-MB files travel in Flower's chunked object store) and a
-ConfigRecord ``acceptance`` (each file's ``sha256.<file>``, ``max-samples``, ``seed``, ``num-classes``). Each node's
-ClientApp (``client/client_app.py``: ``accept``) checks the bytes, runs them with the device runtimes on its own
-data and replies with its accuracies. A node that replies with an Error, or not at all, is listed among the failed
-sites with its reason. The report is built and written by :func:`edge.export.acceptance.accept_reported`, the same
-rows and verdicts as the in-process acceptance, with each description's lineage; fewer sites than
+``fedge accept RUN_DIR --superlink HOST:PORT`` submits it (:mod:`edge.export.federated_acceptance`). It checks each
+artifact's bytes against its description, waits for the nodes, and sends every node one ``query.accept`` message:
+the global model (ArrayRecord ``arrays``: each node measures it too, the fp32 reference), the files (ArrayRecord
+``artifacts``, each file's bytes as a 1-D uint8 array, so multi-MB files travel in Flower's chunked object store)
+and a ConfigRecord ``acceptance`` (each file's ``sha256.<file>``, ``max-samples``, ``seed``, ``num-classes``). Each
+node's ClientApp (``client/client_app.py``: ``accept``) checks the bytes, runs them with the device runtimes on its
+own data and replies with its accuracies. A node that replies with an Error, or not at all, is listed among the
+failed sites with its reason. The report is built and written by :func:`edge.export.acceptance.accept_reported`, the
+same rows and verdicts as the in-process acceptance, with each description's lineage; fewer sites than
 ``acceptance-min-sites`` fails the run after the report (every artifact refused) is written.
 """
 
@@ -25,7 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from server.acceptance import AcceptanceSettings
+from edge.export.federated_acceptance import AcceptanceSettings
 from shared_models.run_dir import RunDir
 
 app = ServerApp()
@@ -147,7 +147,7 @@ def run_acceptance(grid: Grid, settings: AcceptanceSettings, *, flower_run_id: i
     console.print(
         f"acceptance on {len(report['sites'])} sites ({', '.join(s['name'] for s in report['sites'])}): "
         f"{len(report['artifacts']) - refused} accepted, {refused} refused; acceptance report in {path}",
-        soft_wrap=True,  # one line: `fedge accept --superlink` reads the path from it (server/acceptance.py)
+        soft_wrap=True,  # one line: `fedge accept --superlink` reads the path from it (federated_acceptance.py)
     )
     if report.get("incomplete"):
         raise AcceptanceError(

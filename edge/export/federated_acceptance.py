@@ -3,7 +3,7 @@ real nodes, submitted like a training run.
 
 The run config is the training run's own (so every node loads its data exactly as it trained: same data set,
 columns, classes) plus the ``acceptance-*`` keys below, which only fedge sets; the nodes' settings ignore them. The
-Flower App names :data:`ACCEPTANCE_APP` as its ServerApp (``server/acceptance_app.py``), which sends each node the
+Flower App names :data:`ACCEPTANCE_APP` as its ServerApp (``edge/export/acceptance_app.py``), which sends each node the
 files and collects their accuracies, and writes the report into the artifacts folder on the server. Paths are
 server-side paths, as ``fedge run --resume RUN_DIR`` passes them: the run directory is read here too (its config),
 so this machine and the server must see it at the same path, as for a resumed run.
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.export.acceptance import AcceptanceError
 from server.deployment import Connection, DeploymentError, run_on_federation
-from server.errors import ServerConfigError
 from shared_models.run_config import DEFAULT_RUN_CONFIG
 from shared_models.run_dir import RunDir
 
-ACCEPTANCE_APP = "server.acceptance_app:app"
+ACCEPTANCE_APP = "edge.export.acceptance_app:app"
 #: the acceptance ServerApp's last line: its counts and where it wrote the report (a path on the server)
 ACCEPTANCE_LINE = re.compile(r"acceptance report in (\S.*?)\s*$")
 COUNTS = re.compile(r"(\d+) accepted, (\d+) refused")
@@ -46,9 +46,9 @@ class AcceptanceSettings:
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_site_drop <= 1:
-            raise ServerConfigError(f"acceptance-max-site-drop must be within 0..1, got {self.max_site_drop}")
+            raise AcceptanceError(f"acceptance-max-site-drop must be within 0..1, got {self.max_site_drop}")
         if self.max_samples < 1 or self.min_sites < 0 or self.timeout <= 0:
-            raise ServerConfigError(
+            raise AcceptanceError(
                 f"acceptance-max-samples must be >= 1 (got {self.max_samples}), acceptance-min-sites >= 0 (got "
                 f"{self.min_sites}) and acceptance-timeout > 0 (got {self.timeout})"
             )
@@ -68,7 +68,7 @@ class AcceptanceSettings:
     def from_run_config(cls, run: Mapping[str, Any]) -> AcceptanceSettings:
         missing = [k for k in ("acceptance-run-dir", "acceptance-artifacts") if not str(run.get(k, "")).strip()]
         if missing:
-            raise ServerConfigError(
+            raise AcceptanceError(
                 f"the acceptance ServerApp needs {' and '.join(missing)} in its run config: submit it with "
                 "fedge accept RUN_DIR --superlink HOST:PORT, which sets them"
             )
@@ -83,14 +83,14 @@ class AcceptanceSettings:
                 seed=int(run.get("acceptance-seed", 0)),
             )
         except (TypeError, ValueError) as e:
-            raise ServerConfigError(f"an acceptance-* setting is not a number: {e}") from e
+            raise AcceptanceError(f"an acceptance-* setting is not a number: {e}") from e
 
 
 def acceptance_run_config(settings: AcceptanceSettings) -> dict[str, Any]:
     """The training run's saved config (keys this version knows), not resumed, plus the acceptance keys."""
     run = RunDir(settings.run_dir)
     if not run.config.is_file() or not run.model.is_file():
-        raise ServerConfigError(
+        raise AcceptanceError(
             f"{run.path} is not a finished run directory (config.json and model.pt): give fedge accept the "
             "runs/<run-id>/ the training wrote, as the server sees it"
         )
