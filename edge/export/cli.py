@@ -158,7 +158,10 @@ def accept(
     artifacts: Annotated[Path | None, typer.Option(help="The artifacts folder (default: RUN_DIR/artifacts/).")] = None,
     max_site_drop: Annotated[
         float,
-        typer.Option(help="Refuse an artifact that loses more accuracy than this on any site (vs fp32 on that site)."),
+        typer.Option(
+            help="Refuse an artifact that loses more accuracy than this on any site (vs its reference on that site: "
+            "the fp32 artifact, or the global model for fp32)."
+        ),
     ] = 0.05,
     sites: Annotated[
         int | None,
