@@ -403,6 +403,11 @@ def main(argv: list[str] | None = None) -> None:
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="override a run setting"
     )
     parser.add_argument("--runs-dir", default=None, help="where run records go (default: a temporary directory)")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help=f"comma-separated optional variants to leave out: hold, {STOCK}, flower-queue (to save time)",
+    )
     parser.add_argument("--child-clients", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-stock", action="store_true", help=argparse.SUPPRESS)
@@ -444,6 +449,11 @@ def main(argv: list[str] | None = None) -> None:
         FLOWER_QUEUE: "stream-aggregation=true",
         STOCK: None,
     }
+    optional = {"hold": "hold", STOCK: STOCK, "flower-queue": FLOWER_QUEUE}
+    for name in filter(None, (n.strip() for n in args.skip.split(","))):
+        if name not in optional:
+            parser.error(f"--skip {name}: not an optional variant ({', '.join(optional)})")
+        variants.pop(optional[name])
     rows: list[Row] = []
     per_count: dict[str, Any] = {}
     for num_clients in (int(c) for c in args.clients.split(",")):
@@ -500,45 +510,64 @@ def main(argv: list[str] | None = None) -> None:
         tag = f"{num_clients} clients ({partitioner})"
         rows.append(Row.compare(f"{tag}: floor, {procs_name}", floor_procs, "s", floor_name, floor))
         for variant, title in (("stream", "streaming mean"), ("hold", "holding all replies")):
+            if variant not in results:
+                continue
             r2 = statistics.median(r["round-2-s"] for r in results[variant])
             r1 = statistics.median(r["round-1-s"] for r in results[variant])
             rows.append(Row.compare(f"{tag}: round 2 time, {title}", r2, "s", floor_name, floor))
             rows.append(Row.compare(f"{tag}: round 2 time, {title}", r2, "s", procs_name, floor_procs))
             rows.append(Row.compare(f"{tag}: round 1 time (cold actors), {title}", r1, "s", floor_name, floor))
-        stock_r2 = statistics.median(r["round-2-s"] for r in results[STOCK])
-        stock_name = "stock-Flower peer app (Strategy.start), same model, data and work per client"
-        rows.append(Row.compare(f"{tag}: stock-Flower peer, round 2 time", stock_r2, "s", procs_name, floor_procs))
         stream_r2 = statistics.median(r["round-2-s"] for r in results["stream"])
-        rows.append(Row.compare(f"{tag}: round 2 time, streaming mean", stream_r2, "s", stock_name, stock_r2))
-        flower_queue_r2 = statistics.median(r["round-2-s"] for r in results[FLOWER_QUEUE])
-        rows.append(
-            Row.compare(
-                f"{tag}: round 2 time, streaming mean",
-                stream_r2,
-                "s",
-                "the same on Flower's queue thread",
-                flower_queue_r2,
+        stock_name = "stock-Flower peer app (Strategy.start), same model, data and work per client"
+        if STOCK in results:
+            stock_r2 = statistics.median(r["round-2-s"] for r in results[STOCK])
+            rows.append(Row.compare(f"{tag}: stock-Flower peer, round 2 time", stock_r2, "s", procs_name, floor_procs))
+            rows.append(Row.compare(f"{tag}: round 2 time, streaming mean", stream_r2, "s", stock_name, stock_r2))
+        if FLOWER_QUEUE in results:
+            flower_queue_r2 = statistics.median(r["round-2-s"] for r in results[FLOWER_QUEUE])
+            rows.append(
+                Row.compare(
+                    f"{tag}: round 2 time, streaming mean",
+                    stream_r2,
+                    "s",
+                    "the same on Flower's queue thread",
+                    flower_queue_r2,
+                )
             )
-        )
         stream_mem = max(r["peak-rss-bytes"] for r in results["stream"]) / GIB
-        hold_mem = max(r["peak-rss-bytes"] for r in results["hold"]) / GIB
-        rows.append(
-            Row.compare(
-                f"{tag}: peak RSS of process tree, streaming mean", stream_mem, "GiB", "holding all replies", hold_mem
-            )
-        )
-        rows.append(Row(f"{tag}: peak RSS of process tree, holding all replies", hold_mem, "GiB"))
-        stock_mem = max(r["peak-rss-bytes"] for r in results[STOCK]) / GIB
-        rows.append(
-            Row.compare(f"{tag}: peak RSS of process tree, streaming mean", stream_mem, "GiB", stock_name, stock_mem)
-        )
         stream_pss = max(r["peak-pss-bytes"] for r in results["stream"]) / GIB
-        hold_pss = max(r["peak-pss-bytes"] for r in results["hold"]) / GIB
-        rows.append(
-            Row.compare(
-                f"{tag}: peak PSS of process tree, streaming mean", stream_pss, "GiB", "holding all replies", hold_pss
+        if "hold" in results:
+            hold_mem = max(r["peak-rss-bytes"] for r in results["hold"]) / GIB
+            hold_pss = max(r["peak-pss-bytes"] for r in results["hold"]) / GIB
+            rows.append(
+                Row.compare(
+                    f"{tag}: peak RSS of process tree, streaming mean",
+                    stream_mem,
+                    "GiB",
+                    "holding all replies",
+                    hold_mem,
+                )
             )
-        )
+            rows.append(Row(f"{tag}: peak RSS of process tree, holding all replies", hold_mem, "GiB"))
+        if STOCK in results:
+            stock_mem = max(r["peak-rss-bytes"] for r in results[STOCK]) / GIB
+            rows.append(
+                Row.compare(
+                    f"{tag}: peak RSS of process tree, streaming mean", stream_mem, "GiB", stock_name, stock_mem
+                )
+            )
+        if "hold" in results:
+            rows.append(
+                Row.compare(
+                    f"{tag}: peak PSS of process tree, streaming mean",
+                    stream_pss,
+                    "GiB",
+                    "holding all replies",
+                    hold_pss,
+                )
+            )
+        else:
+            rows.append(Row(f"{tag}: peak PSS of process tree, streaming mean", stream_pss, "GiB"))
         window = int(results["stream"][0].get("max-in-flight") or 0)
         if window:
             try:
