@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -41,29 +43,58 @@ log = logging.getLogger("fedge.server")
 WEIGHT_KEY = "num-examples"
 
 
+def array_values(array: Array) -> np.ndarray:
+    """An Array's values as a read-only view on the bytes it arrived in, without ``Array.numpy()``'s copy.
+
+    Flower stores an Array as the ``.npy`` file of its values: a header naming dtype, order and shape, then the raw
+    values, which are the last ``size x itemsize`` bytes. Where the header names this Array's dtype in C order (what
+    ``Array(ndarray)`` writes on this machine), the values are viewed in place; anything else (Fortran order, another
+    byte order) goes through ``Array.numpy()``.
+
+    >>> a = Array(np.arange(6, dtype=np.float32).reshape(2, 3))
+    >>> array_values(a).tolist(), array_values(a).flags.writeable
+    ([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], False)
+    """
+    dtype = np.dtype(array.dtype)
+    nbytes = int(np.prod(array.shape, dtype=np.int64)) * dtype.itemsize
+    offset = len(array.data) - nbytes
+    header = array.data[: max(0, offset)]
+    if array.stype != "numpy.ndarray" or offset <= 0 or b"True" in header or f"'{dtype.str}'".encode() not in header:
+        return array.numpy()
+    return np.frombuffer(array.data, dtype=dtype, offset=offset).reshape(array.shape)
+
+
+def _tensor_view(values: np.ndarray) -> torch.Tensor:
+    """``values`` as a tensor on the same memory (read-only memory: it is only read), or a float64 copy for a dtype
+    torch does not have."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not writable": the tensor is only ever read
+        try:
+            return torch.from_numpy(values)
+        except TypeError:
+            return torch.from_numpy(np.asarray(values, dtype=np.float64))
+
+
 class StreamingMean:
-    """A weighted mean of ArrayRecords and MetricRecords, accumulated one reply at a time."""
+    """A weighted mean of ArrayRecords and MetricRecords, accumulated one reply at a time (in float64)."""
 
     def __init__(self) -> None:
         self.total_weight = 0.0
         self.count = 0
-        self._arrays: dict[str, np.ndarray] = {}
-        self._scratch: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, torch.Tensor] = {}
         self._metrics: dict[str, float] = {}
 
     def add(self, arrays: ArrayRecord, metrics: MetricRecord) -> None:
         weight = float(metrics[WEIGHT_KEY])
         for key, array in arrays.items():
-            value = array.numpy()
+            # the reply's values viewed in place, then sum += weight x values in one pass in float64 (torch's add_
+            # with alpha): no copy of the reply and no temporaries, where each costs seconds at 1,000 replies of a
+            # 1.7M-parameter model
+            values = _tensor_view(array_values(array))
             if key in self._arrays:
-                # weight x value in float64 into a kept scratch buffer, then summed in place: no temporaries per
-                # reply (at 1,000 replies of a 1.7M-parameter model, two fresh float64 copies each cost seconds)
-                scratch = self._scratch[key]
-                np.multiply(value, weight, out=scratch, dtype=np.float64)
-                self._arrays[key] += scratch
+                self._arrays[key].add_(values, alpha=weight)
             else:
-                self._arrays[key] = np.multiply(value, weight, dtype=np.float64)
-                self._scratch[key] = np.empty_like(self._arrays[key])
+                self._arrays[key] = values.to(torch.float64).mul_(weight)
         for key, value in metrics.items():
             if key != WEIGHT_KEY and isinstance(value, int | float):
                 self._metrics[key] = self._metrics.get(key, 0.0) + float(value) * weight
@@ -74,7 +105,7 @@ class StreamingMean:
         """The mean as one reply's content: a mean-based strategy aggregating it alone returns it unchanged."""
         w = self.total_weight
         arrays = ArrayRecord(
-            {k: Array(np.asarray(v / w).astype(dtypes.get(k, np.float32))) for k, v in self._arrays.items()}
+            {k: Array((v / w).numpy().astype(dtypes.get(k, np.float32))) for k, v in self._arrays.items()}
         )
         metrics = MetricRecord({k: v / w for k, v in self._metrics.items()})
         metrics[WEIGHT_KEY] = w

@@ -244,3 +244,15 @@ def test_the_round_counts_trained_replies_by_the_place_each_client_reports():
     outcome = loop.train_round(1, start, ConfigRecord())
     assert outcome.replied == 4
     assert outcome.trained_on == {"ray-node:a": 2, "ray-node:b": 1, "unknown": 1}
+
+
+def test_array_values_views_the_reply_in_place_and_falls_back_where_it_cannot():
+    from server.rounds import array_values
+
+    c_order = Array(np.arange(12, dtype=np.float32).reshape(3, 4))
+    view = array_values(c_order)
+    assert np.array_equal(view, c_order.numpy()) and not view.flags.writeable
+    assert np.shares_memory(view, np.frombuffer(c_order.data, dtype=np.uint8))  # no copy
+    for other in (np.asfortranarray(np.arange(12.0).reshape(3, 4)), np.arange(4, dtype=">i4")):
+        array = Array(other)
+        assert np.array_equal(array_values(array), other)  # Fortran order, big-endian: Array.numpy()'s copy
