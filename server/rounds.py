@@ -94,7 +94,8 @@ class StreamingMean:
             if key in self._arrays:
                 self._arrays[key].add_(values, alpha=weight)
             else:
-                self._arrays[key] = values.to(torch.float64).mul_(weight)
+                # a copy even where the values are float64 already: they are the reply's own (read-only) bytes
+                self._arrays[key] = values.to(torch.float64, copy=True).mul_(weight)
         for key, value in metrics.items():
             if key != WEIGHT_KEY and isinstance(value, int | float):
                 self._metrics[key] = self._metrics.get(key, 0.0) + float(value) * weight

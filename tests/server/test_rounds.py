@@ -256,3 +256,17 @@ def test_array_values_views_the_reply_in_place_and_falls_back_where_it_cannot():
     for other in (np.asfortranarray(np.arange(12.0).reshape(3, 4)), np.arange(4, dtype=">i4")):
         array = Array(other)
         assert np.array_equal(array_values(array), other)  # Fortran order, big-endian: Array.numpy()'s copy
+
+
+def test_streaming_mean_leaves_every_reply_as_it_came_whatever_its_dtype():
+    replies = [
+        ArrayRecord({"f64": Array(np.array([1.0, 2.0])), "f32": Array(np.array([3.0], dtype=np.float32))}),
+        ArrayRecord({"f64": Array(np.array([5.0, 6.0])), "f32": Array(np.array([7.0], dtype=np.float32))}),
+    ]
+    sent = [{k: a.numpy().tolist() for k, a in r.items()} for r in replies]  # values, not the (same) bytes object
+    mean = StreamingMean()
+    for reply, weight in zip(replies, (3, 1), strict=True):  # the first reply weighs more than 1: it is scaled
+        mean.add(reply, MetricRecord({"num-examples": weight}))
+    assert [{k: a.numpy().tolist() for k, a in r.items()} for r in replies] == sent  # no reply written into
+    out = mean.as_reply_content({"f64": np.dtype(np.float64), "f32": np.dtype(np.float32)})["arrays"]
+    assert out["f64"].numpy().tolist() == [2.0, 3.0] and out["f32"].numpy().tolist() == [4.0]
