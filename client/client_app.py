@@ -75,13 +75,19 @@ def agreed_classes(server_config: ConfigRecord) -> int:
     return int(server_config.get("num-classes", 0))
 
 
+def node_data(config: ClientConfig, server_config: ConfigRecord) -> ArrayDataset:
+    """This node's own data (its partition, or its own file), its classes numbered as the federation's
+    (``num-classes`` in ``server_config``): what it trains, evaluates and accepts artifacts on."""
+    return config.data.client_train_set(
+        config.partition_id, config.num_partitions, node_data_path=config.node_data_path
+    ).with_classes(agreed_classes(server_config))
+
+
 def train_locally(
     config: ClientConfig, arrays: ArrayRecord, server_config: ConfigRecord, state: RecordDict
 ) -> RecordDict:
     """One round of local training; pure of Flower's Context so tests can call it directly."""
-    data = config.data.client_train_set(
-        config.partition_id, config.num_partitions, node_data_path=config.node_data_path
-    ).with_classes(agreed_classes(server_config))
+    data = node_data(config, server_config)
     model = _local_model(config, data, arrays)
     server_round = int(server_config.get("server-round", 1))
     lr = config.learning_rate_at(server_round)
@@ -275,9 +281,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     def work() -> RecordDict:
         config = ClientConfig.from_context(context)
-        data = config.data.client_train_set(
-            config.partition_id, config.num_partitions, node_data_path=config.node_data_path
-        ).with_classes(agreed_classes(msg.content.config_records.get("config", ConfigRecord())))
+        data = node_data(config, msg.content.config_records.get("config", ConfigRecord()))
         model = _local_model(config, data, msg.content["arrays"])
         result = evaluate_model(model, data, device=config.device)
         metrics = MetricRecord({"eval-loss": result.loss, "eval-accuracy": result.accuracy, "num-examples": len(data)})
@@ -319,9 +323,7 @@ def accept_on_node(config: ClientConfig, content: RecordDict) -> RecordDict:
         raise AcceptanceOnNodeError(
             f"this node cannot run artifacts ({e}): install the device runtimes, pip install 'fedge[agent]'"
         ) from e
-    data = config.data.client_train_set(
-        config.partition_id, config.num_partitions, node_data_path=config.node_data_path
-    ).with_classes(agreed_classes(settings))
+    data = node_data(config, settings)
     model = _local_model(config, data, content["arrays"]).cpu()
     samples = data.sample(int(settings.get("max-samples", 1000)), seed=int(settings.get("seed", 0)))
     metrics: dict[str, float | int] = {
