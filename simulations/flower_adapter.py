@@ -65,15 +65,12 @@ def check_flower_simulation_api() -> None:
         f"fedge was built against flwr 1.42.0 and found flwr {flwr.__version__}; install the pinned version "
         '(pip install "fedge[train]") or update simulations/flower_adapter.py'
     )
+    # the module, not the public function of the same name that flwr.simulation exports
+    function = _flower_function(PRIVATE_CALL, fix)
     try:
-        # the module, not the public function of the same name that flwr.simulation exports
-        module = importlib.import_module("flwr.simulation.run_simulation")
         from flwr.supercore.telemetry import EventType
     except ImportError as e:
-        raise FlowerApiError(f"{PRIVATE_CALL} cannot be imported ({e}); {fix}") from e
-    function = getattr(module, "_run_simulation", None)
-    if not callable(function):
-        raise FlowerApiError(f"{PRIVATE_CALL} no longer exists; {fix}")
+        raise FlowerApiError(f"{EXIT_EVENT} cannot be imported ({e}); {fix}") from e
     if not hasattr(EventType, "PYTHON_API_RUN_SIMULATION_LEAVE"):
         raise FlowerApiError(f"{EXIT_EVENT} no longer exists; {fix}")
     accepted = inspect.signature(function).parameters
@@ -83,17 +80,27 @@ def check_flower_simulation_api() -> None:
     check_queue_thread(fix)
 
 
+def _flower_function(path: str, fix: str) -> Any:
+    """The function Flower has at ``path`` (``package.module.name``), else :class:`FlowerApiError` naming it."""
+    module_name, _, name = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise FlowerApiError(f"{path} cannot be imported ({e}); {fix}") from e
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise FlowerApiError(f"{path} no longer exists; {fix}")
+    return function
+
+
 def check_queue_thread(fix: str) -> None:
     """Raise :class:`FlowerApiError` unless Flower's simulation queue thread and in-memory LinkState are still what
     :func:`poll_nodes_with_messages` replaces and reads."""
+    function = _flower_function(QUEUE_THREAD, fix)
     try:
-        vce_api = importlib.import_module("flwr.server.superlink.fleet.vce.vce_api")
         from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
     except ImportError as e:
-        raise FlowerApiError(f"{QUEUE_THREAD} cannot be imported ({e}); {fix}") from e
-    function = getattr(vce_api, "add_messages_to_queue", None)
-    if not callable(function):
-        raise FlowerApiError(f"{QUEUE_THREAD} no longer exists; {fix}")
+        raise FlowerApiError(f"Flower's InMemoryLinkState cannot be imported ({e}); {fix}") from e
     if function is not poll_nodes_with_messages:
         parameters = tuple(inspect.signature(function).parameters)
         if parameters != QUEUE_THREAD_PARAMETERS:
