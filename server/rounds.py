@@ -338,7 +338,7 @@ class RoundLoop:
         grid = AffordableNodes(self.grid, excluded) if excluded else self.grid
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         outcome.sampled = len(messages)
-        dtypes = {k: a.numpy().dtype for k, a in arrays.items()} if self.stream else {}
+        dtypes = {k: np.dtype(a.dtype) for k, a in arrays.items()} if self.stream else {}
         mean = StreamingMean() if self.stream else None
         held: list[Message] = []
         trained: list[str] = []
