@@ -70,6 +70,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "digits-cnn": "shared_models.models:digits_cnn",
     "mnist-cnn": "shared_models.models:mnist_cnn",
     "mnist-small-cnn": "shared_models.models:mnist_small_cnn",
+    "scatternet-linear": "shared_models.models:scatternet_linear",
     "tabular-mlp": "shared_models.models:tabular_mlp",
 }
 

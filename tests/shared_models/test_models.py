@@ -11,6 +11,7 @@ SHAPES = {
     "digits-mlp": (1, 8, 8),
     "mnist-cnn": (1, 28, 28),
     "mnist-small-cnn": (1, 28, 28),
+    "scatternet-linear": (1, 28, 28),
     "tabular-mlp": (13,),
 }
 
