@@ -57,6 +57,7 @@ NAME = "sim_scale"
 GIB = 1024**3
 STOCK = "stock"  # the variant run with the stock-Flower peer apps instead of fedge's
 FLOWER_QUEUE = "stream, Flower's queue thread"  # fedge's apps on Flower's own simulation queue thread
+MALLOC_DEFAULTS = "stream, glibc malloc defaults"  # fedge's apps without shared_models.memory's allocator settings
 
 
 @dataclass
@@ -227,7 +228,9 @@ def floor_seconds(cfg: dict[str, Any], num_clients: int, *, threads: int, label:
     from flwr.app import ConfigRecord, RecordDict
 
     from client.client_app import train_locally
+    from shared_models.memory import reuse_freed_memory
 
+    reuse_freed_memory()  # the allocator settings the ClientApp's processes run with
     torch.set_num_threads(threads)
     configs, arrays = _floor_inputs(cfg, num_clients)
     server_config = ConfigRecord({"server-round": 2})
@@ -246,7 +249,9 @@ def _floor_worker(cfg: dict[str, Any], num_clients: int, jobs: Any, barrier: Any
     from flwr.app import ConfigRecord, RecordDict
 
     from client.client_app import train_locally
+    from shared_models.memory import reuse_freed_memory
 
+    reuse_freed_memory()
     torch.set_num_threads(1)
     configs, arrays = _floor_inputs(cfg, num_clients)
     server_config = ConfigRecord({"server-round": 2})
@@ -296,6 +301,7 @@ def simulate_round(
     interval: float,
     stock: bool = False,
     flower_queue: bool = False,
+    malloc_defaults: bool = False,
 ) -> dict[str, Any]:
     """Run the simulation in a fresh Python process (as ``fedge simulate`` would), sampling that process's tree.
 
@@ -313,7 +319,12 @@ def simulate_round(
             command.append("--child-flower-queue")
         for item in overrides:
             command += ["--set", item]
-        child = subprocess.Popen(command)
+        env = dict(os.environ)
+        if malloc_defaults:  # the child and its Ray workers leave glibc's allocator as it is
+            from shared_models.memory import DEFAULTS_ENV
+
+            env[DEFAULTS_ENV] = "1"
+        child = subprocess.Popen(command, env=env)
         with ProcessTreeSampler(interval, root=child.pid) as sampler:
             code = child.wait()
         if code != 0 or not out.is_file():
@@ -406,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help=f"comma-separated optional variants to leave out: hold, {STOCK}, flower-queue (to save time)",
+        help=f"optional variants to leave out, comma-separated: hold, {STOCK}, flower-queue, malloc-defaults",
     )
     parser.add_argument("--child-clients", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -447,9 +458,10 @@ def main(argv: list[str] | None = None) -> None:
         "floor-processes": None,
         "hold": "stream-aggregation=false",
         FLOWER_QUEUE: "stream-aggregation=true",
+        MALLOC_DEFAULTS: "stream-aggregation=true",
         STOCK: None,
     }
-    optional = {"hold": "hold", STOCK: STOCK, "flower-queue": FLOWER_QUEUE}
+    optional = {"hold": "hold", STOCK: STOCK, "flower-queue": FLOWER_QUEUE, "malloc-defaults": MALLOC_DEFAULTS}
     for name in filter(None, (n.strip() for n in args.skip.split(","))):
         if name not in optional:
             parser.error(f"--skip {name}: not an optional variant ({', '.join(optional)})")
@@ -494,6 +506,7 @@ def main(argv: list[str] | None = None) -> None:
                         stock=variant == STOCK,
                         # the stock peer runs on the engine as Flower ships it, queue thread included
                         flower_queue=variant in (STOCK, FLOWER_QUEUE),
+                        malloc_defaults=variant == MALLOC_DEFAULTS,
                     )
                     results[variant].append(outcome)
                     print(
@@ -534,6 +547,18 @@ def main(argv: list[str] | None = None) -> None:
                     flower_queue_r2,
                 )
             )
+        if MALLOC_DEFAULTS in results:
+            defaults_r2 = statistics.median(r["round-2-s"] for r in results[MALLOC_DEFAULTS])
+            rows.append(
+                Row.compare(
+                    f"{tag}: round 2 time, streaming mean",
+                    stream_r2,
+                    "s",
+                    "the same with glibc's malloc defaults",
+                    defaults_r2,
+                )
+            )
+            defaults_mem = max(r["peak-rss-bytes"] for r in results[MALLOC_DEFAULTS]) / GIB
         stream_mem = max(r["peak-rss-bytes"] for r in results["stream"]) / GIB
         stream_pss = max(r["peak-pss-bytes"] for r in results["stream"]) / GIB
         if "hold" in results:
@@ -549,6 +574,16 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
             rows.append(Row(f"{tag}: peak RSS of process tree, holding all replies", hold_mem, "GiB"))
+        if MALLOC_DEFAULTS in results:
+            rows.append(
+                Row.compare(
+                    f"{tag}: peak RSS of process tree, streaming mean",
+                    stream_mem,
+                    "GiB",
+                    "the same with glibc's malloc defaults",
+                    defaults_mem,
+                )
+            )
         if STOCK in results:
             stock_mem = max(r["peak-rss-bytes"] for r in results[STOCK]) / GIB
             rows.append(
