@@ -76,34 +76,62 @@ def _tensor_view(values: np.ndarray) -> torch.Tensor:
 
 
 class StreamingMean:
-    """A weighted mean of ArrayRecords and MetricRecords, accumulated one reply at a time (in float64)."""
+    """A weighted mean of ArrayRecords and MetricRecords, accumulated one reply at a time (in float64).
+
+    float32 arrays (every model's weights here) are summed first in float32, over at most :attr:`BLOCK` replies, and
+    each such block sum is then folded into the float64 sum: torch adds float32 to float32 ten times faster than it
+    adds float32 into float64 (0.2 vs 2.3 ms for 1.66M values on this project's machine), and at 1,000 replies a round
+    that difference is seconds of the driver's CPU, shared with the clients' training. A block's float32 rounding
+    (at most ``BLOCK`` additions) stays far below the float32 the mean is returned in; Flower's own FedAvg sums every
+    reply in float32. Arrays of any other dtype are summed in float64 directly.
+    """
+
+    BLOCK = 16
 
     def __init__(self) -> None:
         self.total_weight = 0.0
         self.count = 0
         self._arrays: dict[str, torch.Tensor] = {}
+        self._block: dict[str, torch.Tensor] = {}
+        self._in_block = 0
         self._metrics: dict[str, float] = {}
 
     def add(self, arrays: ArrayRecord, metrics: MetricRecord) -> None:
         weight = float(metrics[WEIGHT_KEY])
         for key, array in arrays.items():
-            # the reply's values viewed in place, then sum += weight x values in one pass in float64 (torch's add_
-            # with alpha): no copy of the reply and no temporaries, where each costs seconds at 1,000 replies of a
-            # 1.7M-parameter model
+            # the reply's values viewed in place (no copy of the reply), then sum += weight x values in one pass
+            # (torch's add_ with alpha, no temporaries)
             values = _tensor_view(array_values(array))
-            if key in self._arrays:
+            if values.dtype == torch.float32:
+                if key in self._block:
+                    self._block[key].add_(values, alpha=weight)
+                else:  # a new tensor: the reply's own bytes are only read
+                    self._block[key] = values.mul(weight)
+            elif key in self._arrays:
                 self._arrays[key].add_(values, alpha=weight)
             else:
                 # a copy even where the values are float64 already: they are the reply's own (read-only) bytes
                 self._arrays[key] = values.to(torch.float64, copy=True).mul_(weight)
+        self._in_block += 1
+        if self._in_block >= self.BLOCK:
+            self._fold_block()
         for key, value in metrics.items():
             if key != WEIGHT_KEY and isinstance(value, int | float):
                 self._metrics[key] = self._metrics.get(key, 0.0) + float(value) * weight
         self.total_weight += weight
         self.count += 1
 
+    def _fold_block(self) -> None:
+        for key, block in self._block.items():
+            if key in self._arrays:
+                self._arrays[key].add_(block)
+            else:
+                self._arrays[key] = block.to(torch.float64)
+        self._block, self._in_block = {}, 0
+
     def as_reply_content(self, dtypes: dict[str, np.dtype]) -> RecordDict:
         """The mean as one reply's content: a mean-based strategy aggregating it alone returns it unchanged."""
+        self._fold_block()
         w = self.total_weight
         arrays = ArrayRecord(
             {k: Array((v / w).numpy().astype(dtypes.get(k, np.float32))) for k, v in self._arrays.items()}

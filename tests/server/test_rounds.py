@@ -270,3 +270,17 @@ def test_streaming_mean_leaves_every_reply_as_it_came_whatever_its_dtype():
     assert [{k: a.numpy().tolist() for k, a in r.items()} for r in replies] == sent  # no reply written into
     out = mean.as_reply_content({"f64": np.dtype(np.float64), "f32": np.dtype(np.float32)})["arrays"]
     assert out["f64"].numpy().tolist() == [2.0, 3.0] and out["f32"].numpy().tolist() == [4.0]
+
+
+def test_streaming_mean_of_many_float32_replies_across_blocks_is_the_float64_weighted_mean():
+    rng = np.random.default_rng(0)
+    count = 2 * StreamingMean.BLOCK + 5  # two folded blocks and a part block, folded when the mean is read
+    values = [rng.normal(size=(50, 3)).astype(np.float32) for _ in range(count)]
+    weights = rng.integers(1, 100, size=count)
+    mean = StreamingMean()
+    for v, w in zip(values, weights, strict=True):
+        mean.add(ArrayRecord({"w": Array(v)}), MetricRecord({"num-examples": int(w)}))
+    ours = mean.as_reply_content({"w": np.dtype(np.float32)})["arrays"]["w"].numpy()
+    exact = sum(v.astype(np.float64) * w for v, w in zip(values, weights, strict=True)) / weights.sum()
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, exact, rtol=1e-6, atol=1e-7)
