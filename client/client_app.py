@@ -38,7 +38,6 @@ from client.errors import AcceptanceOnNodeError, PrivacyBudgetExhaustedError
 from client.state_file import restore_state, save_state, state_file
 from shared_models.data import ArrayDataset
 from shared_models.errors import FedgeError, SchemaMismatchError
-from shared_models.memory import reuse_freed_memory
 from shared_models.registry import ModelConfig
 from shared_models.training import evaluate as evaluate_model
 from shared_models.training import predict, train_epochs
@@ -259,7 +258,6 @@ def _reply(msg: Message, work: Callable[[], RecordDict]) -> Message:
     fedge's own errors (a table that does not fit the federation, an unreadable file or privacy state) are replies,
     not crashes: the server logs the reason, counts the node as failed for the round, and goes on without it.
     """
-    reuse_freed_memory()  # once per process: each message moves the model through several model-sized buffers
     try:
         return Message(content=work(), reply_to=msg)
     except FedgeError as e:

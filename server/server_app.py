@@ -32,7 +32,6 @@ from server.rounds import RoundLoop, RoundOutcome
 from server.run_record import RunRecord
 from server.sites import fairness
 from server.strategies import MEAN_BASED, build_strategy
-from shared_models.memory import reuse_freed_memory
 from shared_models.models import count_parameters
 from shared_models.registry import batchnorm_layers
 from shared_models.training import evaluate
@@ -267,5 +266,4 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    reuse_freed_memory()  # every reply brings a copy of the model (shared_models/memory.py)
     run_server(grid, ServerConfig.from_context(context))

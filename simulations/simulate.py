@@ -16,7 +16,6 @@ from typing import Any
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
-from shared_models.memory import reuse_freed_memory  # noqa: E402
 from shared_models.run_dir import RunDir  # noqa: E402
 from simulations.experiment import (  # noqa: E402
     Experiment,
@@ -47,7 +46,6 @@ def run_experiment(experiment: Experiment, *, verbose: bool = False) -> dict[str
     cfg = experiment.run_config
     new_run_id(experiment)
     export_project_path(str(cfg["project-dir"]))  # before Ray starts: its workers inherit the path
-    reuse_freed_memory()  # this process receives every client's reply through Ray (shared_models/memory.py)
     replaced = validate(experiment)
     if replaced:
         logging.getLogger("fedge").warning("replaced for DP-SGD (dp-fix-model): %s", "; ".join(replaced))

@@ -57,7 +57,6 @@ NAME = "sim_scale"
 GIB = 1024**3
 STOCK = "stock"  # the variant run with the stock-Flower peer apps instead of fedge's
 FLOWER_QUEUE = "stream, Flower's queue thread"  # fedge's apps on Flower's own simulation queue thread
-MALLOC_DEFAULTS = "stream, glibc malloc defaults"  # fedge's apps without shared_models.memory's allocator settings
 
 
 @dataclass
@@ -85,9 +84,9 @@ class ProcessTreeSampler:
 
     RSS and CPU are read every ``interval`` (``/proc/PID/statm`` and ``stat``); PSS every ``pss_every``-th sample
     only: the kernel walks every page of a process to sum it. Read every 0.2 s across a simulation's ~15 processes
-    (Ray's map the whole object store), the sampler took ~20 CPU-seconds a run at 1,000 clients from the 2 cores the
-    simulation runs on (round 2 at 100 clients: 8.2 s sampled, 6.6 s unsampled), far more than from the one or three
-    processes of a plain loop.
+    (Ray's map the whole object store), the CPU used outside the simulation's tree during a 1,000-client run was
+    21-27 CPU-seconds, taken from the 2 cores the simulation runs on (far more than from a plain loop's one to three
+    processes); at 0.5 s and every 4th, 4-10.
     """
 
     def __init__(self, interval: float = 0.5, *, root: int | None = None, pss_every: int = 4) -> None:
@@ -241,9 +240,7 @@ def floor_seconds(cfg: dict[str, Any], num_clients: int, *, threads: int, label:
     from flwr.app import ConfigRecord, RecordDict
 
     from client.client_app import train_locally
-    from shared_models.memory import reuse_freed_memory
 
-    reuse_freed_memory()  # the allocator settings the ClientApp's processes run with
     torch.set_num_threads(threads)
     configs, arrays = _floor_inputs(cfg, num_clients)
     server_config = ConfigRecord({"server-round": 2})
@@ -262,9 +259,7 @@ def _floor_worker(cfg: dict[str, Any], num_clients: int, jobs: Any, barrier: Any
     from flwr.app import ConfigRecord, RecordDict
 
     from client.client_app import train_locally
-    from shared_models.memory import reuse_freed_memory
 
-    reuse_freed_memory()
     torch.set_num_threads(1)
     configs, arrays = _floor_inputs(cfg, num_clients)
     server_config = ConfigRecord({"server-round": 2})
@@ -314,7 +309,6 @@ def simulate_round(
     interval: float,
     stock: bool = False,
     flower_queue: bool = False,
-    malloc_defaults: bool = False,
 ) -> dict[str, Any]:
     """Run the simulation in a fresh Python process (as ``fedge simulate`` would), sampling that process's tree.
 
@@ -332,12 +326,7 @@ def simulate_round(
             command.append("--child-flower-queue")
         for item in overrides:
             command += ["--set", item]
-        env = dict(os.environ)
-        if malloc_defaults:  # the child and its Ray workers leave glibc's allocator as it is
-            from shared_models.memory import DEFAULTS_ENV
-
-            env[DEFAULTS_ENV] = "1"
-        child = subprocess.Popen(command, env=env)
+        child = subprocess.Popen(command)
         with ProcessTreeSampler(interval, root=child.pid) as sampler:
             code = child.wait()
         if code != 0 or not out.is_file():
@@ -435,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help=f"optional variants to leave out, comma-separated: hold, {STOCK}, flower-queue, malloc-defaults",
+        help=f"comma-separated optional variants to leave out: hold, {STOCK}, flower-queue (to save time)",
     )
     parser.add_argument("--child-clients", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -476,10 +465,9 @@ def main(argv: list[str] | None = None) -> None:
         "floor-processes": None,
         "hold": "stream-aggregation=false",
         FLOWER_QUEUE: "stream-aggregation=true",
-        MALLOC_DEFAULTS: "stream-aggregation=true",
         STOCK: None,
     }
-    optional = {"hold": "hold", STOCK: STOCK, "flower-queue": FLOWER_QUEUE, "malloc-defaults": MALLOC_DEFAULTS}
+    optional = {"hold": "hold", STOCK: STOCK, "flower-queue": FLOWER_QUEUE}
     for name in filter(None, (n.strip() for n in args.skip.split(","))):
         if name not in optional:
             parser.error(f"--skip {name}: not an optional variant ({', '.join(optional)})")
@@ -524,7 +512,6 @@ def main(argv: list[str] | None = None) -> None:
                         stock=variant == STOCK,
                         # the stock peer runs on the engine as Flower ships it, queue thread included
                         flower_queue=variant in (STOCK, FLOWER_QUEUE),
-                        malloc_defaults=variant == MALLOC_DEFAULTS,
                     )
                     results[variant].append(outcome)
                     print(
@@ -565,18 +552,6 @@ def main(argv: list[str] | None = None) -> None:
                     flower_queue_r2,
                 )
             )
-        if MALLOC_DEFAULTS in results:
-            defaults_r2 = statistics.median(r["round-2-s"] for r in results[MALLOC_DEFAULTS])
-            rows.append(
-                Row.compare(
-                    f"{tag}: round 2 time, streaming mean",
-                    stream_r2,
-                    "s",
-                    "the same with glibc's malloc defaults",
-                    defaults_r2,
-                )
-            )
-            defaults_mem = max(r["peak-rss-bytes"] for r in results[MALLOC_DEFAULTS]) / GIB
         stream_mem = max(r["peak-rss-bytes"] for r in results["stream"]) / GIB
         stream_pss = max(r["peak-pss-bytes"] for r in results["stream"]) / GIB
         if "hold" in results:
@@ -592,16 +567,6 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
             rows.append(Row(f"{tag}: peak RSS of process tree, holding all replies", hold_mem, "GiB"))
-        if MALLOC_DEFAULTS in results:
-            rows.append(
-                Row.compare(
-                    f"{tag}: peak RSS of process tree, streaming mean",
-                    stream_mem,
-                    "GiB",
-                    "the same with glibc's malloc defaults",
-                    defaults_mem,
-                )
-            )
         if STOCK in results:
             stock_mem = max(r["peak-rss-bytes"] for r in results[STOCK]) / GIB
             rows.append(
