@@ -567,6 +567,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
             rows.append(Row(f"{tag}: peak RSS of process tree, holding all replies", hold_mem, "GiB"))
+        if "hold" not in results and STOCK not in results:
+            rows.append(Row(f"{tag}: peak RSS of process tree, streaming mean", stream_mem, "GiB"))
         if STOCK in results:
             stock_mem = max(r["peak-rss-bytes"] for r in results[STOCK]) / GIB
             rows.append(
