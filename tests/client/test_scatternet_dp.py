@@ -4,15 +4,15 @@ fallback, only its norm and linear layer are trained and sent, and ε is spent a
 from __future__ import annotations
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from client.client_app import train_locally
-from client.config import ClientConfig, PrivacyConfig
+from client.config import PrivacyConfig
 from client.privacy import prepare_model
 from shared_models.federation import FederatedData
 from shared_models.models import build_model
 from shared_models.registry import ModelConfig
+from tests.client.digits_client import digits_client
 
 
 def load_stripes(data_path):
@@ -36,19 +36,15 @@ def test_prepare_model_keeps_one_pass_clipping_for_scatternet_linear():
 def test_scatternet_linear_trains_with_dp_sgd_and_sends_only_its_trained_layers():
     global_model = build_model("scatternet-linear", input_shape=(1, 16, 16), num_classes=3)
     arrays = ArrayRecord(global_model.state_dict())
-    config = ClientConfig(
+    config = digits_client(
+        PrivacyConfig(enabled=True, target_epsilon=3.0, planned_rounds=2),
         model="scatternet-linear",
         model_config=ModelConfig(model="scatternet-linear"),
         data=FederatedData(dataset="tests.client.test_scatternet_dp:load_stripes", test_fraction=0.25),
-        partition_id=0,
         num_partitions=1,
-        node_data_path="",
         local_epochs=2,
         batch_size=30,
         learning_rate=2.0,
-        momentum=0.0,
-        privacy=PrivacyConfig(enabled=True, target_epsilon=3.0, planned_rounds=2),
-        device=torch.device("cpu"),
     )
     reply = train_locally(config, arrays, ConfigRecord({"server-round": 1, "num-classes": 3}), RecordDict())
     assert reply["client"]["dp-mode"] == "bk"
