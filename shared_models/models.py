@@ -169,7 +169,10 @@ def _build_scatternet_linear(input_shape: tuple[int, ...], num_classes: int, wid
     try:  # its width: the scattering's orientations (8 at width 1), which set the number of feature channels
         return ScatterNetLinear(input_shape, num_classes, L=_scaled(8, width))
     except ValueError as e:
-        raise UnknownModelError(f"scatternet-linear: {e} (or a CNN such as digits-cnn)") from e
+        raise UnknownModelError(
+            f"scatternet-linear takes images of 16x16 or more (its scattering has J = 2, fixed), got input shape "
+            f"{input_shape} ({e}); use a CNN such as digits-cnn for smaller images"
+        ) from e
 
 
 def _build_tabular(input_shape: tuple[int, ...], num_classes: int, width: float) -> nn.Module:
