@@ -171,7 +171,7 @@ def _build_scatternet_linear(input_shape: tuple[int, ...], num_classes: int, wid
     except ValueError as e:
         raise UnknownModelError(
             f"scatternet-linear takes images of 16x16 or more (its scattering has J = 2, fixed), got input shape "
-            f"{input_shape} ({e}); use a CNN such as digits-cnn for smaller images"
+            f"{input_shape}: its filters reach 8 pixels; use a CNN such as digits-cnn for smaller images"
         ) from e
 
 
