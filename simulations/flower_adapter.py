@@ -17,6 +17,10 @@ the same LinkState call (so every check Flower makes on a message still runs), o
 same 0.1 s wait. Upstream, an index of undelivered messages by destination node in the LinkState would give every
 caller the same; until Flower has one, the swap lives here, is undone after the call, and fails loudly (like the
 call above) when Flower's function or its LinkState's fields change.
+
+Likewise the simulation's Ray backend is fedge's :class:`~simulations.flower_ray_backend.FedgeRayBackend` (Flower's
+``RayBackend`` with a queue of two messages per actor and the global model sent to each actor once, not with every
+message; that module says why), swapped in by :func:`fedge_ray_backend` and checked by :func:`check_ray_backend`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ PRIVATE_CALL = "flwr.simulation.run_simulation._run_simulation"
 EXIT_EVENT = "flwr.supercore.telemetry.EventType.PYTHON_API_RUN_SIMULATION_LEAVE"
 QUEUE_THREAD = "flwr.server.superlink.fleet.vce.vce_api.add_messages_to_queue"
 QUEUE_THREAD_PARAMETERS = ("state", "queue", "nodes_mapping", "f_stop")
+RAY_BACKEND_MODULE = "flwr.server.superlink.fleet.vce.backend.raybackend"
 #: the in-memory LinkState's fields the queue thread reads: its message store and the lock that guards it
 LINKSTATE_FIELDS = ("message_ins_store", "lock")
 # The keyword arguments fedge passes; each must still be a parameter of Flower's function.
@@ -78,6 +83,20 @@ def check_flower_simulation_api() -> None:
     if missing:
         raise FlowerApiError(f"{PRIVATE_CALL} no longer takes {', '.join(missing)}; {fix}")
     check_queue_thread(fix)
+    check_ray_backend(fix)
+
+
+def check_ray_backend(fix: str) -> None:
+    """Raise :class:`FlowerApiError` unless Flower's simulation still builds its Ray backend from the name
+    :func:`fedge_ray_backend` replaces, and the parts of it fedge's backend builds on are still there."""
+    start_vce = _flower_function("flwr.server.superlink.fleet.vce.vce_api.start_vce", fix)
+    if "from .backend.raybackend import RayBackend" not in inspect.getsource(start_vce):
+        raise FlowerApiError(f"Flower's start_vce no longer imports RayBackend from {RAY_BACKEND_MODULE}; {fix}")
+    from simulations.flower_ray_backend import check_backend_api
+
+    missing = check_backend_api()
+    if missing:
+        raise FlowerApiError(f"Flower's Ray backend no longer has {', '.join(missing)}; {fix}")
 
 
 def _flower_function(path: str, fix: str) -> Any:
@@ -134,6 +153,21 @@ def poll_nodes_with_messages(state: Any, queue: Queue, nodes_mapping: Any, f_sto
 
 
 @contextlib.contextmanager
+def fedge_ray_backend() -> Iterator[None]:
+    """Within the block, Flower's simulation builds :class:`~simulations.flower_ray_backend.FedgeRayBackend` where it
+    builds its ``RayBackend`` (``start_vce`` imports the name from its module when the simulation starts)."""
+    from simulations.flower_ray_backend import FedgeRayBackend
+
+    module = importlib.import_module(RAY_BACKEND_MODULE)
+    flowers = module.RayBackend
+    module.RayBackend = FedgeRayBackend
+    try:
+        yield
+    finally:
+        module.RayBackend = flowers
+
+
+@contextlib.contextmanager
 def fedge_queue_thread() -> Iterator[None]:
     """Within the block, Flower's simulation starts :func:`poll_nodes_with_messages` as its queue thread."""
     vce_api = importlib.import_module("flwr.server.superlink.fleet.vce.vce_api")
@@ -154,11 +188,14 @@ def run_simulation_in_process(
     backend_config: dict[str, Any],
     app_dir: Path,
     verbose: bool = False,
+    fedge_engine: bool = True,
 ) -> None:
     """Run ``server_app`` and ``num_supernodes`` simulated ``client_app`` nodes on Flower's Ray backend, here.
 
     The ServerApp's context carries ``run_config``; the ClientApps read theirs from ``app_dir`` (a Flower App whose
     run config defaults are the same values, see ``server/flower_app.py``). Exceptions from the ServerApp propagate.
+    With ``fedge_engine`` (the default) the simulation runs fedge's queue thread and Ray backend; without, Flower's
+    own (the stock-Flower peer of the ``sim_scale`` benchmark).
     """
     check_flower_simulation_api()
     from flwr.app import Context, RecordDict
@@ -166,7 +203,10 @@ def run_simulation_in_process(
     from flwr.supercore.telemetry import EventType
 
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
-    with fedge_queue_thread():
+    engine = (fedge_queue_thread(), fedge_ray_backend()) if fedge_engine else ()
+    with contextlib.ExitStack() as stack:
+        for part in engine:
+            stack.enter_context(part)
         _run_simulation(
             num_supernodes=num_supernodes,
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,

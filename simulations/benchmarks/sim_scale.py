@@ -9,13 +9,15 @@ For each client count this measures, in the same run and alternating:
   thread each (default 2): the layout of Flower's Ray actor pool, without Flower or Ray. On a small, shared
   machine two torch threads on small batches can be far slower than two single-threaded processes, so the
   one-process floor alone can flatter the simulation;
-- one round of the real Flower simulation (:func:`simulations.simulate.run_experiment`, Ray backend, one actor
-  per core) with our ServerApp folding replies into a running mean as they arrive (``stream-aggregation=true``);
+- one round of the real Flower simulation (:func:`simulations.simulate.run_experiment`: fedge's Ray backend, one
+  actor per core, each given its next message while it runs one, the global model sent to each actor once per
+  round; see ``simulations/flower_ray_backend.py``) with our ServerApp folding replies into a running mean as they arrive (``stream-aggregation=true``);
 - the same with ``stream-aggregation=false``: our loop holding every reply until the round ends, as Flower's
   ``Strategy.start`` does;
 - a stock-Flower peer (``simulations/benchmarks/stock_flower_app.py``): a ServerApp and ClientApp written as
-  Flower's examples write them, with the same model, data and work per client, on the same engine
-  (``Strategy.start``, every message pushed at once, every reply held).
+  Flower's examples write them, with the same model, data and work per client, on Flower's simulation engine as
+  Flower ships it: its queue thread and Ray backend (``Strategy.start``, every message pushed at once, every reply
+  held).
 
 Each simulation runs 2 rounds and the benchmark reports round 2 (the ``seconds`` the server's RoundLoop measures
 from sending the train messages to the aggregated model): round 1 also pays each Ray actor's first call (importing
@@ -375,7 +377,8 @@ def _child(
 
 
 def _run_stock_peer(experiment: Any) -> dict[str, Any]:
-    """The stock-Flower peer apps on the same engine, through the same in-process call as ``fedge simulate``."""
+    """The stock-Flower peer apps on Flower's simulation engine as Flower ships it (its queue thread and Ray backend,
+    not fedge's), through the same in-process call as ``fedge simulate``."""
     import logging
 
     from server.flower_app import write_app_dir
@@ -396,6 +399,7 @@ def _run_stock_peer(experiment: Any) -> dict[str, Any]:
             num_supernodes=experiment.num_supernodes,
             backend_config=backend_config(experiment),
             app_dir=write_app_dir(Path(tmp) / "app", cfg, name="stock-flower-peer"),
+            fedge_engine=False,  # Flower's own queue thread and Ray backend, as Flower ships them
         )
     run_dir = Path(str(cfg["runs-dir"])) / str(cfg["run-id"])
     rounds = json.loads((run_dir / ROUNDS_FILE).read_text(encoding="utf-8"))["rounds"]
@@ -510,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
                         overrides + ([variants[variant]] if variants[variant] else []),
                         interval=args.sample_interval,
                         stock=variant == STOCK,
-                        # the stock peer runs on the engine as Flower ships it, queue thread included
+                        # the stock peer runs on the engine as Flower ships it (queue thread and Ray backend)
                         flower_queue=variant in (STOCK, FLOWER_QUEUE),
                     )
                     results[variant].append(outcome)

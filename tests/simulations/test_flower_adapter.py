@@ -112,13 +112,17 @@ def test_fedge_queue_thread_asks_only_nodes_with_a_message_waiting_and_picks_up_
     assert [m.metadata.message_id for m in _drain(flower_adapter.poll_nodes_with_messages, state, nodes, 1)] == later
 
 
-def test_the_simulation_runs_with_fedges_queue_thread_and_flowers_is_put_back(monkeypatch):
+@pytest.mark.parametrize("fedge_engine", [True, False])
+def test_the_simulation_runs_with_fedges_queue_thread_and_backend_and_flowers_are_put_back(monkeypatch, fedge_engine):
+    from simulations.flower_ray_backend import FedgeRayBackend
+
     vce_api = importlib.import_module("flwr.server.superlink.fleet.vce.vce_api")
-    flowers = vce_api.add_messages_to_queue
+    backend_module = importlib.import_module(flower_adapter.RAY_BACKEND_MODULE)
+    flowers, flowers_backend = vce_api.add_messages_to_queue, backend_module.RayBackend
     seen = []
 
     def recording(**kwargs):
-        seen.append(vce_api.add_messages_to_queue)
+        seen.append((vce_api.add_messages_to_queue, backend_module.RayBackend))
         raise RuntimeError("the simulation failed")
 
     # Flower's call with every parameter fedge passes, so the API check passes and the swap is what is tested
@@ -128,10 +132,31 @@ def test_the_simulation_runs_with_fedges_queue_thread_and_flowers_is_put_back(mo
     monkeypatch.setattr(importlib.import_module("flwr.simulation.run_simulation"), "_run_simulation", recording)
     with pytest.raises(RuntimeError, match="the simulation failed"):
         flower_adapter.run_simulation_in_process(
-            server_app=None, client_app=None, run_config={}, num_supernodes=1, backend_config={}, app_dir=Path(".")
+            server_app=None,
+            client_app=None,
+            run_config={},
+            num_supernodes=1,
+            backend_config={},
+            app_dir=Path("."),
+            fedge_engine=fedge_engine,
         )
-    assert seen == [flower_adapter.poll_nodes_with_messages]
+    if fedge_engine:
+        assert seen == [(flower_adapter.poll_nodes_with_messages, FedgeRayBackend)]
+    else:  # the stock-Flower peer's engine: Flower's own parts
+        assert seen == [(flowers, flowers_backend)]
     assert vce_api.add_messages_to_queue is flowers  # put back, even after a failure
+    assert backend_module.RayBackend is flowers_backend
+
+
+def test_a_changed_ray_backend_fails_loudly_naming_it(monkeypatch):
+    from flwr.simulation.ray_transport.ray_actor import VirtualClientEngineActor
+
+    def run(self, message, context):  # a Flower whose actors are called differently
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(VirtualClientEngineActor, "run", run)
+    with pytest.raises(FlowerApiError, match=r"Ray backend no longer has VirtualClientEngineActor\.run"):
+        check_flower_simulation_api()
 
 
 def test_a_changed_queue_thread_fails_loudly_naming_it(monkeypatch):
