@@ -58,10 +58,22 @@ def array_values(array: Array) -> np.ndarray:
     dtype = np.dtype(array.dtype)
     nbytes = int(np.prod(array.shape, dtype=np.int64)) * dtype.itemsize
     offset = len(array.data) - nbytes
-    header = array.data[: max(0, offset)]
+    header = bytes(array.data[: max(0, offset)])  # bytes: `in` on a memoryview would compare single bytes
     if array.stype != "numpy.ndarray" or offset <= 0 or b"True" in header or f"'{dtype.str}'".encode() not in header:
         return array.numpy()
     return np.frombuffer(array.data, dtype=dtype, offset=offset).reshape(array.shape)
+
+
+def owned_arrays(reply: Message) -> Message:
+    """``reply`` with every array's ``data`` its own ``bytes``: fedge's simulation hands a reply's large arrays over as
+    views of Ray's object store (``simulations/flower_ray_backend.py``), which a reply held to the end of the round
+    would keep pinned there."""
+    for record in reply.content.array_records.values():
+        for key, array in list(record.items()):
+            if not isinstance(array.data, bytes):
+                own = bytes(array.data)
+                record[key] = Array(dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=own)
+    return reply
 
 
 def _tensor_view(values: np.ndarray) -> torch.Tensor:
@@ -413,7 +425,7 @@ class RoundLoop:
             if mean is not None:
                 mean.add(next(iter(content.array_records.values())), metrics)
             else:
-                held.append(reply)
+                held.append(owned_arrays(reply))
         outcome.timed_out = self.unanswered
         if mean is not None and mean.count:
             held = [Message(content=mean.as_reply_content(dtypes), dst_node_id=0, message_type="train")]

@@ -1,6 +1,6 @@
-"""fedge's Ray backend for Flower's simulation: Flower 1.42's ``RayBackend`` with two changes in how messages reach
-the Ray actors. Each simulated client is still its own Flower node with its own context (its accountant), handled
-by Flower's own workers, and the ClientApp still gets every message whole.
+"""fedge's Ray backend for Flower's simulation: Flower 1.42's ``RayBackend`` with three changes in how messages travel
+between the driver and the Ray actors. Each simulated client is still its own Flower node with its own context (its
+accountant), handled by Flower's own workers, and the ClientApp still gets every message whole.
 
 - **Each actor has the next message queued.** Flower's backend hands an actor its next message only once the driver
   has fetched the actor's last reply, so the actor waits while the driver unpickles that reply and pickles and stores
@@ -12,16 +12,22 @@ by Flower's own workers, and the ClientApp still gets every message whole.
   a message carries a reference to each, and an actor fetches what it does not already hold and keeps the arrays of
   the last model it received (one model's worth). Before the ClientApp runs, the message has its own ``Array``
   values back, equal to the server's.
+- **A reply's large arrays are not copied on the way.** An actor pickles them as out-of-band buffers (Ray copies
+  them once, straight into its object store), and the driver's reply ``Array`` reads them where they lie
+  (``data`` a read-only ``memoryview`` of the object store's memory, not ``bytes``): the server folds each reply
+  into its running mean and drops it, and Ray frees the memory then. A server that keeps replies makes its own
+  copies (:func:`server.rounds.owned_arrays`).
 
-Upstream, both would be options of Flower's ``RayBackend`` (a queue depth per actor; deduplicating records that
-several messages share). Until then :func:`simulations.flower_adapter.run_simulation_in_process` puts this class
-where Flower's simulation looks for its Ray backend, for the length of the call, and
+Upstream, these would be options of Flower's ``RayBackend`` (a queue depth per actor; deduplicating records that
+several messages share; zero-copy arrays). Until then :func:`simulations.flower_adapter.run_simulation_in_process`
+puts this class where Flower's simulation looks for its Ray backend, for the length of the call, and
 :func:`check_backend_api` fails loudly when the Flower parts it builds on change.
 """
 
 from __future__ import annotations
 
 import inspect
+import pickle
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -58,11 +64,22 @@ def _array_state(array: Array, shared: dict[int, tuple[Array, ray.ObjectRef]]) -
     return ("array", array.dtype, tuple(array.shape), array.stype, array.data)
 
 
+def _reply_state(array: Array) -> tuple:
+    """How Ray pickles an ``Array`` in an actor (its replies): a large ``data`` as an out-of-band buffer."""
+    data = pickle.PickleBuffer(array.data) if len(array.data) >= SHARED_MIN_BYTES else array.data
+    return ("array", array.dtype, tuple(array.shape), array.stype, data)
+
+
 def _from_state(state: tuple) -> Array | SharedArray:
     if state[0] == "shared":
         return SharedArray(state[1])
     _, dtype, shape, stype, data = state
-    return Array(dtype=dtype, shape=shape, stype=stype, data=data)
+    if isinstance(data, bytes):
+        return Array(dtype=dtype, shape=shape, stype=stype, data=data)
+    # an out-of-band buffer: Array() takes only bytes, so its fields are set as Array.__init__ sets them
+    array = Array.__new__(Array)
+    array.dtype, array.shape, array.stype, array.data = dtype, shape, stype, memoryview(data).toreadonly()
+    return array
 
 
 class ModelShare:
@@ -119,6 +136,7 @@ class FedgeClientAppActor(VirtualClientEngineActor):
         if on_actor_init_fn:
             on_actor_init_fn()
         self._model: dict[ray.ObjectRef, Array] = {}
+        ray.util.register_serializer(Array, serializer=_reply_state, deserializer=_from_state)
 
     def run(self, client_app_fn: Any, message: Message, cid: str, context: Context) -> tuple[str, Message, Context]:
         restore_shared_arrays(message.content, self._model)

@@ -258,6 +258,29 @@ def test_array_values_views_the_reply_in_place_and_falls_back_where_it_cannot():
         assert np.array_equal(array_values(array), other)  # Fortran order, big-endian: Array.numpy()'s copy
 
 
+def _on_buffer(array: Array) -> Array:
+    """``array`` as fedge's simulation hands a reply's large array to the server: ``data`` a read-only view."""
+    view = Array.__new__(Array)
+    view.dtype, view.shape, view.stype = array.dtype, array.shape, array.stype
+    view.data = memoryview(bytearray(array.data)).toreadonly()
+    return view
+
+
+def test_array_values_and_owned_arrays_take_a_reply_whose_data_is_a_view():
+    from server.rounds import array_values, owned_arrays
+
+    for values in (np.arange(12, dtype=np.float32).reshape(3, 4), np.asfortranarray(np.arange(12.0).reshape(3, 4))):
+        assert np.array_equal(array_values(_on_buffer(Array(values))), values)  # Fortran order still seen as such
+    c_order = _on_buffer(Array(np.arange(12, dtype=np.float32)))
+    assert np.shares_memory(array_values(c_order), np.frombuffer(c_order.data, np.uint8))  # read in place, no copy
+    record = ArrayRecord()
+    record["w"] = _on_buffer(Array(np.ones(5, np.float32)))  # as unpickled: ArrayRecord() would rebuild it from bytes
+    reply = Message(RecordDict({"arrays": record}), dst_node_id=1, message_type="train")
+    owned = owned_arrays(reply)
+    assert isinstance(owned.content["arrays"]["w"].data, bytes)
+    assert np.array_equal(owned.content["arrays"]["w"].numpy(), np.ones(5, np.float32))
+
+
 def test_streaming_mean_leaves_every_reply_as_it_came_whatever_its_dtype():
     replies = [
         ArrayRecord({"f64": Array(np.array([1.0, 2.0])), "f32": Array(np.array([3.0], dtype=np.float32))}),

@@ -113,6 +113,11 @@ def test_every_message_gets_the_servers_arrays_and_each_models_large_array_is_pu
     # one put per model's large array; the small one travels with each message
     assert [len(p.data) for p in puts] == [len(models[1]["w"].data)] * 2
     assert backend.peak_in_hand == 2  # an actor had its next message while it ran one, and never more
+    # a reply's large array reads the object store's memory in place; the small one came as bytes
+    reply_arrays = replies[0][0].content["arrays"]
+    assert isinstance(reply_arrays["w"].data, memoryview) and reply_arrays["w"].data.readonly
+    assert isinstance(reply_arrays["b"].data, bytes)
+    assert np.array_equal(reply_arrays["w"].numpy(), models[1]["w"].numpy())
 
 
 def test_a_new_model_is_never_answered_with_the_last_ones_arrays(backend):
