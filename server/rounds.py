@@ -64,16 +64,16 @@ def array_values(array: Array) -> np.ndarray:
     return np.frombuffer(array.data, dtype=dtype, offset=offset).reshape(array.shape)
 
 
-def owned_arrays(reply: Message) -> Message:
-    """``reply`` with every array's ``data`` its own ``bytes``: fedge's simulation hands a reply's large arrays over as
-    views of Ray's object store (``simulations/flower_ray_backend.py``), which a reply held to the end of the round
-    would keep pinned there."""
-    for record in reply.content.array_records.values():
+def owned_arrays(records: RecordDict) -> RecordDict:
+    """``records`` (changed in place) with every array's ``data`` its own ``bytes``: fedge's simulation hands a reply's
+    large arrays over as views of Ray's object store (``simulations/flower_ray_backend.py``), which a reply held to
+    the end of the round, or a node's state kept for its next message, would keep pinned there."""
+    for record in records.array_records.values():
         for key, array in list(record.items()):
             if not isinstance(array.data, bytes):
                 own = bytes(array.data)
                 record[key] = Array(dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=own)
-    return reply
+    return records
 
 
 def _tensor_view(values: np.ndarray) -> torch.Tensor:
@@ -425,7 +425,8 @@ class RoundLoop:
             if mean is not None:
                 mean.add(next(iter(content.array_records.values())), metrics)
             else:
-                held.append(owned_arrays(reply))
+                owned_arrays(reply.content)
+                held.append(reply)
         outcome.timed_out = self.unanswered
         if mean is not None and mean.count:
             held = [Message(content=mean.as_reply_content(dtypes), dst_node_id=0, message_type="train")]

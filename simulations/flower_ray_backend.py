@@ -16,7 +16,7 @@ accountant), handled by Flower's own workers, and the ClientApp still gets every
   them once, straight into its object store), and the driver's reply ``Array`` reads them where they lie
   (``data`` a read-only ``memoryview`` of the object store's memory, not ``bytes``): the server folds each reply
   into its running mean and drops it, and Ray frees the memory then. A server that keeps replies makes its own
-  copies (:func:`server.rounds.owned_arrays`).
+  copies (:func:`server.rounds.owned_arrays`), and so does this backend of the node's state it hands back.
 
 Upstream, these would be options of Flower's ``RayBackend`` (a queue depth per actor; deduplicating records that
 several messages share; zero-copy arrays). Until then :func:`simulations.flower_adapter.run_simulation_in_process`
@@ -37,6 +37,8 @@ from flwr.app import Array, Context, Message, RecordDict
 from flwr.common.constant import PARTITION_ID_KEY
 from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool, VirtualClientEngineActor
+
+from server.rounds import owned_arrays
 
 #: messages an actor has in hand at most: the one it runs and the next
 ACTOR_QUEUE_DEPTH = 2
@@ -61,7 +63,8 @@ def _array_state(array: Array, shared: dict[int, tuple[Array, ray.ObjectRef]]) -
     hit = shared.get(id(array))
     if hit is not None and hit[0] is array:
         return ("shared", hit[1])
-    return ("array", array.dtype, tuple(array.shape), array.stype, array.data)
+    data = array.data if isinstance(array.data, bytes) else bytes(array.data)  # a reply's view, sent on
+    return ("array", array.dtype, tuple(array.shape), array.stype, data)
 
 
 def _reply_state(array: Array) -> tuple:
@@ -165,8 +168,8 @@ def restore_shared_arrays(content: RecordDict, held: dict[ray.ObjectRef, Array])
 
 
 class FedgeRayBackend(RayBackend):
-    """Flower's ``RayBackend`` with a queue of ``ACTOR_QUEUE_DEPTH`` per actor and the model sent once per actor
-    (see the module's docstring)."""
+    """Flower's ``RayBackend`` with a queue of ``ACTOR_QUEUE_DEPTH`` per actor, the model sent once per actor and
+    replies without a copy (see the module's docstring)."""
 
     def build(self, app_fn: Any) -> None:
         self.pool = BasicActorPool(
@@ -197,6 +200,8 @@ class FedgeRayBackend(RayBackend):
         try:
             future = self._actors[i].run.remote(self.app_fn, message, str(partition_id), context)
             _, out_message, updated_context = ray.get(future)
+            # the reply's arrays may stay views (the server folds and drops them); the node's state is kept
+            owned_arrays(updated_context.state)
             return out_message, updated_context
         finally:
             with self._lock:

@@ -37,6 +37,7 @@ def echo(msg: Message, context: Context) -> Message:
         raise ValueError("this node's data is broken")
     seen = int(context.state["count"]["n"]) + 1 if "count" in context.state else 1
     context.state["count"] = MetricRecord({"n": seen})
+    context.state["kept"] = ArrayRecord({"w": msg.content["arrays"]["w"]})  # a node that keeps arrays in its state
     reply = RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord({"pid": os.getpid(), "seen": seen})})
     return Message(reply, reply_to=msg)
 
@@ -132,6 +133,16 @@ def test_a_new_model_is_never_answered_with_the_last_ones_arrays(backend):
             assert {k: (a.data, a.shape) for k, a in got.items()} == expected, f"model {seed}: stale arrays"
         del arrays, content, replies
         gc.collect()
+
+
+def test_a_nodes_state_comes_back_with_its_own_bytes_and_goes_out_again(backend):
+    arrays = model(5)
+    context = contexts(1)[0]
+    for n in (1, 2):
+        reply, context = backend.process_message(message(content_of(arrays), 0), context)
+        assert reply.content["metrics"]["seen"] == n  # the state the last message left is the one this one got
+        kept = context.state["kept"]["w"]
+        assert isinstance(kept.data, bytes) and kept.data == arrays["w"].data  # not a view pinning the object store
 
 
 def test_a_failing_clientapp_is_an_error_for_its_message_only(backend):
