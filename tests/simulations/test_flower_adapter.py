@@ -12,6 +12,19 @@ from simulations import flower_adapter
 from simulations.flower_adapter import PARAMETERS, PRIVATE_CALL, FlowerApiError, check_flower_simulation_api
 
 
+def run_empty_simulation(**options) -> None:
+    """fedge's in-process simulation call with no apps: for what it checks and sets up before Flower's call."""
+    flower_adapter.run_simulation_in_process(
+        server_app=None,
+        client_app=None,
+        run_config={},
+        num_supernodes=1,
+        backend_config={},
+        app_dir=Path("."),
+        **options,
+    )
+
+
 def test_installed_flower_still_has_the_private_simulation_call():
     check_flower_simulation_api()  # raises FlowerApiError naming the call when Flower changes it
     from flwr.simulation.run_simulation import _run_simulation
@@ -30,14 +43,7 @@ def test_a_changed_signature_fails_loudly_naming_the_call(monkeypatch):
     with pytest.raises(FlowerApiError, match=r"flwr\.simulation\.run_simulation\._run_simulation no longer takes"):
         check_flower_simulation_api()
     with pytest.raises(FlowerApiError, match="exit_event"):
-        flower_adapter.run_simulation_in_process(
-            server_app=None,
-            client_app=None,
-            run_config={},
-            num_supernodes=1,
-            backend_config={},
-            app_dir=Path("."),
-        )
+        run_empty_simulation()
 
 
 def test_a_removed_call_fails_loudly_naming_it(monkeypatch):
@@ -131,15 +137,7 @@ def test_the_simulation_runs_with_fedges_queue_thread_and_backend_and_flowers_ar
     )
     monkeypatch.setattr(importlib.import_module("flwr.simulation.run_simulation"), "_run_simulation", recording)
     with pytest.raises(RuntimeError, match="the simulation failed"):
-        flower_adapter.run_simulation_in_process(
-            server_app=None,
-            client_app=None,
-            run_config={},
-            num_supernodes=1,
-            backend_config={},
-            app_dir=Path("."),
-            fedge_engine=fedge_engine,
-        )
+        run_empty_simulation(fedge_engine=fedge_engine)
     if fedge_engine:
         assert seen == [(flower_adapter.poll_nodes_with_messages, FedgeRayBackend)]
     else:  # the stock-Flower peer's engine: Flower's own parts
