@@ -19,8 +19,9 @@ caller the same; until Flower has one, the swap lives here, is undone after the 
 call above) when Flower's function or its LinkState's fields change.
 
 Likewise the simulation's Ray backend is fedge's :class:`~simulations.flower_ray_backend.FedgeRayBackend` (Flower's
-``RayBackend`` with a queue of two messages per actor and the global model sent to each actor once, not with every
-message; that module says why), swapped in by :func:`fedge_ray_backend` and checked by :func:`check_ray_backend`.
+``RayBackend`` with a queue of two messages per actor, the global model sent to each actor once, not with every
+message, and replies read without a copy; that module says why), swapped in by :func:`fedge_ray_backend` and
+checked by :func:`check_ray_backend`.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def run_simulation_in_process(
     verbose: bool = False,
     fedge_engine: bool = True,
 ) -> None:
-    """Run ``server_app`` and ``num_supernodes`` simulated ``client_app`` nodes on Flower's Ray backend, here.
+    """Run ``server_app`` and ``num_supernodes`` simulated ``client_app`` nodes on Ray, here.
 
     The ServerApp's context carries ``run_config``; the ClientApps read theirs from ``app_dir`` (a Flower App whose
     run config defaults are the same values, see ``server/flower_app.py``). Exceptions from the ServerApp propagate.
