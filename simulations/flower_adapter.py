@@ -154,30 +154,29 @@ def poll_nodes_with_messages(state: Any, queue: Queue, nodes_mapping: Any, f_sto
 
 
 @contextlib.contextmanager
-def fedge_ray_backend() -> Iterator[None]:
+def _swapped(module_name: str, name: str, replacement: Any) -> Iterator[None]:
+    """Within the block, ``module_name.name`` is ``replacement``; Flower's own is put back after, even on failure."""
+    module = importlib.import_module(module_name)
+    flowers = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, flowers)
+
+
+def fedge_ray_backend() -> contextlib.AbstractContextManager[None]:
     """Within the block, Flower's simulation builds :class:`~simulations.flower_ray_backend.FedgeRayBackend` where it
     builds its ``RayBackend`` (``start_vce`` imports the name from its module when the simulation starts)."""
     from simulations.flower_ray_backend import FedgeRayBackend
 
-    module = importlib.import_module(RAY_BACKEND_MODULE)
-    flowers = module.RayBackend
-    module.RayBackend = FedgeRayBackend
-    try:
-        yield
-    finally:
-        module.RayBackend = flowers
+    return _swapped(RAY_BACKEND_MODULE, "RayBackend", FedgeRayBackend)
 
 
-@contextlib.contextmanager
-def fedge_queue_thread() -> Iterator[None]:
+def fedge_queue_thread() -> contextlib.AbstractContextManager[None]:
     """Within the block, Flower's simulation starts :func:`poll_nodes_with_messages` as its queue thread."""
-    vce_api = importlib.import_module("flwr.server.superlink.fleet.vce.vce_api")
-    flowers = vce_api.add_messages_to_queue
-    vce_api.add_messages_to_queue = poll_nodes_with_messages
-    try:
-        yield
-    finally:
-        vce_api.add_messages_to_queue = flowers
+    module_name, _, name = QUEUE_THREAD.rpartition(".")
+    return _swapped(module_name, name, poll_nodes_with_messages)
 
 
 def run_simulation_in_process(

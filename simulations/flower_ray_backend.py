@@ -58,19 +58,28 @@ class SharedArray:
         self.ref = ref
 
 
+def _held_ref(held: dict[int, tuple[Array, ray.ObjectRef]], array: Array) -> ray.ObjectRef | None:
+    """``array``'s reference in ``held`` (keyed by ``id``), if it is that very object: not a new one at a reused
+    address."""
+    hit = held.get(id(array))
+    return hit[1] if hit is not None and hit[0] is array else None
+
+
+def _fields(array: Array, data: Any) -> tuple:
+    return ("array", array.dtype, tuple(array.shape), array.stype, data)
+
+
 def _array_state(array: Array, shared: dict[int, tuple[Array, ray.ObjectRef]]) -> tuple:
     """How Ray pickles an ``Array`` in the driver: its reference where it is shared, else its fields."""
-    hit = shared.get(id(array))
-    if hit is not None and hit[0] is array:
-        return ("shared", hit[1])
-    data = array.data if isinstance(array.data, bytes) else bytes(array.data)  # a reply's view, sent on
-    return ("array", array.dtype, tuple(array.shape), array.stype, data)
+    ref = _held_ref(shared, array)
+    if ref is not None:
+        return ("shared", ref)
+    return _fields(array, array.data if isinstance(array.data, bytes) else bytes(array.data))  # a reply's view
 
 
 def _reply_state(array: Array) -> tuple:
     """How Ray pickles an ``Array`` in an actor (its replies): a large ``data`` as an out-of-band buffer."""
-    data = pickle.PickleBuffer(array.data) if len(array.data) >= SHARED_MIN_BYTES else array.data
-    return ("array", array.dtype, tuple(array.shape), array.stype, data)
+    return _fields(array, pickle.PickleBuffer(array.data) if len(array.data) >= SHARED_MIN_BYTES else array.data)
 
 
 def _from_state(state: tuple) -> Array | SharedArray:
@@ -107,8 +116,7 @@ class ModelShare:
         with self._lock:
             self._budget = max(self._budget, KEEP_MODELS * sum(len(a.data) for a in large))
             for a in large:
-                held = self._arrays.get(id(a))
-                if held is not None and held[0] is a:  # the same object, not a new one at a reused address
+                if _held_ref(self._arrays, a) is not None:
                     self._arrays.move_to_end(id(a))
                     continue
                 self._arrays[id(a)] = (a, ray.put(a))  # pickled whole: `a` was not held while it was put

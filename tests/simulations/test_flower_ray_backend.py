@@ -79,6 +79,15 @@ def backend():
     b.terminate()
 
 
+@pytest.fixture
+def puts(monkeypatch) -> list:
+    """Every value the backend puts in Ray's object store (each still put)."""
+    put = []
+    real_put = flower_ray_backend.ray.put
+    monkeypatch.setattr(flower_ray_backend.ray, "put", lambda value: put.append(value) or real_put(value))
+    return put
+
+
 def contexts(n: int) -> dict[int, Context]:
     return {
         node: Context(run_id=1, node_id=node, node_config={"partition-id": node}, state=RecordDict(), run_config={})
@@ -95,10 +104,7 @@ def same_arrays(a: ArrayRecord, b: ArrayRecord) -> bool:
     return set(a) == set(b) and all(a[k].data == b[k].data and a[k].shape == b[k].shape for k in a)
 
 
-def test_every_message_gets_the_servers_arrays_and_each_models_large_array_is_put_once(backend, monkeypatch):
-    puts = []
-    real_put = flower_ray_backend.ray.put
-    monkeypatch.setattr(flower_ray_backend.ray, "put", lambda value: puts.append(value) or real_put(value))
+def test_every_message_gets_the_servers_arrays_and_each_models_large_array_is_put_once(backend, puts):
     models = {seed: model(seed) for seed in (1, 2)}
     contents = {seed: content_of(arrays, sleep=0.05) for seed, arrays in models.items()}
     ctx = contexts(12)
@@ -198,10 +204,7 @@ def test_the_share_keeps_about_two_models_and_forgets_the_oldest(backend):
     assert len(share._arrays) == 2
 
 
-def test_concurrent_messages_of_one_model_put_it_once(backend, monkeypatch):
-    puts = []
-    real_put = flower_ray_backend.ray.put
-    monkeypatch.setattr(flower_ray_backend.ray, "put", lambda value: puts.append(value) or real_put(value))
+def test_concurrent_messages_of_one_model_put_it_once(backend, puts):
     share = ModelShare()
     content = content_of(model(40))
     threads = [threading.Thread(target=share.share, args=(content,)) for _ in range(8)]
