@@ -20,8 +20,8 @@ call above) when Flower's function or its LinkState's fields change.
 
 Likewise the simulation's Ray backend is fedge's :class:`~simulations.flower_ray_backend.FedgeRayBackend` (Flower's
 ``RayBackend`` with a queue of two messages per actor, the global model sent to each actor once, not with every
-message, and replies read without a copy; that module says why), swapped in by :func:`fedge_ray_backend` and
-checked by :func:`check_ray_backend`.
+message, and replies through shared memory, read in place; that module says why), swapped in by
+:func:`fedge_ray_backend` and checked by :func:`check_ray_backend`.
 """
 
 from __future__ import annotations

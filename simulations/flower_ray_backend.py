@@ -12,20 +12,25 @@ accountant), handled by Flower's own workers, and the ClientApp still gets every
   a message carries a reference to each, and an actor fetches what it does not already hold and keeps the arrays of
   the last model it received (one model's worth). Before the ClientApp runs, the message has its own ``Array``
   values back, equal to the server's.
-- **A reply's large arrays are not copied on the way.** An actor pickles them as out-of-band buffers (Ray copies
-  them once, straight into its object store), and the driver's reply ``Array`` reads them where they lie
-  (``data`` a read-only ``memoryview`` of the object store's memory, not ``bytes``): the server folds each reply
-  into its running mean and drops it, and Ray frees the memory then. A server that keeps replies makes its own
-  copies (:func:`server.rounds.owned_arrays`), and so does this backend of the node's state it hands back.
+- **A reply's large arrays come back through shared memory, read in place.** An actor on the driver's own Ray node
+  copies them into a free slot of its shared-memory segment and Ray carries only where they lie
+  (:mod:`simulations.reply_slots`, which says what that saves); elsewhere, or with no slot free, it pickles them as
+  out-of-band buffers, which Ray copies once, straight into its object store. Either way the driver's reply
+  ``Array`` reads them where they lie (``data`` a read-only ``memoryview``, not ``bytes``): the server folds each
+  reply into its running mean and drops it, which frees the slot (or Ray's memory). A server that keeps replies
+  makes its own copies (:func:`server.rounds.owned_arrays`), and so does this backend of the node's state it hands
+  back.
 
 Upstream, these would be options of Flower's ``RayBackend`` (a queue depth per actor; deduplicating records that
-several messages share; zero-copy arrays). Until then :func:`simulations.flower_adapter.run_simulation_in_process`
-puts this class where Flower's simulation looks for its Ray backend, for the length of the call, and
-:func:`check_backend_api` fails loudly when the Flower parts it builds on change.
+several messages share; zero-copy arrays; replies through shared memory on one machine). Until then
+:func:`simulations.flower_adapter.run_simulation_in_process` puts this class where Flower's simulation looks for its
+Ray backend, for the length of the call, and :func:`check_backend_api` fails loudly when the Flower parts it builds
+on change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import pickle
 import threading
@@ -39,6 +44,7 @@ from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool, VirtualClientEngineActor
 
 from server.rounds import owned_arrays
+from simulations.reply_slots import ReplySlots, ReplyViews
 
 #: messages an actor has in hand at most: the one it runs and the next
 ACTOR_QUEUE_DEPTH = 2
@@ -88,10 +94,16 @@ def _from_state(state: tuple) -> Array | SharedArray:
     _, dtype, shape, stype, data = state
     if isinstance(data, bytes):
         return Array(dtype=dtype, shape=shape, stype=stype, data=data)
-    # an out-of-band buffer: Array() takes only bytes, so its fields are set as Array.__init__ sets them
+    if state[0] == "slot":  # a reply's array in its actor's shared-memory slot (simulations/reply_slots.py)
+        data = REPLY_VIEWS.array_data(data)
+    # an out-of-band buffer or a slot: Array() takes only bytes, so its fields are set as Array.__init__ sets them
     array = Array.__new__(Array)
     array.dtype, array.shape, array.stype, array.data = dtype, shape, stype, memoryview(data).toreadonly()
     return array
+
+
+#: the driver's mappings of its actors' reply segments, and the replies' arrays still read from them
+REPLY_VIEWS = ReplyViews()
 
 
 class ModelShare:
@@ -142,16 +154,35 @@ class ModelShare:
 class FedgeClientAppActor(VirtualClientEngineActor):
     """Flower's ``ClientAppActor``, which first gives the message back the arrays that came as references."""
 
-    def __init__(self, on_actor_init_fn: Any = None) -> None:
+    def __init__(self, on_actor_init_fn: Any = None, driver_node: str | None = None) -> None:
         super().__init__()
         if on_actor_init_fn:
             on_actor_init_fn()
         self._model: dict[ray.ObjectRef, Array] = {}
-        ray.util.register_serializer(Array, serializer=_reply_state, deserializer=_from_state)
+        # replies through shared memory only where the driver can map it: on this very Ray node
+        slots = self._slots = ReplySlots(enabled=driver_node == ray.get_runtime_context().get_node_id())
+
+        def serialize(array: Array) -> tuple:
+            where = slots.place(array)
+            return _reply_state(array) if where is None else ("slot", *_fields(array, where)[1:])  # `where` as data
+
+        ray.util.register_serializer(Array, serializer=serialize, deserializer=_from_state)
 
     def run(self, client_app_fn: Any, message: Message, cid: str, context: Context) -> tuple[str, Message, Context]:
         restore_shared_arrays(message.content, self._model)
-        return super().run(client_app_fn, message, cid, context)
+        cid, out_message, context = super().run(client_app_fn, message, cid, context)
+        records = [context.state, *([out_message.content] if out_message.has_content() else [])]
+        large = [a for r in records for ar in r.array_records.values() for a in ar.values()]
+        self._slots.plan([a for a in large if len(a.data) >= SHARED_MIN_BYTES])  # Ray pickles the reply next
+        return cid, out_message, context
+
+    def reply_slots(self) -> dict[str, int]:
+        """How this actor's replies went: through a slot, or through Ray for want of one (for tests)."""
+        slots = self._slots
+        return {"placed": slots.placed_replies, "fallbacks": slots.fallbacks, "enabled": int(slots.enabled)}
+
+    def close_reply_slots(self) -> None:
+        self._slots.close()
 
 
 def restore_shared_arrays(content: RecordDict, held: dict[ray.ObjectRef, Array]) -> int:
@@ -177,11 +208,14 @@ def restore_shared_arrays(content: RecordDict, held: dict[ray.ObjectRef, Array])
 
 class FedgeRayBackend(RayBackend):
     """Flower's ``RayBackend`` with a queue of ``ACTOR_QUEUE_DEPTH`` per actor, the model sent once per actor and
-    replies without a copy (see the module's docstring)."""
+    replies through shared memory, read in place (see the module's docstring)."""
 
     def build(self, app_fn: Any) -> None:
+        driver_node = ray.get_runtime_context().get_node_id()
         self.pool = BasicActorPool(
-            actor_type=FedgeClientAppActor, client_resources=self.client_resources, actor_kwargs=self.actor_kwargs
+            actor_type=FedgeClientAppActor,
+            client_resources=self.client_resources,
+            actor_kwargs={**self.actor_kwargs, "driver_node": driver_node},
         )
         self.pool.add_actors_to_pool(self.pool.actors_capacity)
         self.app_fn = app_fn
@@ -218,6 +252,9 @@ class FedgeRayBackend(RayBackend):
     def terminate(self) -> None:
         if self.pool is not None:
             ModelShare.deregister()
+            # each actor removes its reply segment's file if the driver never mapped (and so removed) it
+            with contextlib.suppress(Exception):
+                ray.get([actor.close_reply_slots.remote() for actor in self._actors], timeout=10)
         super().terminate()
 
 

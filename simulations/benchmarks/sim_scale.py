@@ -11,8 +11,9 @@ For each client count this measures, in the same run and alternating:
   one-process floor alone can flatter the simulation;
 - one round of the real Flower simulation (:func:`simulations.simulate.run_experiment`: fedge's Ray backend, one
   actor per core, each given its next message while it runs one, the global model sent to each actor once per
-  round, replies read without a copy; see ``simulations/flower_ray_backend.py``) with our ServerApp folding
-  replies into a running mean as they arrive (``stream-aggregation=true``);
+  round, replies through a shared-memory slot of each actor, read in place; see
+  ``simulations/flower_ray_backend.py``) with our ServerApp folding replies into a running mean as they arrive
+  (``stream-aggregation=true``);
 - the same with ``stream-aggregation=false``: our loop holding every reply until the round ends, as Flower's
   ``Strategy.start`` does;
 - a stock-Flower peer (``simulations/benchmarks/stock_flower_app.py``): a ServerApp and ClientApp written as

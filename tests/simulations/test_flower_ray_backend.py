@@ -213,3 +213,48 @@ def test_concurrent_messages_of_one_model_put_it_once(backend, puts):
     for t in threads:
         t.join()
     assert len(puts) == 1
+
+
+def slot_counts(backend) -> list[dict[str, int]]:
+    import ray
+
+    return ray.get([actor.reply_slots.remote() for actor in backend._actors])
+
+
+def test_replies_come_back_through_the_actors_shared_memory_and_free_it_when_dropped(backend):
+    from simulations.flower_ray_backend import REPLY_VIEWS
+
+    before = slot_counts(backend)
+    assert all(c["enabled"] for c in before)  # the actors run on the driver's Ray node
+    arrays = model(50)
+    ctx = contexts(6)
+    replies = run_all(backend, [(message(content_of(arrays, sleep=0.02), node), ctx[node]) for node in range(6)])
+    for reply, _ in replies:
+        assert same_arrays(reply.content["arrays"], arrays)
+    after = slot_counts(backend)
+    assert sum(a["placed"] - b["placed"] for a, b in zip(after, before, strict=True)) == 6
+    assert REPLY_VIEWS.in_use() > 0  # the replies' large arrays are read where the actors put them
+    del replies, reply
+    gc.collect()
+    assert REPLY_VIEWS.in_use() == 0  # dropped: every slot is free for the actors again
+
+
+def test_replies_beyond_the_free_slots_go_through_ray_and_none_is_lost(backend):
+    from simulations.reply_slots import SLOTS
+
+    before = slot_counts(backend)
+    arrays = model(60)
+    n = 2 * SLOTS + 8  # more replies held at once than both actors have slots
+    ctx = contexts(n)
+    held = run_all(backend, [(message(content_of(arrays), node), ctx[node]) for node in range(n)])
+    assert all(same_arrays(reply.content["arrays"], arrays) for reply, _ in held)
+    middle = slot_counts(backend)
+    assert sum(m["fallbacks"] - b["fallbacks"] for m, b in zip(middle, before, strict=True)) >= n - 2 * SLOTS
+    del held
+    gc.collect()
+    # every slot free again: the next replies take slots, not Ray's object store
+    reply, _ = backend.process_message(message(content_of(arrays), 0), contexts(1)[0])
+    assert same_arrays(reply.content["arrays"], arrays)
+    end = slot_counts(backend)
+    assert sum(e["placed"] - m["placed"] for e, m in zip(end, middle, strict=True)) == 1
+    assert sum(e["fallbacks"] - m["fallbacks"] for e, m in zip(end, middle, strict=True)) == 0
