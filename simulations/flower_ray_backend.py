@@ -256,6 +256,7 @@ class FedgeRayBackend(RayBackend):
             with contextlib.suppress(Exception):
                 ray.get([actor.close_reply_slots.remote() for actor in self._actors], timeout=10)
         super().terminate()
+        REPLY_VIEWS.close_idle()
 
 
 def check_backend_api() -> list[str]:

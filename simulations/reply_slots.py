@@ -176,6 +176,17 @@ class ReplyViews:
             del self._alive[key]
         seg[key[1]] = 0
 
+    def close_idle(self) -> int:
+        """Unmap every segment none of whose arrays is still read here; how many. The backend calls it when it
+        terminates: its actors are gone, and a later simulation in this process maps its own actors' segments."""
+        with self._lock:
+            busy = {path for path, _ in self._alive}
+            idle = [path for path in self._maps if path not in busy]
+            for path in idle:
+                with contextlib.suppress(BufferError):  # a view made past the count: left to the garbage collector
+                    self._maps.pop(path).close()
+        return len(idle)
+
     def in_use(self) -> int:
         """Slots whose arrays are still read here (for tests)."""
         with self._lock:

@@ -50,10 +50,12 @@ def test_what_the_actor_places_the_driver_reads_in_place_and_the_slot_is_free_on
     gc.collect()
     assert slots._map[0] == 1
     assert np.array_equal(values, np.frombuffer(sent[0].data, dtype=np.float32)[-values.size :])
+    assert views.close_idle() == 0  # still read: the segment stays mapped
     del values
     gc.collect()
     assert views.in_use() == 0 and slots._map[0] == 0
     assert slots.placed_replies == 1 and slots.fallbacks == 0
+    assert views.close_idle() == 1 and not views._maps
 
 
 def test_with_every_slot_in_use_a_reply_goes_through_ray_and_a_freed_slot_is_taken_again(slots):
