@@ -152,7 +152,8 @@ class ModelShare:
 
 @ray.remote
 class FedgeClientAppActor(VirtualClientEngineActor):
-    """Flower's ``ClientAppActor``, which first gives the message back the arrays that came as references."""
+    """Flower's ``ClientAppActor``, which first gives the message back the arrays that came as references, and
+    returns its reply's large arrays through its shared-memory slots where it can."""
 
     def __init__(self, on_actor_init_fn: Any = None, driver_node: str | None = None) -> None:
         super().__init__()

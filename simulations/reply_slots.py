@@ -14,14 +14,13 @@ again once the last view of its arrays is gone (the server folds a reply into it
 no slot is free, a reply is larger than a slot, or the driver is on another machine, the reply goes through the
 object store as before: nothing depends on a slot being there.
 
-A segment's file lives only until the driver maps it (the driver removes it then); the backend removes any its
-actors left behind when it terminates.
+A segment's file lives only until the driver maps it (the driver removes it then); when the backend terminates, each
+actor removes its own if the driver never mapped it (:meth:`ReplySlots.close`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import mmap
 import os
 import secrets
@@ -41,11 +40,6 @@ _HEADER = mmap.PAGESIZE  # the slots' flags (1: the driver still reads it), then
 
 def _round_up(n: int) -> int:
     return -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
-
-
-def segment_pattern(pid: int | str = "*") -> str:
-    """The paths of the segments that the actor process ``pid`` makes (all actors' with the default)."""
-    return os.path.join(SHM_DIR, f"{PREFIX}{pid}-*")
 
 
 class ReplySlots:
@@ -191,14 +185,3 @@ class ReplyViews:
         """Slots whose arrays are still read here (for tests)."""
         with self._lock:
             return len(self._alive)
-
-
-def remove_segments(pids: list[int]) -> int:
-    """Remove the segment files that the actor processes ``pids`` made and the driver never mapped; how many."""
-    removed = 0
-    for pid in pids:
-        for path in glob.glob(segment_pattern(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                removed += 1
-    return removed

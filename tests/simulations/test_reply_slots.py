@@ -13,7 +13,7 @@ import pytest
 from flwr.app import Array
 
 from simulations import reply_slots
-from simulations.reply_slots import SLOTS, ReplySlots, ReplyViews, remove_segments, segment_pattern
+from simulations.reply_slots import PREFIX, SLOTS, ReplySlots, ReplyViews
 
 
 @pytest.fixture
@@ -103,10 +103,9 @@ def test_disabled_slots_make_no_segment(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_segment_the_driver_never_mapped_is_removed(slots, tmp_path):
+def test_a_segment_the_driver_never_mapped_is_removed_when_the_actor_closes(slots, tmp_path):
     assert slots.plan(arrays(7))
-    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(slots.path)]
-    assert slots.path.startswith(segment_pattern(os.getpid())[:-1])
-    assert remove_segments([os.getpid()]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [f"{PREFIX}{os.getpid()}-{slots.path.rsplit('-', 1)[1]}"]
+    slots.close()
     assert not list(tmp_path.iterdir())
     slots.close()  # already gone: no error
