@@ -57,7 +57,7 @@ class ReplySlots:
         self._plan: dict[int, tuple[Any, int]] = {}  # id(array) -> (array, offset in the slot)
         self._slot = -1
         self._count = 0
-        self._placed = 0
+        self._done: set[int] = set()  # ids of the planned arrays already copied into the slot
         self.placed_replies = 0  # replies that went through a slot (for tests)
         self.fallbacks = 0  # replies with large arrays that went through Ray instead
 
@@ -79,9 +79,9 @@ class ReplySlots:
     def plan(self, arrays: list[Any]) -> bool:
         """Reserve a free slot for ``arrays`` (each ``Array`` once; their ``data`` bytes-like) if they fit one.
         Returns whether they will go through the slot."""
-        if self._slot >= 0 and self._placed < self._count and self._map is not None:
+        if self._slot >= 0 and not self._done and self._map is not None:
             self._map[self._slot] = 0  # the last plan was never pickled (the task failed after it): free its slot
-        self._plan, self._slot, self._count, self._placed = {}, -1, 0, 0
+        self._plan, self._slot, self._count, self._done = {}, -1, 0, set()
         unique = list({id(a): a for a in arrays}.values())
         total = sum(len(a.data) for a in unique)
         if not unique or not self.enabled:
@@ -111,13 +111,14 @@ class ReplySlots:
         planned = self._plan.get(id(array))
         if planned is None or planned[0] is not array:
             return None
-        assert self._map is not None
         offset = _HEADER + self._slot * self.slot_bytes + planned[1]
         n = len(array.data)
-        self._map[offset : offset + n] = array.data
-        self._placed += 1
-        if self._placed == self._count:
-            self.placed_replies += 1
+        if id(array) not in self._done:  # pickled twice (no memo): the same place, copied once
+            assert self._map is not None
+            self._map[offset : offset + n] = array.data
+            self._done.add(id(array))
+            if len(self._done) == self._count:
+                self.placed_replies += 1
         return (self.path, self._slot, offset, n, self._count)
 
     def close(self) -> None:
@@ -129,12 +130,14 @@ class ReplySlots:
 class ReplyViews:
     """Driver side: the actors' segments mapped here, and the arrays read from each slot that are still alive.
 
-    A slot's flag goes back to 0 (free for the actor) once every array read from it is gone: each array's data is
-    a read-only view of a small numpy array over the slot, whose finalizer counts the slot's arrays down."""
+    A slot's flag goes back to 0 (free for the actor) once every array the actor placed in it has been read here and
+    is gone: each array's data is a read-only view of a small numpy array over the slot, whose finalizer counts it
+    out. Never earlier: while any view of a slot lives, the actor does not write there."""
 
     def __init__(self) -> None:
         self._maps: dict[str, mmap.mmap] = {}
-        self._alive: dict[tuple[str, int], int] = {}
+        self._alive: dict[tuple[str, int], tuple[int, int]] = {}  # (path, slot) -> (arrays read, still alive)
+        self._expected: dict[tuple[str, int], int] = {}  # (path, slot) -> arrays the actor placed there
         self._lock = threading.Lock()
 
     def _segment(self, path: str) -> mmap.mmap:
@@ -153,21 +156,24 @@ class ReplyViews:
     def array_data(self, state: tuple) -> memoryview:
         """The data of an array placed in a slot (``state`` from :meth:`ReplySlots.place`), read in place."""
         path, slot, offset, nbytes, count = state
+        key = (path, slot)
         with self._lock:
             seg = self._segment(path)
-            key = (path, slot)
-            self._alive.setdefault(key, count)
+            seen, alive = self._alive.get(key, (0, 0))
+            self._alive[key] = (seen + 1, alive + 1)
+            self._expected[key] = count
         view = np.frombuffer(seg, dtype=np.uint8, count=nbytes, offset=offset)
         weakref.finalize(view, self._release, seg, key)
         return memoryview(view).toreadonly()
 
     def _release(self, seg: mmap.mmap, key: tuple[str, int]) -> None:
+        """One array of the slot ``key`` is gone: the slot is free once all its arrays have arrived and are gone."""
         with self._lock:
-            left = self._alive[key] - 1
-            if left:
-                self._alive[key] = left
+            seen, alive = self._alive[key]
+            if alive > 1 or seen < self._expected[key]:
+                self._alive[key] = (seen, alive - 1)
                 return
-            del self._alive[key]
+            del self._alive[key], self._expected[key]
         seg[key[1]] = 0
 
     def close_idle(self) -> int:
@@ -177,7 +183,7 @@ class ReplyViews:
             busy = {path for path, _ in self._alive}
             idle = [path for path in self._maps if path not in busy]
             for path in idle:
-                with contextlib.suppress(BufferError):  # a view made past the count: left to the garbage collector
+                with contextlib.suppress(BufferError):  # still exported (a finalizer pending): left to the collector
                     self._maps.pop(path).close()
         return len(idle)
 

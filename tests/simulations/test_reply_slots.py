@@ -109,3 +109,22 @@ def test_a_segment_the_driver_never_mapped_is_removed_when_the_actor_closes(slot
     slots.close()
     assert not list(tmp_path.iterdir())
     slots.close()  # already gone: no error
+
+
+def test_a_slot_is_not_freed_before_every_array_placed_in_it_has_arrived_and_gone(slots):
+    views = ReplyViews()
+    a, b = arrays(8)
+    assert slots.plan([a, b])
+    first = views.array_data(slots.place(a))
+    del first
+    gc.collect()
+    assert slots._map[0] == 1  # b has not arrived yet: the actor must not write there
+    second = views.array_data(slots.place(b))
+    twice = views.array_data(slots.place(b))  # the same array pickled twice: the same place, read twice
+    assert bytes(second) == b.data == bytes(twice)
+    del second
+    gc.collect()
+    assert slots._map[0] == 1  # one view of b still reads the slot
+    del twice
+    gc.collect()
+    assert slots._map[0] == 0 and views.in_use() == 0
