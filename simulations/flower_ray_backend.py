@@ -71,8 +71,8 @@ def _held_ref(held: dict[int, tuple[Array, ray.ObjectRef]], array: Array) -> ray
     return hit[1] if hit is not None and hit[0] is array else None
 
 
-def _fields(array: Array, data: Any) -> tuple:
-    return ("array", array.dtype, tuple(array.shape), array.stype, data)
+def _fields(array: Array, data: Any, tag: str = "array") -> tuple:
+    return (tag, array.dtype, tuple(array.shape), array.stype, data)
 
 
 def _array_state(array: Array, shared: dict[int, tuple[Array, ray.ObjectRef]]) -> tuple:
@@ -165,7 +165,7 @@ class FedgeClientAppActor(VirtualClientEngineActor):
 
         def serialize(array: Array) -> tuple:
             where = slots.place(array)
-            return _reply_state(array) if where is None else ("slot", *_fields(array, where)[1:])  # `where` as data
+            return _reply_state(array) if where is None else _fields(array, where, tag="slot")
 
         ray.util.register_serializer(Array, serializer=serialize, deserializer=_from_state)
 
@@ -173,8 +173,8 @@ class FedgeClientAppActor(VirtualClientEngineActor):
         restore_shared_arrays(message.content, self._model)
         cid, out_message, context = super().run(client_app_fn, message, cid, context)
         records = [context.state, *([out_message.content] if out_message.has_content() else [])]
-        large = [a for r in records for ar in r.array_records.values() for a in ar.values()]
-        self._slots.plan([a for a in large if len(a.data) >= SHARED_MIN_BYTES])  # Ray pickles the reply next
+        arrays = (a for r in records for ar in r.array_records.values() for a in ar.values())
+        self._slots.plan([a for a in arrays if len(a.data) >= SHARED_MIN_BYTES])  # Ray pickles the reply next
         return cid, out_message, context
 
     def reply_slots(self) -> dict[str, int]:

@@ -56,7 +56,6 @@ class ReplySlots:
         self._map: mmap.mmap | None = None
         self._plan: dict[int, tuple[Any, int]] = {}  # id(array) -> (array, offset in the slot)
         self._slot = -1
-        self._count = 0
         self._done: set[int] = set()  # ids of the planned arrays already copied into the slot
         self.placed_replies = 0  # replies that went through a slot (for tests)
         self.fallbacks = 0  # replies with large arrays that went through Ray instead
@@ -81,7 +80,7 @@ class ReplySlots:
         Returns whether they will go through the slot."""
         if self._slot >= 0 and not self._done and self._map is not None:
             self._map[self._slot] = 0  # the last plan was never pickled (the task failed after it): free its slot
-        self._plan, self._slot, self._count, self._done = {}, -1, 0, set()
+        self._plan, self._slot, self._done = {}, -1, set()
         unique = list({id(a): a for a in arrays}.values())
         total = sum(len(a.data) for a in unique)
         if not unique or not self.enabled:
@@ -102,7 +101,7 @@ class ReplySlots:
         for a in unique:
             self._plan[id(a)] = (a, offset)
             offset += len(a.data)
-        self._slot, self._count = slot, len(unique)
+        self._slot = slot
         return True
 
     def place(self, array: Any) -> tuple | None:
@@ -117,9 +116,9 @@ class ReplySlots:
             assert self._map is not None
             self._map[offset : offset + n] = array.data
             self._done.add(id(array))
-            if len(self._done) == self._count:
+            if len(self._done) == len(self._plan):
                 self.placed_replies += 1
-        return (self.path, self._slot, offset, n, self._count)
+        return (self.path, self._slot, offset, n, len(self._plan))
 
     def close(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -136,8 +135,8 @@ class ReplyViews:
 
     def __init__(self) -> None:
         self._maps: dict[str, mmap.mmap] = {}
-        self._alive: dict[tuple[str, int], tuple[int, int]] = {}  # (path, slot) -> (arrays read, still alive)
-        self._expected: dict[tuple[str, int], int] = {}  # (path, slot) -> arrays the actor placed there
+        # (path, slot) -> [arrays the actor placed there, arrays read here, of those still alive]
+        self._alive: dict[tuple[str, int], list[int]] = {}
         self._lock = threading.Lock()
 
     def _segment(self, path: str) -> mmap.mmap:
@@ -159,9 +158,9 @@ class ReplyViews:
         key = (path, slot)
         with self._lock:
             seg = self._segment(path)
-            seen, alive = self._alive.get(key, (0, 0))
-            self._alive[key] = (seen + 1, alive + 1)
-            self._expected[key] = count
+            counts = self._alive.setdefault(key, [count, 0, 0])
+            counts[1] += 1
+            counts[2] += 1
         view = np.frombuffer(seg, dtype=np.uint8, count=nbytes, offset=offset)
         weakref.finalize(view, self._release, seg, key)
         return memoryview(view).toreadonly()
@@ -169,11 +168,11 @@ class ReplyViews:
     def _release(self, seg: mmap.mmap, key: tuple[str, int]) -> None:
         """One array of the slot ``key`` is gone: the slot is free once all its arrays have arrived and are gone."""
         with self._lock:
-            seen, alive = self._alive[key]
-            if alive > 1 or seen < self._expected[key]:
-                self._alive[key] = (seen, alive - 1)
+            counts = self._alive[key]
+            counts[2] -= 1
+            if counts[2] or counts[1] < counts[0]:
                 return
-            del self._alive[key], self._expected[key]
+            del self._alive[key]
         seg[key[1]] = 0
 
     def close_idle(self) -> int:
