@@ -19,7 +19,10 @@ many are lost.
 
 With ``--collectors``: the same senders on Mosquitto, stored by one ``fedge fleet collect`` process against two of
 them as a group (a shared subscription) writing one PostgreSQL database, alternating, and by one collector on SQLite
-for reference (``results/fleet_collectors.json``).
+for reference (``results/fleet_collectors.json``). For each it also reports the CPU per message of every part
+(collectors, senders, broker, PostgreSQL's processes, the benchmark's own row counting, the rest of the machine),
+how busy the machine was, and the most its cores could store at that CPU per message: where one collector leaves
+little of the machine idle, a second has no core to run on, and the ratio shows the machine, not the collectors.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -204,20 +209,79 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict:
 # ------------------------------------------------------------------------------------ one collector or a group
 
 
-def _stored(db: str) -> int:
-    """Telemetry rows in the database (a cheap count; the collectors write it from other processes)."""
-    if db.startswith("postgresql://"):
-        import psycopg
+class StoredCount:
+    """Telemetry rows in the database, counted through one connection kept open for the whole run: the collectors
+    write it from other processes. (A connection per count would start a PostgreSQL backend process each time, on
+    the cores the ingest shares.)"""
 
-        with psycopg.connect(db, autocommit=True) as conn:
-            return conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]
-    import sqlite3
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self._conn: Any = None
 
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            return conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet
-        return 0
+    def __call__(self) -> int:
+        if self.db.startswith("postgresql://"):
+            import psycopg
+
+            if self._conn is None:
+                self._conn = psycopg.connect(self.db, autocommit=True)
+            return self._conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]
+        import sqlite3
+
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+            return self._conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            return 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+class GroupCpu:
+    """CPU seconds used by groups of processes between :meth:`start` and :meth:`stop`: a group is every live process
+    a predicate picks (read again at the stop, so a process started in between counts from zero)."""
+
+    def __init__(self, groups: dict[str, Callable[[psutil.Process], bool]]) -> None:
+        self.groups = groups
+        self._start: dict[int, float] = {}
+
+    @staticmethod
+    def _cpu(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    def _snapshot(self) -> dict[str, dict[int, float]]:
+        found: dict[str, dict[int, float]] = {name: {} for name in self.groups}
+        for process in psutil.process_iter():
+            try:
+                for name, picks in self.groups.items():
+                    if picks(process):
+                        found[name][process.pid] = self._cpu(process)
+                        break
+            except psutil.Error:
+                continue
+        return found
+
+    def start(self) -> None:
+        self._start = {pid: cpu for group in self._snapshot().values() for pid, cpu in group.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {
+            name: round(sum(cpu - self._start.get(pid, 0.0) for pid, cpu in group.items()), 3)
+            for name, group in self._snapshot().items()
+        }
 
 
 def measure_collectors(store: str, collectors: int, args: argparse.Namespace, work: Path, pg) -> dict:
@@ -253,8 +317,21 @@ def measure_collectors(store: str, collectors: int, args: argparse.Namespace, wo
         for p in procs:
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError("a sender did not connect")
-        watched = [psutil.Process(m.pid) for m in members]
-        cpu0 = [sum(w.cpu_times()[:2]) for w in watched]
+        collector_pids = {m.pid for m in members}
+        sender_pids = {p.pid for p in procs}
+        own_pid = os.getpid()
+        cpu = GroupCpu(
+            {
+                "collectors": lambda q: q.pid in collector_pids,
+                "senders": lambda q: q.pid in sender_pids,
+                "broker": lambda q: q.pid == broker.process.pid,
+                "postgresql": lambda q: q.name() == "postgres",
+                "benchmark (counting rows)": lambda q: q.pid == own_pid,
+            }
+        )
+        stored_count = StoredCount(db)
+        cpu.start()
+        busy = _machine_busy()
         start = time.perf_counter()
         for p in procs:
             p.stdin.write("go\n")
@@ -262,12 +339,15 @@ def measure_collectors(store: str, collectors: int, args: argparse.Namespace, wo
         deadline = time.monotonic() + args.timeout
         stored = 0
         while stored < total and time.monotonic() < deadline:
-            time.sleep(0.02)
-            stored = _stored(db)
+            time.sleep(0.05)
+            stored = stored_count()
         seconds = time.perf_counter() - start
-        cpu = [round(sum(w.cpu_times()[:2]) - c, 3) for w, c in zip(watched, cpu0, strict=True)]
+        busy = _machine_busy() - busy
+        used = cpu.stop()
+        stored_count.close()
         for p in procs:
             p.stdout.readline()
+        used["rest of the machine"] = round(max(0.0, busy - sum(used.values())), 3)
         return {
             "store": store,
             "collectors": collectors,
@@ -276,7 +356,8 @@ def measure_collectors(store: str, collectors: int, args: argparse.Namespace, wo
             "lost": total - stored,
             "seconds": seconds,
             "rate": stored / seconds,
-            "collector_cpu_seconds": cpu,
+            "cpu_seconds": used,
+            "machine_busy": round(busy / (psutil.cpu_count() * seconds), 3),
         }
     finally:
         for p in procs:
@@ -316,16 +397,34 @@ def compare_collectors(args: argparse.Namespace) -> int:
                     "PostgreSQL, 1 collector", round(med["postgres-1"], 1)),
         Row("messages lost (all runs)", lost, "messages"),
     ]  # fmt: skip
+    cores = psutil.cpu_count()
     for key, rs in runs.items():
-        cpu = statistics.median(sum(r["collector_cpu_seconds"]) for r in rs)
-        rows.append(Row(f"{key}: collectors' CPU per message", round(cpu / rs[0]["sent"] * 1e6, 1), "us"))
+        # CPU per message of each part, and of the whole machine, in the median-rate run
+        mid = sorted(rs, key=lambda r: r["rate"])[len(rs) // 2]
+        for part, used in mid["cpu_seconds"].items():
+            rows.append(Row(f"{key}: CPU per message, {part}", round(used / mid["sent"] * 1e6, 1), "us"))
+        per_message = sum(mid["cpu_seconds"].values()) / mid["sent"]
+        rows.append(Row(f"{key}: machine busy (all {cores} cores)", round(100 * mid["machine_busy"], 1), "%"))
+        rows.append(
+            Row.compare(
+                f"{key}: the most {cores} cores could store at this CPU per message",
+                round(cores / per_message, 1),
+                "msg/s",
+                "measured",
+                round(mid["rate"], 1),
+            )
+        )
     settings = {
         "devices": args.devices,
         "sender_processes": args.processes,
         "messages_per_device": args.messages,
         "runs": runs,
         "order": "alternating per repeat: PostgreSQL x1, PostgreSQL x2, SQLite x1 (each a fresh broker and database)",
-        "timed": "'go' to every sender -> count(*) of telemetry reaches the messages sent",
+        "timed": "'go' to every sender -> count(*) of telemetry (one connection, every 50 ms) reaches the "
+        "messages sent",
+        "cpu": "CPU seconds in the timed window of each part (collectors, senders, broker, every postgres process, "
+        "this benchmark counting rows) and the rest of the machine (busy time minus theirs), per message; machine "
+        "busy: busy time over cores x seconds",
         "postgres": "throwaway local cluster, fsync off (SQLite runs synchronous=NORMAL in WAL: no fsync per commit)",
         **load_settings(load_at_start),
     }
