@@ -60,6 +60,15 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy so far (every core, every process: neither idle nor waiting on
+    I/O)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def load_average() -> list[float]:
     """The machine's 1, 5 and 15 minute load averages, rounded."""
     return [round(v, 2) for v in os.getloadavg()]

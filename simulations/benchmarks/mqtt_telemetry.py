@@ -40,7 +40,14 @@ from typing import Any
 
 import psutil
 
-from simulations.benchmarks.common import Row, load_average, load_settings, loopback_broker, write_results
+from simulations.benchmarks.common import (
+    Row,
+    load_average,
+    load_settings,
+    loopback_broker,
+    machine_busy_seconds,
+    write_results,
+)
 
 
 def telemetry_payload(device: str, seq: int, *, version: int = 2, model_id: str = "mnist-cnn") -> bytes:
@@ -243,12 +250,6 @@ class StoredCount:
             self._conn = None
 
 
-def _machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (every core, every process)."""
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 class GroupCpu:
     """CPU seconds used by groups of processes between :meth:`start` and :meth:`stop`: a group is every live process
     a predicate picks (read again at the stop, so a process started in between counts from zero)."""
@@ -331,7 +332,7 @@ def measure_collectors(store: str, collectors: int, args: argparse.Namespace, wo
         )
         stored_count = StoredCount(db)
         cpu.start()
-        busy = _machine_busy()
+        busy = machine_busy_seconds()
         start = time.perf_counter()
         for p in procs:
             p.stdin.write("go\n")
@@ -342,7 +343,7 @@ def measure_collectors(store: str, collectors: int, args: argparse.Namespace, wo
             time.sleep(0.05)
             stored = stored_count()
         seconds = time.perf_counter() - start
-        busy = _machine_busy() - busy
+        busy = machine_busy_seconds() - busy
         used = cpu.stop()
         stored_count.close()
         for p in procs:

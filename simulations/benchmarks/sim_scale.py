@@ -55,7 +55,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
-from simulations.benchmarks.common import Row, base_parser, write_results  # noqa: E402
+from simulations.benchmarks.common import Row, base_parser, machine_busy_seconds, write_results  # noqa: E402
 
 NAME = "sim_scale"
 GIB = 1024**3
@@ -104,11 +104,6 @@ class ProcessTreeSampler:
         self._first_cpu_by_pid: dict[int, float] = {}
         self.result = TreeSample()
 
-    @staticmethod
-    def _busy() -> float:
-        t = psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
     def _sample(self) -> None:
         try:
             root = psutil.Process(self.root)
@@ -149,7 +144,7 @@ class ProcessTreeSampler:
 
     def __enter__(self) -> ProcessTreeSampler:
         self._root_pid = self.root if self.root is not None else os.getpid()
-        self._start_busy = self._busy()
+        self._start_busy = machine_busy_seconds()
         self._start_wall = time.monotonic()
         self._sample()
         # CPU already spent by processes alive at the start is not this window's; processes born later start at 0.
@@ -167,7 +162,7 @@ class ProcessTreeSampler:
         self.result.own_cpu_s = own
         root = self._root_pid
         self.result.root_cpu_s = self._cpu_by_pid.get(root, 0.0) - self._first_cpu_by_pid.get(root, 0.0)
-        self.result.foreign_cpu_s = max(0.0, self._busy() - self._start_busy - own)
+        self.result.foreign_cpu_s = max(0.0, machine_busy_seconds() - self._start_busy - own)
         self.result.wall_s = time.monotonic() - self._start_wall
 
 
