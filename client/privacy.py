@@ -110,7 +110,11 @@ def plan_round(
     sigma = config.noise_multiplier
     if sigma <= 0:
         sigma = calibrated_noise(
-            config, sample_rate=sample_rate, total_steps=steps * config.planned_rounds, state=state or RecordDict()
+            config,
+            sample_rate=sample_rate,
+            total_steps=steps * config.planned_rounds,
+            # a node's first round has an empty state (falsy): the calibration must land in it all the same
+            state=state if state is not None else RecordDict(),
         )
     after_accountant = RDPAccountant()
     after_accountant.history = [*accountant.history, (sigma, sample_rate, steps)]

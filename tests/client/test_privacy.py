@@ -36,6 +36,25 @@ def test_epsilon_accumulates_across_rounds_and_stays_within_budget():
     assert eps[2] > 2.5, "noise calibrated for 3 rounds should spend most of the budget in 3 rounds"
 
 
+def test_the_noise_is_calibrated_once_from_the_first_round_on(monkeypatch):
+    """The search for the noise multiplier takes seconds of RDP arithmetic; its result goes into the node's state on
+    the first round (whose state starts empty) and is reused after, not searched again in round 2."""
+    from client import privacy
+
+    searches = []
+    real = privacy.get_noise_multiplier
+    monkeypatch.setattr(privacy, "get_noise_multiplier", lambda **kw: searches.append(kw) or real(**kw))
+    cfg = digits_client(PrivacyConfig(target_epsilon=3.0, planned_rounds=3))
+    state = RecordDict()
+    sigmas = []
+    for r in (1, 2, 3):
+        out = train_locally(cfg, _arrays(), ConfigRecord({"server-round": r}), state)
+        assert privacy.CALIBRATION_KEY in state, f"round {r} left the calibration out of the node's state"
+        sigmas.append(out["metrics"]["noise-multiplier"])
+    assert len(searches) == 1
+    assert sigmas[0] == sigmas[1] == sigmas[2] > 0
+
+
 def test_a_client_refuses_the_round_that_would_exceed_its_budget():
     cfg = digits_client(PrivacyConfig(noise_multiplier=1.0, target_epsilon=6.0))  # 2 rounds fit, the 3rd would not
     state = RecordDict()
