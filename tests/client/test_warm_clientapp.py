@@ -18,6 +18,12 @@ from client.warm_clientapp import LAUNCHER_NAME, write_launcher
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = "tests.client.test_warm_clientapp"
 _calls = 0  # changed by one forked child; the next child must not see it
+_primed = 0  # set once in the warm process by a "module:function" preload entry
+
+
+def prime() -> None:
+    global _primed
+    _primed += 1
 
 
 def fake_clientapp() -> None:
@@ -33,6 +39,7 @@ def fake_clientapp() -> None:
                 "pid": os.getpid(),
                 "parent": os.getppid(),
                 "calls": _calls,
+                "primed": _primed,
             }
         ),
         flush=True,
@@ -52,7 +59,7 @@ def warm(tmp_path):
     launcher = write_launcher(tmp_path / "bin", socket_path=socket_path, flower_clientapp=str(cold))
     server = subprocess.Popen(
         [sys.executable, "-m", "client.warm_clientapp", "--socket", str(socket_path)]
-        + ["--entry", f"{ENTRY}:fake_clientapp", "--preload", ENTRY],
+        + ["--entry", f"{ENTRY}:fake_clientapp", "--preload", f"{ENTRY},{ENTRY}:prime"],
         cwd=ROOT,
     )
     deadline = time.monotonic() + 60
@@ -84,6 +91,24 @@ def test_each_message_runs_in_its_own_child_of_the_warm_process_with_the_callers
     assert one["parent"] == two["parent"] == server.pid  # forked from the warm process, not started afresh
     assert one["pid"] != two["pid"]
     assert one["calls"] == two["calls"] == 1  # what one message's process changed does not reach the next
+    assert one["primed"] == two["primed"] == 1  # the preload's function ran once, in the warm process
+
+
+def test_after_the_warm_up_a_message_building_its_optimizer_imports_nothing_more():
+    """torch imports torch._dynamo when a process builds its first optimizer (a second of CPU); the warm process
+    does that once, so a forked child that builds one (every train message) finds everything imported."""
+    code = (
+        "import sys, torch; from client.warm_clientapp import first_optimizer; {warm}"
+        "before = set(sys.modules); torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9); "
+        "print(len(set(sys.modules) - before))"
+    )
+    cold = subprocess.run([sys.executable, "-c", code.format(warm="")], cwd=ROOT, capture_output=True, text=True)
+    warmed = subprocess.run(
+        [sys.executable, "-c", code.format(warm="first_optimizer(); ")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert cold.returncode == 0 and warmed.returncode == 0, cold.stderr + warmed.stderr
+    assert int(cold.stdout) > 50  # what the warm-up is for: without it, the first optimizer imports torch._dynamo
+    assert int(warmed.stdout) == 0
 
 
 def test_a_child_killed_by_a_signal_exits_the_launcher_as_a_shell_reports_it(warm, tmp_path):
