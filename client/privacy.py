@@ -117,7 +117,9 @@ def plan_round(
             state=state if state is not None else RecordDict(),
         )
     after_accountant = RDPAccountant()
-    after_accountant.history = [*accountant.history, (sigma, sample_rate, steps)]
+    # RDP is linear in the steps of one (σ, q): merging this round into the last entry when they share them gives
+    # the same ε with one evaluation of the RDP curve instead of two (0.2-0.5 s of CPU each on 2 cores)
+    after_accountant.history = _merged([*accountant.history, (sigma, sample_rate, steps)])
     after = after_accountant.get_epsilon(config.target_delta)
     if after > config.target_epsilon:
         before = accountant.get_epsilon(config.target_delta) if accountant.history else 0.0

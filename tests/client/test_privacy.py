@@ -55,6 +55,29 @@ def test_the_noise_is_calibrated_once_from_the_first_round_on(monkeypatch):
     assert sigmas[0] == sigmas[1] == sigmas[2] > 0
 
 
+def test_the_plan_evaluates_the_rdp_curve_once_for_a_round_that_continues_the_last_and_gets_the_same_epsilon(
+    monkeypatch,
+):
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as analysis
+
+    from client.privacy import plan_round
+
+    evaluations = []
+    real = analysis.compute_rdp
+    monkeypatch.setattr(analysis, "compute_rdp", lambda **kw: evaluations.append(kw) or real(**kw))
+    accountant = RDPAccountant()
+    accountant.history = [(1.0, 0.1, 20)]  # round 1 of 300 examples, batches of 30, 2 epochs
+    config = PrivacyConfig(noise_multiplier=1.0, target_epsilon=50.0, planned_rounds=3)
+    plan = plan_round(config, accountant, num_examples=300, batch_size=30, local_epochs=2)
+    assert (plan.noise_multiplier, plan.sample_rate, plan.steps) == (1.0, 0.1, 20)
+    assert len(evaluations) == 1
+    monkeypatch.setattr(analysis, "compute_rdp", real)
+    reference = RDPAccountant()
+    reference.history = [(1.0, 0.1, 20), (1.0, 0.1, 20)]  # the two rounds as separate entries, as before
+    assert plan.epsilon_after == pytest.approx(reference.get_epsilon(config.target_delta), rel=1e-12)
+
+
 def test_a_client_refuses_the_round_that_would_exceed_its_budget():
     cfg = digits_client(PrivacyConfig(noise_multiplier=1.0, target_epsilon=6.0))  # 2 rounds fit, the 3rd would not
     state = RecordDict()
