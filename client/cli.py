@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from client.supernode import IDLE_POLL_START
+
 err = Console(stderr=True)
 app = typer.Typer()
 
@@ -54,6 +56,14 @@ def node(
             "nodes share a small machine: small models train faster without threads fighting for cores."
         ),
     ] = 0,
+    idle_poll_start: Annotated[
+        float,
+        typer.Option(
+            help="Seconds before the node asks the server again for its next message after one; each empty "
+            "answer makes the wait 1.25x longer, up to Flower's 3 s (Flower alone always waits 3 s, so every "
+            "message of a round waits up to 3 s). 3 polls as Flower does."
+        ),
+    ] = IDLE_POLL_START,
     warm: Annotated[
         bool,
         typer.Option(
@@ -83,6 +93,7 @@ def node(
         insecure=insecure,
         runtime_port=runtime_port,
         max_wait_time=max_wait_time,
+        idle_poll_start=idle_poll_start,
     )
     if threads < 0:
         raise NodeError(f"--threads must be >= 0, got {threads}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.errors import ClientError
+from client.supernode import FLOWER_IDLE_SLEEP, IDLE_POLL_START
 
 # flower-supernode's exit codes (flwr.common.exit.ExitCode) that mean the SuperLink said no.
 REFUSED_EXIT_CODES = {305: "the SuperLink refused the connection or could not be reached"}
@@ -50,6 +51,7 @@ class NodeSettings:
     insecure: bool = False
     runtime_port: int = 9094
     max_wait_time: float | None = None
+    idle_poll_start: float = IDLE_POLL_START
 
     def __post_init__(self) -> None:
         if not self.data_path.is_file():
@@ -65,6 +67,11 @@ class NodeSettings:
             )
         if self.auth_key is not None and not self.auth_key.is_file():
             raise NodeError(f"private key {self.auth_key} does not exist; make one with `fedge node-keys`")
+        if not 0 < self.idle_poll_start <= FLOWER_IDLE_SLEEP:
+            raise NodeError(
+                f"--idle-poll-start {self.idle_poll_start:g}: give seconds in (0, {FLOWER_IDLE_SLEEP}] "
+                f"({FLOWER_IDLE_SLEEP} polls as Flower does)"
+            )
 
     def node_config(self) -> str:
         values: dict[str, str] = {"data-path": str(self.data_path.resolve()), "device": self.device}
@@ -74,7 +81,13 @@ class NodeSettings:
         return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
     def command(self, executable: str) -> list[str]:
-        cmd = [executable, "--superlink", self.superlink, "--node-config", self.node_config()]
+        """The SuperNode's command line: Flower's ``executable`` (``flower-supernode``), or, unless
+        ``idle_poll_start`` is Flower's own 3 s, the same SuperNode through :mod:`client.supernode`, which asks the
+        SuperLink for the next message sooner after the last one."""
+        cmd = [executable]
+        if self.idle_poll_start < FLOWER_IDLE_SLEEP:
+            cmd = [sys.executable, "-m", "client.supernode", "--idle-poll-start", f"{self.idle_poll_start:g}", "--"]
+        cmd += ["--superlink", self.superlink, "--node-config", self.node_config()]
         cmd += ["--port", str(self.runtime_port)]
         if self.insecure:
             cmd.append("--insecure")

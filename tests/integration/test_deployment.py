@@ -264,6 +264,13 @@ def test_three_hospitals_train_with_dp_over_tls_and_accuracy_improves(deployment
         assert 0 < clients[name]["epsilon"] < 50
 
 
+def test_nodes_ask_for_the_next_message_sooner_than_flowers_3_s(deployment):
+    # every node ran Flower's SuperNode through client/supernode.py (the run above is what it took part in)
+    for name, log in deployment["node_logs"].items():
+        assert "this SuperNode asks for its next message 0.1 s after the last one" in log, name
+        assert "polls as Flower does" not in log, name
+
+
 def test_rejects_node_not_on_allow_list(deployment):
     assert deployment["rogue_code"] == 2
     assert "allow-list" in deployment["rogue_log"]
