@@ -12,6 +12,11 @@ same pristine state: nothing of one message's work reaches the next except what 
 state file carry (the accountant), and the token, the Runtime API connection, TLS and the SuperNode's
 authentication are Flower's, untouched.
 
+The children also ask for their message's objects sooner (:func:`sooner_object_pulls`): SuperExec starts a
+ClientApp as soon as the SuperNode has a message's header, while the SuperNode is still fetching the message's
+objects (the model's arrays) from the SuperLink, and Flower's ClientApp asks again for an object not there yet after
+1 s, then 2 s: on a loaded node most train and evaluate messages waited 3 s for objects that came a moment later.
+
 SuperExec reaches the warm process through a small ``flwr-clientapp`` launcher that ``fedge node`` puts first on
 its PATH (:func:`write_launcher`): it hands over its arguments and streams on a private Unix socket (a directory
 only this user can enter) and exits with the child's exit code. When the warm process is not there (still
@@ -40,6 +45,11 @@ PRELOAD = ("flwr.supernode.cli", "client.client_app", "client.privacy", "client.
 LAUNCHER_NAME = "flwr-clientapp"
 MAX_REQUEST_BYTES = 1 << 20
 _HEADER = struct.Struct("!I")
+#: a ClientApp asks again for an object of its message not yet at the SuperNode after this many seconds, doubling
+#: up to the second value (Flower: 1 s doubling up to 10 s, flwr.supercore.constant.PULL_INITIAL_BACKOFF) ...
+OBJECT_PULL_BACKOFF = (0.05, 1.0)
+#: ... this many times at most: with waits of at most 1 s, about the 80 minutes Flower's 500 tries of up to 10 s give
+OBJECT_PULL_TRIES = 5000
 
 LAUNCHER = """#!{python} -IS
 # fedge node's flwr-clientapp: run this message's ClientApp in a child forked from the node's warm process
@@ -181,12 +191,39 @@ def serve(
             shutil.rmtree(remove_on_exit, ignore_errors=True)
 
 
+def sooner_object_pulls(backoff: tuple[float, float] = OBJECT_PULL_BACKOFF, tries: int = OBJECT_PULL_TRIES) -> bool:
+    """Make Flower's ClientApp, in this process and the children it forks, ask again for an object of its message
+    that the SuperNode does not hold yet after ``backoff[0]`` seconds, doubling up to ``backoff[1]``, ``tries`` times
+    at most, instead of Flower's 1 s doubling up to 10 s. The default arguments of the function Flower's ClientApp
+    pulls its message with are changed; False (nothing changed) where that function is not the one this was written
+    against."""
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode.runtime import run_clientapp
+
+    pull = inflatable_utils.pull_and_inflate_object_from_tree
+    defaults = pull.__kwdefaults__ or {}
+    if getattr(run_clientapp, "pull_and_inflate_object_from_tree", None) is not pull:
+        return False
+    if not {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= defaults.keys():
+        return False
+    defaults["initial_backoff"], defaults["backoff_cap"] = backoff
+    defaults["max_tries_per_object"] = tries
+    return True
+
+
 def _serve(socket_path: Path, *, entry: str, preload: tuple[str, ...]) -> None:
     for name in preload:
         if ":" in name:
             _load(name)()
         else:
             importlib.import_module(name)
+    if "flwr.supernode.runtime.run_clientapp" in sys.modules and not sooner_object_pulls():
+        print(
+            "fedge warm ClientApp: Flower's ClientApp no longer pulls its message as fedge expects; its objects are "
+            "asked for as Flower does (1 s, then 2 s, ... when not there yet)",
+            file=sys.stderr,
+            flush=True,
+        )
     function = _load(entry)
     parent = os.getppid()
     socket_path.unlink(missing_ok=True)

@@ -49,6 +49,14 @@ def fake_clientapp() -> None:
     sys.exit(int(sys.argv[sys.argv.index("--exit") + 1]) if "--exit" in sys.argv else 0)
 
 
+def report_object_pulls() -> None:
+    """Stands in for Flower's flwr-clientapp: reports how its ClientApp would pull its message's objects."""
+    from flwr.supernode.runtime import run_clientapp
+
+    defaults = run_clientapp.pull_and_inflate_object_from_tree.__kwdefaults__
+    print(json.dumps({k: defaults[k] for k in ("initial_backoff", "backoff_cap", "max_tries_per_object")}))
+
+
 @pytest.fixture
 def warm(tmp_path):
     """A warm process serving ``fake_clientapp`` and its launcher; Flower's stand-in prints "cold"."""
@@ -186,3 +194,37 @@ def test_a_node_killed_outright_leaves_no_warm_process_or_private_directory(tmp_
     while private.exists() or Path(f"/proc/{warm_pid}").exists():
         assert time.monotonic() < deadline, "the warm process outlived its node or left its directory behind"
         time.sleep(0.1)
+
+
+def test_children_of_a_warm_process_with_flower_ask_for_missing_objects_sooner(tmp_path):
+    socket_path = tmp_path / "warm.sock"
+    launcher = write_launcher(tmp_path / "bin", socket_path=socket_path, flower_clientapp="/bin/false")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "client.warm_clientapp", "--socket", str(socket_path)]
+        + ["--entry", f"{ENTRY}:report_object_pulls", "--preload", f"flwr.supernode.runtime.run_clientapp,{ENTRY}"],
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not socket_path.exists():
+            assert server.poll() is None, "the warm process ended before it listened"
+            assert time.monotonic() < deadline, "the warm process did not listen within 120 s"
+            time.sleep(0.05)
+        child = _launch(launcher, cwd=tmp_path)
+        assert child.returncode == 0, child.stderr
+        # Flower's own: 1 s doubling up to 10 s, 500 tries; the child forked from the warm process asks sooner
+        assert json.loads(child.stdout) == {"initial_backoff": 0.05, "backoff_cap": 1.0, "max_tries_per_object": 5000}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_pinned_flowers_clientapp_pulls_its_message_with_the_defaults_the_warm_process_changes():
+    import inspect
+
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode.runtime import run_clientapp
+
+    assert run_clientapp.pull_and_inflate_object_from_tree is inflatable_utils.pull_and_inflate_object_from_tree
+    source = inspect.getsource(run_clientapp.pull_task_input)
+    assert "pull_and_inflate_object_from_tree(" in source and "initial_backoff" not in source  # Flower's defaults
