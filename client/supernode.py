@@ -12,7 +12,9 @@ Here the node asks again ``--idle-poll-start`` seconds after a message, then 1.2
 up to Flower's 3 s: right after a message it answers the next one within a quarter of the time it waited, and an
 idle node costs the SuperLink what Flower's does (16 requests in the first 14 s, then one every 3 s). Its
 local waits (the ClientApp's reply in its own state, a reply's objects in its store) are checked every 0.05 s
-instead of 0.5 s. Everything else is Flower's own SuperNode, started as ``flower-supernode`` starts it.
+instead of 0.5 s, and a message's objects not yet at the SuperLink are asked for again after 0.05 s instead of 1 s
+(:func:`sooner_object_pulls`, which the warm ClientApp process applies to its ClientApps too). Everything else is
+Flower's own SuperNode, started as ``flower-supernode`` starts it.
 
 Upstream this would be a SuperNode option (a backoff for the idle poll). Until then :func:`install` puts a
 :class:`PollClock` where that module reads ``time``, and :func:`check_supernode_api` says what of Flower's module
@@ -38,6 +40,12 @@ IDLE_POLL_START = 0.1
 IDLE_POLL_GROWTH = 1.25
 #: how often it looks at its own state instead of FLOWER_LOCAL_SLEEP
 LOCAL_POLL = 0.05
+#: a message's object not yet where it is asked for (at the SuperLink for the SuperNode, at the SuperNode for the
+#: ClientApp) is asked for again after this many seconds, doubling up to the second value (Flower: 1 s doubling up to
+#: 10 s, flwr.supercore.constant.PULL_INITIAL_BACKOFF) ...
+OBJECT_PULL_BACKOFF = (0.05, 1.0)
+#: ... this many times at most: with waits of at most 1 s, about the 80 minutes Flower's 500 tries of up to 10 s give
+OBJECT_PULL_TRIES = 5000
 
 
 class PollClock:
@@ -70,6 +78,28 @@ class PollClock:
         return getattr(time, name)
 
 
+def sooner_object_pulls(backoff: tuple[float, float] = OBJECT_PULL_BACKOFF, tries: int = OBJECT_PULL_TRIES) -> bool:
+    """Make Flower, in this process (and the processes it forks), ask again for an object of a message that is not
+    yet where it asks after ``backoff[0]`` seconds, doubling up to ``backoff[1]``, ``tries`` times at most, instead
+    of Flower's 1 s doubling up to 10 s.
+
+    A SuperNode pulls a message as soon as the SuperLink has its header, sometimes before the ServerApp has pushed
+    its objects (the model's arrays); SuperExec starts the ClientApp as soon as the SuperNode has the header, before
+    the SuperNode holds the objects. Either pull then waits 1 s, then 2 s: most train and evaluate messages of a
+    deployed round waited 3 s for objects that came a moment later. The default arguments of Flower's two pull
+    functions (``pull_objects``, which the SuperNode calls, and ``pull_and_inflate_object_from_tree``, which the
+    ClientApp calls) are changed; False (nothing changed) where they are not the ones this was written against."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    keys = {"initial_backoff", "backoff_cap", "max_tries_per_object"}
+    functions = [inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree]
+    if not all(keys <= (f.__kwdefaults__ or {}).keys() for f in functions):
+        return False
+    for function in functions:
+        function.__kwdefaults__.update(initial_backoff=backoff[0], backoff_cap=backoff[1], max_tries_per_object=tries)
+    return True
+
+
 def _flower_module() -> Any:
     from flwr.supernode import start_client_internal
 
@@ -91,6 +121,10 @@ def check_supernode_api(module: Any = None) -> list[str]:
             problems.append(f"{name}'s {call}")
     if not callable(getattr(module, "_pull_and_store_message", None)):
         problems.append("_pull_and_store_message")
+    from flwr.supercore.inflatable import inflatable_utils
+
+    if getattr(module, "pull_objects", None) is not inflatable_utils.pull_objects:
+        problems.append("start_client_internal.pull_objects")
     return problems
 
 
@@ -139,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         install(args.idle_poll_start)
+        sooner_object_pulls()
         print(
             f"fedge: this SuperNode asks for its next message {args.idle_poll_start:g} s after the last one, "
             f"{IDLE_POLL_GROWTH}x longer each time none came, up to {FLOWER_IDLE_SLEEP} s",

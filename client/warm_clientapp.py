@@ -38,6 +38,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from client.supernode import sooner_object_pulls
+
 # Flower's `flwr-clientapp` console script (flwr's entry points) and what its process imports before our handler;
 # a "module:function" entry is imported, then called once (what torch only imports on first use).
 FLOWER_ENTRY = "flwr.supernode.cli:flwr_clientapp"
@@ -45,11 +47,6 @@ PRELOAD = ("flwr.supernode.cli", "client.client_app", "client.privacy", "client.
 LAUNCHER_NAME = "flwr-clientapp"
 MAX_REQUEST_BYTES = 1 << 20
 _HEADER = struct.Struct("!I")
-#: a ClientApp asks again for an object of its message not yet at the SuperNode after this many seconds, doubling
-#: up to the second value (Flower: 1 s doubling up to 10 s, flwr.supercore.constant.PULL_INITIAL_BACKOFF) ...
-OBJECT_PULL_BACKOFF = (0.05, 1.0)
-#: ... this many times at most: with waits of at most 1 s, about the 80 minutes Flower's 500 tries of up to 10 s give
-OBJECT_PULL_TRIES = 5000
 
 LAUNCHER = """#!{python} -IS
 # fedge node's flwr-clientapp: run this message's ClientApp in a child forked from the node's warm process
@@ -189,26 +186,6 @@ def serve(
     finally:
         if remove_on_exit is not None:
             shutil.rmtree(remove_on_exit, ignore_errors=True)
-
-
-def sooner_object_pulls(backoff: tuple[float, float] = OBJECT_PULL_BACKOFF, tries: int = OBJECT_PULL_TRIES) -> bool:
-    """Make Flower's ClientApp, in this process and the children it forks, ask again for an object of its message
-    that the SuperNode does not hold yet after ``backoff[0]`` seconds, doubling up to ``backoff[1]``, ``tries`` times
-    at most, instead of Flower's 1 s doubling up to 10 s. The default arguments of the function Flower's ClientApp
-    pulls its message with are changed; False (nothing changed) where that function is not the one this was written
-    against."""
-    from flwr.supercore.inflatable import inflatable_utils
-    from flwr.supernode.runtime import run_clientapp
-
-    pull = inflatable_utils.pull_and_inflate_object_from_tree
-    defaults = pull.__kwdefaults__ or {}
-    if getattr(run_clientapp, "pull_and_inflate_object_from_tree", None) is not pull:
-        return False
-    if not {"initial_backoff", "backoff_cap", "max_tries_per_object"} <= defaults.keys():
-        return False
-    defaults["initial_backoff"], defaults["backoff_cap"] = backoff
-    defaults["max_tries_per_object"] = tries
-    return True
 
 
 def _serve(socket_path: Path, *, entry: str, preload: tuple[str, ...]) -> None:

@@ -62,8 +62,11 @@ def _module_like_flowers(pulled: list) -> types.SimpleNamespace:
         pulled.append(answer)
         return answer
 
+    from flwr.supercore.inflatable import inflatable_utils
+
     return types.SimpleNamespace(
         time=time,
+        pull_objects=inflatable_utils.pull_objects,
         start_client_internal=start_client_internal,
         _push_messages=_push_messages,
         _pull_and_store_message=_pull_and_store_message,
@@ -94,6 +97,21 @@ def test_a_flower_without_the_3_s_sleep_is_left_alone():
     assert check_supernode_api(module) == ["start_client_internal's time.sleep(3)"]
     assert install(0.1, module) is None
     assert module.time is time and module._pull_and_store_message is pull
+
+
+def test_flowers_object_pulls_ask_again_sooner_and_as_long(monkeypatch):
+    from flwr.supercore.inflatable import inflatable_utils
+
+    functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
+    for function in functions:  # restored after the test: the change is process-wide
+        monkeypatch.setattr(function, "__kwdefaults__", dict(function.__kwdefaults__))
+    assert [f.__kwdefaults__["initial_backoff"] for f in functions] == [1, 1]  # Flower's: 1 s, 2 s, ... up to 10 s
+    assert supernode.sooner_object_pulls()
+    for function in functions:
+        defaults = function.__kwdefaults__
+        assert (defaults["initial_backoff"], defaults["backoff_cap"]) == supernode.OBJECT_PULL_BACKOFF
+        # at most 1 s a try: 5,000 tries keep about Flower's 500 x 10 s before a missing object fails the message
+        assert defaults["max_tries_per_object"] * supernode.OBJECT_PULL_BACKOFF[1] >= 500 * 10 * 0.95
 
 
 def test_main_refuses_a_bad_first_wait_before_starting_flower(capsys):
