@@ -11,12 +11,14 @@ that process from a warm one that imported them once (``--warm``, the default; `
 deployment runs here both ways, ``--warm`` and ``--cold`` (Flower's own start), alternating with the simulation,
 ``--repeats`` times, and the ratios are of the medians. The ClientApp reports how old its process was when our
 handler started (``client-startup-seconds``) and how long the handler took (``client-handler-seconds``); the rest
-of a round is Flower's transport, polling (the SuperNode waits 3 s between empty polls of the SuperLink, a constant
-in Flower) and the server's own work. Fresh-process import costs are measured separately (median of ``--repeats``
-alternating runs), as are the parts of the handler that are ours to reduce: loading the node's table and
-calibrating the DP noise (done once per node, then kept in the node's state file).
+of a round is Flower's transport, polling and the server's own work. Flower's SuperNode waits 3 s between empty
+polls of the SuperLink (a constant in Flower); ``fedge node`` asks again 0.1 s after a message, 1.25x longer each
+time none came, up to 3 s (``client/supernode.py``): ``warm, Flower's 3 s poll`` is the warm deployment with
+``--idle-poll-start 3``, run alongside to show what that saves. Fresh-process import costs are measured
+separately (median of ``--repeats`` alternating runs), as are the parts of the handler that are ours to reduce:
+loading the node's table and calibrating the DP noise (done once per node, then kept in the node's state file).
 
-    python -m simulations.benchmarks.deployment               # 3 repeats: about 25 minutes on 2 cores
+    python -m simulations.benchmarks.deployment               # 3 repeats: about 30 minutes on 2 cores
     python -m simulations.benchmarks.deployment --repeats 1
 """
 
@@ -76,7 +78,7 @@ def run_simulation(tmp: Path, settings: list[str]) -> list[dict]:
     return _rounds(runs / "sim")
 
 
-def run_deployment(tmp: Path, settings: list[str], *, warm: bool = True) -> list[dict]:
+def run_deployment(tmp: Path, settings: list[str], *, warm: bool = True, node_args: tuple[str, ...] = ()) -> list[dict]:
     from server.credentials import make_node_keys, make_test_certificates
     from server.deployment import SuperLinkSettings, register_nodes, start_superlink, wait_for_port
     from server.processes import stop_tree
@@ -108,7 +110,7 @@ def run_deployment(tmp: Path, settings: list[str], *, warm: bool = True) -> list
             args += ["--ca", str(tls.ca_certificate), "--auth-key", str(keys[name].private)]
             args += ["--state-dir", str(tmp / "nodes" / name), "--runtime-port", str(free_port()), "--device", "cpu"]
             args += ["--threads", "1"]  # as the simulation's Ray actors (one CPU each)
-            args += ["--warm" if warm else "--cold"]
+            args += ["--warm" if warm else "--cold", *node_args]
             with open(logs / f"{name}.log", "wb") as log:
                 procs.append(
                     subprocess.Popen(
@@ -149,7 +151,9 @@ def run_deployment(tmp: Path, settings: list[str], *, warm: bool = True) -> list
             stop_tree(proc, kill=True)
 
 
-def _deploy_with_one_retry(tmp: Path, settings: list[str], *, warm: bool) -> list[dict]:
+def _deploy_with_one_retry(
+    tmp: Path, settings: list[str], *, warm: bool, node_args: tuple[str, ...] = ()
+) -> list[dict]:
     """One deployment run; if it fails to start (seen once: the SuperLink exiting at start, on a busy machine),
     show the end of its logs and try once more in a fresh directory."""
     from server.errors import ServerError
@@ -157,14 +161,14 @@ def _deploy_with_one_retry(tmp: Path, settings: list[str], *, warm: bool) -> lis
     (tmp / "first").mkdir()
     (tmp / "second").mkdir()
     try:
-        return run_deployment(tmp / "first", settings, warm=warm)
+        return run_deployment(tmp / "first", settings, warm=warm, node_args=node_args)
     except (ServerError, RuntimeError, subprocess.CalledProcessError) as e:
         print(f"deployment run failed ({type(e).__name__}: {e}); its logs end with:", file=sys.stderr)
         for log in sorted((tmp / "first" / "logs").glob("*.log")):
             tail = log.read_text(errors="replace").splitlines()[-15:]
             print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
         time.sleep(10)
-        return run_deployment(tmp / "second", settings, warm=warm)
+        return run_deployment(tmp / "second", settings, warm=warm, node_args=node_args)
 
 
 def in_process_costs() -> dict[str, float]:
@@ -244,7 +248,8 @@ def main() -> None:
             times[label] += _fresh_import_seconds(modules, 1)
     median = {k: statistics.median(v) for k, v in times.items()}
 
-    runs: dict[str, list[dict]] = {"simulation": [], "warm": [], "cold": []}
+    flower_poll = "warm, Flower's 3 s poll"
+    runs: dict[str, list[dict]] = {"simulation": [], "warm": [], flower_poll: [], "cold": []}
     for rep in range(args.repeats):  # alternating, so that background load falls on every variant alike
         order = list(runs) if rep % 2 == 0 else list(reversed(runs))
         for variant in order:
@@ -254,7 +259,8 @@ def main() -> None:
                 if variant == "simulation":
                     rounds = run_simulation(tmp, settings)
                 else:
-                    rounds = _deploy_with_one_retry(tmp, settings, warm=variant == "warm")
+                    node_args = ("--idle-poll-start", "3") if variant == flower_poll else ()
+                    rounds = _deploy_with_one_retry(tmp, settings, warm=variant != "cold", node_args=node_args)
                 total = time.perf_counter() - t
             runs[variant].append({"rounds": rounds, "total-s": total})
             mean = statistics.mean(r["seconds"] for r in rounds)
@@ -269,7 +275,11 @@ def main() -> None:
 
     sim_round = median_of("simulation", per_round("seconds"))
     sim_last = median_of("simulation", lambda run: run["rounds"][-1]["seconds"])
-    for variant, how in (("warm", "fedge node --warm"), ("cold", "fedge node --cold (Flower's fresh process)")):
+    for variant, how in (
+        ("warm", "fedge node --warm"),
+        (flower_poll, "fedge node --warm --idle-poll-start 3 (Flower's 3 s idle poll)"),
+        ("cold", "fedge node --cold (Flower's fresh process)"),
+    ):
         dep_round = median_of(variant, per_round("seconds"))
         startup = median_of(variant, per_round("client-startup-seconds"))
         handler = median_of(variant, per_round("client-handler-seconds"))
@@ -328,6 +338,15 @@ def main() -> None:
                 median_of("simulation", lambda run: run["total-s"]),
             )
         )
+    rows.append(
+        Row.compare(
+            "deployment: wall seconds per round, --warm (idle poll from 0.1 s)",
+            median_of("warm", per_round("seconds")),
+            "s",
+            "Flower's 3 s idle poll",
+            median_of(flower_poll, per_round("seconds")),
+        )
+    )
     rows.append(
         Row.compare(
             "deployment: wall seconds per round, --warm",
