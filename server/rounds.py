@@ -39,6 +39,10 @@ from flwr.serverapp.strategy import Strategy
 from server.ledger import DpRound, PrivacyLedger, parse_history
 from server.sites import site_metrics
 
+#: After a pull of the SuperLink that brought no reply, the next waits this much longer, up to ``max_poll_interval``
+#: (a reply, or a push, starts again from ``poll_interval``).
+POLL_GROWTH = 1.5
+
 log = logging.getLogger("fedge.server")
 WEIGHT_KEY = "num-examples"
 
@@ -261,6 +265,7 @@ class RoundLoop:
         min_replies: int = 0,
         straggler_timeout: float | None = None,
         poll_interval: float = 0.05,
+        max_poll_interval: float = 0.25,
         max_in_flight: int = 0,
         evaluate_every: int = 1,
         budget_aware: bool = True,
@@ -273,6 +278,12 @@ class RoundLoop:
         self.min_replies = max(0, int(min_replies))
         self.straggler_timeout = straggler_timeout
         self.poll_interval = poll_interval
+        self.max_poll_interval = max(poll_interval, max_poll_interval)
+        """Replies pulled ``poll_interval`` after a push or a reply; each empty pull waits :data:`POLL_GROWTH` times
+        longer, up to this. A deployed ServerApp's pulls are requests to the SuperLink: every 0.05 s through a
+        round in which the nodes trained for seconds, they and the SuperLink's answers took CPU that the nodes and
+        their transfers needed (``simulations/benchmarks/results/deployment.md``). Replies that stream in, as in a
+        simulation of many clients, keep the pulls at ``poll_interval``."""
         self.max_in_flight = max(0, int(max_in_flight))
         self.evaluate_every = max(1, int(evaluate_every))
         self.budget_aware = budget_aware
@@ -301,6 +312,7 @@ class RoundLoop:
         start = time.monotonic()
         deadline = None if self.round_timeout is None else start + self.round_timeout
         straggler_deadline = None
+        wait = self.poll_interval
         while pending:
             now = time.monotonic()
             if straggler_deadline is None and self.straggler_timeout is not None and enough():
@@ -320,8 +332,11 @@ class RoundLoop:
                     sent += len(pushed)
             for reply in got:
                 yield reply
-            if not got:
-                time.sleep(self.poll_interval)
+            if got:
+                wait = self.poll_interval
+            else:
+                time.sleep(wait)
+                wait = min(wait * POLL_GROWTH, self.max_poll_interval)
         self.unanswered = len(pending) + (len(messages) - sent)
         if self.unanswered:
             why = "the round timeout" if straggler_deadline is None else "the straggler timeout"

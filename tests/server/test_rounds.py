@@ -193,6 +193,39 @@ def test_max_in_flight_bounds_what_waits_on_the_superlink_and_every_node_still_t
     np.testing.assert_allclose(outcome.arrays["w"].numpy(), np.full((3, 2), 6.5), rtol=1e-6)  # mean of 1..12
 
 
+class _SlowGrid(ScriptedGrid):
+    """Replies come one per pull, after ``empty`` pulls that bring nothing (nodes still training)."""
+
+    def __init__(self, nodes, behaviour, empty):
+        super().__init__(nodes, behaviour)
+        self.empty = list(empty)
+
+    def pull_messages(self, message_ids):
+        if self.empty and self.empty[0] > 0:
+            self.empty[0] -= 1
+            return []
+        if self.empty:
+            self.empty.pop(0)
+        for m in list(message_ids):
+            if m in self.outbox:
+                return [self.outbox.pop(m)]
+        return []
+
+
+def test_pulls_wait_longer_while_nothing_comes_and_start_short_again_after_a_reply(monkeypatch):
+    from server import rounds
+
+    waits: list[float] = []
+    monkeypatch.setattr(rounds.time, "sleep", waits.append)
+    grid = _SlowGrid([1, 2], lambda node, msg: _content(float(node), 10, pid=node), empty=[7, 2])
+    loop = RoundLoop(strategy=FedAvg(fraction_evaluate=0.0), grid=grid, ledger=PrivacyLedger(3, 1e-5), stream=True)
+    start = ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
+    outcome = loop.train_round(1, start, ConfigRecord())
+    assert outcome.replied == 2
+    growing = [0.05, 0.075, 0.1125, 0.16875, 0.25, 0.25, 0.25]  # x1.5 up to max_poll_interval
+    assert waits == pytest.approx(growing + [0.05, 0.075])  # after the first reply: short again
+
+
 def test_a_negative_max_in_flight_is_refused():
     from flwr.app import Context
 
