@@ -29,10 +29,11 @@ AUTH_KEY_EXIT_CODE = 302
 # A node restarted right after a crash is refused until its old session on the SuperLink expires (about a minute).
 REJOIN_WAIT_SECONDS = 20.0
 # SuperExec asks the SuperNode for a new message to run every second by default (Flower's public setting, an
-# environment variable); a message then waits half a second on average before its ClientApp starts. A tenth of a
-# second costs one local HTTP request per poll.
+# environment variable); a message then waits half a second on average before its ClientApp starts. Every half
+# second halves that. Each poll is a local HTTP request that costs SuperExec and the SuperNode CPU: polls every
+# 0.1 s took CPU that the nodes' training and transfers needed on 2 cores (deployment benchmark's notes).
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
-SUPEREXEC_POLL_SECONDS = "0.1"
+SUPEREXEC_POLL_SECONDS = "0.5"
 
 
 class NodeError(ClientError):

@@ -139,7 +139,7 @@ def test_without_the_warm_process_the_launcher_runs_flowers_own_clientapp(warm, 
 def test_node_environment_polls_sooner_and_puts_the_launcher_first_only_while_the_node_runs(tmp_path):
     base = {"PATH": "/usr/bin"}
     with node_environment(base, flower_clientapp="/nonexistent/flwr-clientapp", warm=False) as env:
-        assert env[SUPEREXEC_POLL_ENV] == "0.1" and env["PATH"] == "/usr/bin"
+        assert env[SUPEREXEC_POLL_ENV] == "0.5" and env["PATH"] == "/usr/bin"
     with node_environment({**base, SUPEREXEC_POLL_ENV: "2"}, flower_clientapp="/x", warm=False) as env:
         assert env[SUPEREXEC_POLL_ENV] == "2"  # the operator's own setting wins
     with node_environment(base, flower_clientapp="/nonexistent/flwr-clientapp") as env:
