@@ -38,6 +38,7 @@ from client.errors import AcceptanceOnNodeError, PrivacyBudgetExhaustedError
 from client.state_file import restore_state, save_state, state_file
 from shared_models.data import ArrayDataset
 from shared_models.errors import FedgeError, SchemaMismatchError
+from shared_models.packed_arrays import packed_arrays_mod
 from shared_models.registry import ModelConfig
 from shared_models.training import evaluate as evaluate_model
 from shared_models.training import predict, train_epochs
@@ -47,7 +48,7 @@ for _message in ("Secure RNG turned off", "Full backward hook is firing", "Optim
     warnings.filterwarnings("ignore", message=_message)
 
 log = logging.getLogger("fedge.client")
-app = ClientApp()
+app = ClientApp(mods=[packed_arrays_mod])  # a packed message (from a deployed ServerApp) gets a packed reply
 #: the action of the acceptance test's messages: Flower's message type ``query.accept``
 ACCEPT_ACTION = "accept"
 

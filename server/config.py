@@ -39,6 +39,8 @@ class ServerConfig:
     budget_aware_sampling: bool
     resume_from: Path | None
     stream_aggregation: bool
+    pack_arrays: bool
+    """On a deployment, send each message's arrays as one Array (``pack-arrays``; :mod:`server.packed_grid`)."""
     server_ema: float
     """Decay of the server's moving average of the global models (``server-ema``); 0 = off."""
     progress: bool
@@ -105,6 +107,7 @@ class ServerConfig:
             budget_aware_sampling=setting(run, "budget-aware-sampling"),
             resume_from=resume_from,
             stream_aggregation=setting(run, "stream-aggregation"),
+            pack_arrays=setting(run, "pack-arrays"),
             server_ema=check_decay(setting(run, "server-ema")),
             progress=setting(run, "progress"),
             seed=setting(run, "seed"),

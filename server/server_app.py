@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from server.config import ServerConfig
 from server.errors import ServerConfigError
 from server.ledger import PrivacyLedger
+from server.packed_grid import PackedArraysGrid, packs_by_default
 from server.parameter_average import ParameterAverage
 from server.resume import (
     ResumeError,
@@ -91,6 +92,9 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
         },
         rounds=saved.rounds if saved is not None else None,
     )
+    packed = PackedArraysGrid(grid) if config.pack_arrays and packs_by_default(grid) else None
+    if packed is not None:  # real nodes: each message's arrays as one object on the SuperLink
+        grid = packed
     loop = RoundLoop(
         strategy=strategy,
         grid=grid,
@@ -184,6 +188,8 @@ def run_server(grid: Grid, config: ServerConfig) -> dict[str, Any]:
             # where a round's time goes on real nodes (weighted means over the nodes that trained)
             "client-startup-seconds": outcome.train_metrics.get("startup-seconds"),
             "client-handler-seconds": outcome.train_metrics.get("handler-seconds"),
+            # replies whose arrays travelled packed (pack-arrays, on real nodes): fedge's ClientApp answers in kind
+            "packed-replies": packed.take_packed_replies() if packed is not None else 0,
             **{f"federated-{k}": v for k, v in outcome.evaluate_metrics.items()},
         }
         if outcome.sites:

@@ -52,6 +52,7 @@ DEFAULT_RUN_CONFIG: Mapping[str, Value] = MappingProxyType(
         "straggler-timeout": 0.0,
         "resume-from": "",
         "stream-aggregation": True,
+        "pack-arrays": True,
         "server-ema": 0.0,
         "model": "digits-mlp",
         "dataset": "digits",

@@ -262,6 +262,8 @@ def test_three_hospitals_train_with_dp_over_tls_and_accuracy_improves(deployment
     assert set(clients) == set(HOSPITALS)  # ε per node, by node name; the refused node never trained
     for name in HOSPITALS:
         assert 0 < clients[name]["epsilon"] < 50
+    # every trained reply crossed the SuperLink with its arrays packed into one Array (pack-arrays)
+    assert all(r["packed-replies"] == r["clients-trained"] > 0 for r in rounds[1:]), rounds
 
 
 def test_nodes_ask_for_the_next_message_sooner_than_flowers_3_s(deployment):

@@ -44,6 +44,8 @@ def test_dp_simulation_learns_and_accounts_epsilon_over_the_whole_run(tmp_path):
     assert json.loads((run_dir / "model.json").read_text())["model"] == load_experiment("digits-dp").run_config["model"]
     # fedge simulate feeds Flower's simulation engine a window of messages per Ray actor, not all at once
     assert json.loads((run_dir / "config.json").read_text())["max-in-flight"] >= 16
+    # the simulation's messages never leave the process as Flower objects: nothing is packed there
+    assert all(r["packed-replies"] == 0 for r in rounds[1:])
 
 
 def test_exhausted_budget_stops_clients_and_the_run_goes_on(tmp_path):

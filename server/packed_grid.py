@@ -1,0 +1,76 @@
+"""A Grid that sends each message's arrays as one Array and unpacks the replies (``shared_models/packed_arrays.py``).
+
+On Flower's Deployment Engine every object of a message (each record, each Array, each Array's chunk) is its own
+request to the SuperLink, from the ServerApp and from the node; packing a model's arrays into one Array cuts a
+round's requests by more than half. The strategy and the round loop never see a packed record: messages are
+packed on their way out and replies unpacked on their way in. fedge's ClientApp (its ``packed_arrays_mod``) answers
+a packed message in kind and a plain one plainly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp import Grid
+
+from shared_models.packed_arrays import pack_content, unpack_content
+
+
+def packs_by_default(grid: Grid) -> bool:
+    """Whether ``pack-arrays = "auto"`` packs on ``grid``: on a deployment (the ServerApp talks to a SuperLink), not
+    in Flower's simulation, whose messages never leave the process as objects."""
+    return type(grid).__name__ != "InMemoryGrid"
+
+
+class PackedArraysGrid(Grid):
+    """``grid``, with the arrays of the messages pushed packed and those of the replies pulled unpacked."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.packed_replies = 0
+        """Replies whose arrays came packed (fedge's ClientApp answers a packed message so), since the last
+        :meth:`take_packed_replies`."""
+
+    def take_packed_replies(self) -> int:
+        """How many replies came packed since the last call (the run record's ``packed-replies`` of a round)."""
+        count, self.packed_replies = self.packed_replies, 0
+        return count
+
+    def set_run(self, run_id: int) -> None:
+        self.grid.set_run(run_id)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(_packed(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._unpacked(self.grid.pull_messages(message_ids))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._unpacked(self.grid.send_and_receive(_packed(messages), timeout=timeout))
+
+    def _unpacked(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        for reply in replies:
+            if reply.has_content() and unpack_content(reply.content):
+                self.packed_replies += 1
+        return replies
+
+
+def _packed(messages: Iterable[Message]) -> list[Message]:
+    shared: dict[int, ArrayRecord] = {}  # the global model, which every message of a round carries: packed once
+    messages = list(messages)
+    for msg in messages:
+        if msg.has_content():
+            pack_content(msg.content, shared)
+    return messages

@@ -1,0 +1,72 @@
+"""The ServerApp's packing grid around the round loop (the real deployment: tests/integration/test_deployment.py)."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from server.ledger import PrivacyLedger
+from server.packed_grid import PackedArraysGrid, packs_by_default
+from server.rounds import RoundLoop
+from shared_models.packed_arrays import PACKED_KEY, is_packed, pack, packed_arrays_mod, unpack
+from tests.server.scripted_grid import ScriptedGrid
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def _start() -> ArrayRecord:
+    return ArrayRecord({"w": Array(np.zeros((3, 2), np.float32)), "b": Array(np.zeros(1, np.float32))})
+
+
+def _node(received: list):
+    """A node running fedge's ClientApp mod: what it got off the wire, unpacked for its handler, a packed reply."""
+
+    def handler(msg, context):
+        value = float(msg.metadata.dst_node_id)
+        arrays = ArrayRecord({k: Array(np.full(v.shape, value, np.float32)) for k, v in msg.content["arrays"].items()})
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 10, "train-loss": value})})
+        return Message(content=content, reply_to=msg)
+
+    def behaviour(node, msg):
+        received.append(msg.content["arrays"])
+        # its own copy of the message, as a node deserializes one: the mod unpacks in place
+        copy = Message(RecordDict(dict(msg.content)), dst_node_id=node, message_type=msg.metadata.message_type)
+        reply = packed_arrays_mod(copy, None, handler).content
+        assert is_packed(reply["arrays"])
+        return reply
+
+    return behaviour
+
+
+def test_nodes_get_the_global_model_packed_once_and_the_loop_sees_plain_replies():
+    received = []
+    grid = PackedArraysGrid(ScriptedGrid([1, 2, 3], _node(received)))
+    loop = RoundLoop(strategy=FedAvg(fraction_evaluate=0.0), grid=grid, ledger=PrivacyLedger(3, 1e-5), stream=True)
+    outcome = loop.train_round(1, _start(), ConfigRecord())
+    assert outcome.replied == 3
+    assert list(outcome.arrays.keys()) == ["w", "b"]
+    np.testing.assert_allclose(outcome.arrays["w"].numpy(), np.full((3, 2), 2.0))  # the mean of 1, 2, 3
+    # every node got the global model packed, packed once: the same record in every message
+    assert all(is_packed(r) for r in received) and len({id(r) for r in received}) == 1
+    assert list(unpack(received[0]).keys()) == ["w", "b"]
+    assert grid.take_packed_replies() == 3 and grid.take_packed_replies() == 0  # counted per round
+
+
+def test_send_and_receive_packs_and_unpacks_too():
+    received = []
+    scripted = ScriptedGrid([4], _node(received))
+    scripted.send_and_receive = lambda messages, timeout=None: scripted.pull_messages(scripted.push_messages(messages))
+    grid = PackedArraysGrid(scripted)
+    msg = Message(RecordDict({"arrays": _start()}), dst_node_id=4, message_type="train")
+    (reply,) = grid.send_and_receive([msg])
+    assert PACKED_KEY in received[0] and not is_packed(reply.content["arrays"])
+    np.testing.assert_array_equal(reply.content["arrays"]["b"].numpy(), [4.0])
+
+
+def test_packing_is_for_deployments_not_for_flowers_simulation():
+    from flwr.superlink.grid.http_grid import HttpGrid
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    assert not packs_by_default(InMemoryGrid.__new__(InMemoryGrid))
+    assert packs_by_default(HttpGrid.__new__(HttpGrid))
+    assert is_packed(pack(_start()))  # (what the deployment's messages carry)
