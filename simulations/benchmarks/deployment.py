@@ -14,11 +14,14 @@ handler started (``client-startup-seconds``) and how long the handler took (``cl
 of a round is Flower's transport, polling and the server's own work. Flower's SuperNode waits 3 s between empty
 polls of the SuperLink (a constant in Flower); ``fedge node`` asks again 0.1 s after a message, 1.25x longer each
 time none came, up to 3 s (``client/supernode.py``): ``warm, Flower's 3 s poll`` is the warm deployment with
-``--idle-poll-start 3``, run alongside to show what that saves. Fresh-process import costs are measured
+``--idle-poll-start 3``, run alongside to show what that saves. Flower moves every part of a message (each record,
+each array) as its own request to the SuperLink; fedge's ServerApp sends a message's arrays packed into one Array
+on real nodes (``pack-arrays``, ``shared_models/packed_arrays.py``): ``warm, arrays unpacked`` is the warm deployment
+with ``pack-arrays = false``. Fresh-process import costs are measured
 separately (median of ``--repeats`` alternating runs), as are the parts of the handler that are ours to reduce:
 loading the node's table and calibrating the DP noise (done once per node, then kept in the node's state file).
 
-    python -m simulations.benchmarks.deployment               # 3 repeats: about 30 minutes on 2 cores
+    python -m simulations.benchmarks.deployment               # 3 repeats: about 25 minutes on 2 cores
     python -m simulations.benchmarks.deployment --repeats 1
 """
 
@@ -249,7 +252,8 @@ def main() -> None:
     median = {k: statistics.median(v) for k, v in times.items()}
 
     flower_poll = "warm, Flower's 3 s poll"
-    runs: dict[str, list[dict]] = {"simulation": [], "warm": [], flower_poll: [], "cold": []}
+    unpacked = "warm, arrays unpacked"
+    runs: dict[str, list[dict]] = {"simulation": [], "warm": [], flower_poll: [], unpacked: [], "cold": []}
     for rep in range(args.repeats):  # alternating, so that background load falls on every variant alike
         order = list(runs) if rep % 2 == 0 else list(reversed(runs))
         for variant in order:
@@ -260,7 +264,8 @@ def main() -> None:
                     rounds = run_simulation(tmp, settings)
                 else:
                     node_args = ("--idle-poll-start", "3") if variant == flower_poll else ()
-                    rounds = _deploy_with_one_retry(tmp, settings, warm=variant != "cold", node_args=node_args)
+                    variant_settings = [*settings, "--set", "pack-arrays=false"] if variant == unpacked else settings
+                    rounds = _deploy_with_one_retry(tmp, variant_settings, warm=variant != "cold", node_args=node_args)
                 total = time.perf_counter() - t
             runs[variant].append({"rounds": rounds, "total-s": total})
             mean = statistics.mean(r["seconds"] for r in rounds)
@@ -278,6 +283,7 @@ def main() -> None:
     for variant, how in (
         ("warm", "fedge node --warm"),
         (flower_poll, "fedge node --warm --idle-poll-start 3 (Flower's 3 s idle poll)"),
+        (unpacked, "fedge node --warm, pack-arrays = false (a Flower object per array)"),
         ("cold", "fedge node --cold (Flower's fresh process)"),
     ):
         dep_round = median_of(variant, per_round("seconds"))
@@ -345,6 +351,15 @@ def main() -> None:
             "s",
             "Flower's 3 s idle poll",
             median_of(flower_poll, per_round("seconds")),
+        )
+    )
+    rows.append(
+        Row.compare(
+            "deployment: wall seconds per round, --warm (arrays packed: pack-arrays = true)",
+            median_of("warm", per_round("seconds")),
+            "s",
+            "pack-arrays = false",
+            median_of(unpacked, per_round("seconds")),
         )
     )
     rows.append(
