@@ -9,12 +9,15 @@ a packed message in kind and a plain one plainly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
-from shared_models.packed_arrays import pack_content, unpack_content
+from shared_models.packed_arrays import PackedArraysError, is_packed, pack_content, unpack_content
+
+log = logging.getLogger("fedge.server")
 
 
 def packs_by_default(grid: Grid) -> bool:
@@ -60,10 +63,21 @@ class PackedArraysGrid(Grid):
         return self._unpacked(self.grid.send_and_receive(_packed(messages), timeout=timeout))
 
     def _unpacked(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies with their arrays unpacked. A reply whose packed arrays cannot be read back (cut or altered
+        on the way) loses them, with a warning naming its node: the round loop then counts it as failed and goes on
+        with the others, as for any reply without arrays."""
         replies = list(replies)
         for reply in replies:
-            if reply.has_content() and unpack_content(reply.content):
-                self.packed_replies += 1
+            if not reply.has_content():
+                continue
+            try:
+                if unpack_content(reply.content):
+                    self.packed_replies += 1
+            except PackedArraysError as e:
+                log.warning("node %s sent arrays that cannot be read: %s", reply.metadata.src_node_id, e)
+                for name, record in list(reply.content.array_records.items()):
+                    if is_packed(record):
+                        del reply.content[name]
         return replies
 
 

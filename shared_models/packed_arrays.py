@@ -27,9 +27,11 @@ replies, and a packed record reaching code that does not expect it fails on the 
 from __future__ import annotations
 
 import json
+import logging
 import struct
 
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 
 from shared_models.errors import FedgeError
 
@@ -37,6 +39,7 @@ from shared_models.errors import FedgeError
 PACKED_KEY = "fedge.packed-arrays"
 PACKED_STYPE = "fedge.packed-arrays/1"
 _HEADER_LENGTH = struct.Struct("<Q")
+log = logging.getLogger("fedge.packed_arrays")
 
 
 class PackedArraysError(FedgeError):
@@ -117,8 +120,15 @@ def unpack_content(content: RecordDict) -> bool:
 
 
 def packed_arrays_mod(msg: Message, context: Context, call_next) -> Message:
-    """A ClientApp mod: the handler sees plain arrays; the reply is packed if, and only if, ``msg`` was."""
-    packed = msg.has_content() and unpack_content(msg.content)
+    """A ClientApp mod: the handler sees plain arrays; the reply is packed if, and only if, ``msg`` was. A packed
+    message that cannot be read back is answered with an Error saying so (the server counts the node as failed for
+    that round), and its handler never runs."""
+    try:
+        packed = msg.has_content() and unpack_content(msg.content)
+    except PackedArraysError as e:
+        reason = f"{type(e).__name__}: {e}"
+        log.error("the %s message cannot be read: %s", msg.metadata.message_type, reason)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
     reply = call_next(msg, context)
     if packed and reply.has_content():
         pack_content(reply.content)

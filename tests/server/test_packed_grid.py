@@ -1,5 +1,7 @@
 """The ServerApp's packing grid around the round loop (the real deployment: tests/integration/test_deployment.py)."""
 
+import logging
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -8,7 +10,7 @@ from flwr.serverapp.strategy import FedAvg
 from server.ledger import PrivacyLedger
 from server.packed_grid import PackedArraysGrid, packs_by_default
 from server.rounds import RoundLoop
-from shared_models.packed_arrays import PACKED_KEY, is_packed, pack, packed_arrays_mod, unpack
+from shared_models.packed_arrays import PACKED_KEY, PACKED_STYPE, is_packed, pack, packed_arrays_mod, unpack
 from tests.server.scripted_grid import ScriptedGrid
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -70,3 +72,28 @@ def test_packing_is_for_deployments_not_for_flowers_simulation():
     assert not packs_by_default(InMemoryGrid.__new__(InMemoryGrid))
     assert packs_by_default(HttpGrid.__new__(HttpGrid))
     assert is_packed(pack(_start()))  # (what the deployment's messages carry)
+
+
+def test_a_node_whose_packed_reply_was_cut_is_counted_failed_and_the_round_goes_on(caplog):
+    received = []
+    honest = _node(received)
+
+    def behaviour(node, msg):
+        reply = honest(node, msg)
+        if node == 3:  # its reply's bytes cut short on the way
+            data = bytes(reply["arrays"][PACKED_KEY].data)[:-5]
+            reply["arrays"] = ArrayRecord(
+                {PACKED_KEY: Array(dtype="uint8", shape=(len(data),), stype=PACKED_STYPE, data=data)}
+            )
+        return reply
+
+    grid = PackedArraysGrid(ScriptedGrid([1, 2, 3], behaviour))
+    loop = RoundLoop(strategy=FedAvg(fraction_evaluate=0.0), grid=grid, ledger=PrivacyLedger(3, 1e-5), stream=True)
+    with caplog.at_level(logging.WARNING):
+        outcome = loop.train_round(1, _start(), ConfigRecord())
+    assert (outcome.replied, outcome.failed) == (2, 1)
+    assert "node 3" in caplog.text and "cut or changed" in caplog.text
+    np.testing.assert_allclose(outcome.arrays["w"].numpy(), np.full((3, 2), 1.5))  # the mean of the good two
+    # and the next round, every node answering well, takes all three
+    loop.grid = PackedArraysGrid(ScriptedGrid([1, 2, 3], honest))
+    assert loop.train_round(2, _start(), ConfigRecord()).replied == 3

@@ -125,3 +125,20 @@ def test_fedges_clientapp_trains_on_a_packed_message_and_replies_packed(data_dir
     changed = [not np.array_equal(trained[k].numpy(), state[k].numpy()) for k in state.keys()]
     assert any(changed)  # it trained on the unpacked global model
     assert reply.content["metrics"]["num-examples"] > 0
+
+
+def test_a_packed_message_cut_on_its_way_gets_an_error_reply_and_the_next_good_one_is_answered():
+    calls = []
+
+    def handler(msg, context):
+        calls.append(msg)
+        return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+
+    data = bytes(pack(_mixed())[PACKED_KEY].data)[:-1]
+    cut = ArrayRecord({PACKED_KEY: Array(dtype="uint8", shape=(len(data),), stype=PACKED_STYPE, data=data)})
+    reply = packed_arrays_mod(Message(RecordDict({"arrays": cut}), dst_node_id=1, message_type="train"), None, handler)
+    assert reply.has_error() and reply.error.reason.startswith("PackedArraysError: ") and not calls
+    good = Message(RecordDict({"arrays": pack(_mixed())}), dst_node_id=1, message_type="train")
+    answered = packed_arrays_mod(good, None, handler)
+    assert not answered.has_error() and len(calls) == 1
+    assert list(unpack(answered.content["arrays"]).keys()) == list(_mixed().keys())
