@@ -5,8 +5,8 @@ Flower 1.42's SuperNode sleeps 3 s whenever the SuperLink has no message for it 
 ``flwr.supernode.start_client_internal``). A node pushes its reply and asks at once for the next message, which the
 server sends only once every node has replied and the round's model is aggregated: so the node is asleep when the
 message comes, and every train and every evaluate message of a round waits up to 3 s on every node. With that
-poll, a deployed round spent 10.4 s in Flower's transport and polling against 1.4 s in our train handler
-(``simulations/benchmarks/results/deployment.md``).
+poll, a deployed round spent 8.1 s in Flower's transport and polling against 1.2 s in our train handler
+(``simulations/benchmarks/results/deployment.md``, arrays packed).
 
 Here the node asks again ``--idle-poll-start`` seconds after a message, then 1.25 times longer each time nothing came,
 up to Flower's 3 s: right after a message it answers the next one within a quarter of the time it waited, and an
