@@ -38,7 +38,7 @@ from client.errors import AcceptanceOnNodeError, PrivacyBudgetExhaustedError
 from client.state_file import restore_state, save_state, state_file
 from shared_models.data import ArrayDataset
 from shared_models.errors import FedgeError, SchemaMismatchError
-from shared_models.packed_arrays import packed_arrays_mod
+from shared_models.packed_arrays import PackedArraysError, pack_content, unpack_content
 from shared_models.registry import ModelConfig
 from shared_models.training import evaluate as evaluate_model
 from shared_models.training import predict, train_epochs
@@ -48,6 +48,24 @@ for _message in ("Secure RNG turned off", "Full backward hook is firing", "Optim
     warnings.filterwarnings("ignore", message=_message)
 
 log = logging.getLogger("fedge.client")
+
+
+def packed_arrays_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """The ClientApp's mod for ``pack-arrays`` (``shared_models/packed_arrays.py``): the handlers see plain arrays;
+    the reply is packed if, and only if, ``msg`` was. A packed message that cannot be read back is answered with an
+    Error saying so (the server counts the node as failed for that round), and no handler runs."""
+    try:
+        packed = msg.has_content() and unpack_content(msg.content)
+    except PackedArraysError as e:
+        reason = f"{type(e).__name__}: {e}"
+        log.error("the %s message cannot be read: %s", msg.metadata.message_type, reason)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+    reply = call_next(msg, context)
+    if packed and reply.has_content():
+        pack_content(reply.content)
+    return reply
+
+
 app = ClientApp(mods=[packed_arrays_mod])  # a packed message (from a deployed ServerApp) gets a packed reply
 #: the action of the acceptance test's messages: Flower's message type ``query.accept``
 ACCEPT_ACTION = "accept"

@@ -9,9 +9,13 @@ small server cost more than the training (``simulations/benchmarks/results/deplo
 :func:`pack` turns an ArrayRecord into one of a single Array (:data:`PACKED_KEY`) whose bytes are a JSON header
 (each Array's key, dtype, shape, stype and length) followed by every Array's own bytes, unchanged;
 :func:`unpack` gives back the same Arrays, bit for bit. A message is packed only where both ends speak it: the
-ServerApp packs what it sends on a deployment, the ClientApp's :func:`packed_arrays_mod` unpacks what it receives
+ServerApp packs what it sends on a deployment, the ClientApp's mod unpacks what it receives
 and packs its reply only if what it received was packed, so a stock Flower ServerApp (which never packs) gets plain
 replies, and a packed record reaching code that does not expect it fails on the missing key, not silently.
+
+It works on Flower's ArrayRecord, Array and RecordDict without importing Flower (``shared_models`` depends on torch
+and numpy only): new records and arrays are made with the classes of the ones given. The ClientApp's side is
+:func:`client.client_app.packed_arrays_mod`, the ServerApp's :class:`server.packed_grid.PackedArraysGrid`.
 
 >>> import numpy as np
 >>> from flwr.app import Array, ArrayRecord
@@ -27,11 +31,8 @@ replies, and a packed record reaching code that does not expect it fails on the 
 from __future__ import annotations
 
 import json
-import logging
 import struct
-
-from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
-from flwr.common.constant import ErrorCode
+from typing import Any
 
 from shared_models.errors import FedgeError
 
@@ -39,7 +40,8 @@ from shared_models.errors import FedgeError
 PACKED_KEY = "fedge.packed-arrays"
 PACKED_STYPE = "fedge.packed-arrays/1"
 _HEADER_LENGTH = struct.Struct("<Q")
-log = logging.getLogger("fedge.packed_arrays")
+ArrayRecord = Any  # Flower's flwr.app.ArrayRecord (and RecordDict, Array below), used by duck typing
+RecordDict = Any
 
 
 class PackedArraysError(FedgeError):
@@ -55,6 +57,7 @@ def pack(record: ArrayRecord) -> ArrayRecord:
     if not len(record) or is_packed(record):
         return record
     entries, blobs = [], []
+    array_class = type(next(iter(record.values())))
     for key, array in record.items():
         data = bytes(array.data)
         entries.append(
@@ -63,13 +66,15 @@ def pack(record: ArrayRecord) -> ArrayRecord:
         blobs.append(data)
     header = json.dumps(entries, separators=(",", ":")).encode()
     data = b"".join([_HEADER_LENGTH.pack(len(header)), header, *blobs])
-    return ArrayRecord({PACKED_KEY: Array(dtype="uint8", shape=(len(data),), stype=PACKED_STYPE, data=data)})
+    packed = array_class(dtype="uint8", shape=(len(data),), stype=PACKED_STYPE, data=data)
+    return type(record)({PACKED_KEY: packed})
 
 
 def unpack(record: ArrayRecord) -> ArrayRecord:
     """The ArrayRecord :func:`pack` was given; a record that is not packed as is."""
     if not is_packed(record):
         return record
+    array_class = type(record[PACKED_KEY])
     data = memoryview(record[PACKED_KEY].data)
     try:
         (length,) = _HEADER_LENGTH.unpack_from(data)
@@ -80,7 +85,7 @@ def unpack(record: ArrayRecord) -> ArrayRecord:
             end = offset + int(entry["n"])
             if end > len(data):
                 raise ValueError(f"{entry['key']} ends at byte {end} of {len(data)}")
-            arrays[str(entry["key"])] = Array(
+            arrays[str(entry["key"])] = array_class(
                 dtype=str(entry["dtype"]),
                 shape=tuple(entry["shape"]),
                 stype=str(entry["stype"]),
@@ -93,7 +98,7 @@ def unpack(record: ArrayRecord) -> ArrayRecord:
         ) from e
     if offset != len(data):
         raise PackedArraysError(f"a packed ArrayRecord with {len(data) - offset} bytes more than its header lists")
-    return ArrayRecord(arrays, keep_input=True)
+    return type(record)(arrays, keep_input=True)
 
 
 def pack_content(content: RecordDict, cache: dict[int, ArrayRecord] | None = None) -> RecordDict:
@@ -117,19 +122,3 @@ def unpack_content(content: RecordDict) -> bool:
             content[name] = unpack(record)
             packed = True
     return packed
-
-
-def packed_arrays_mod(msg: Message, context: Context, call_next) -> Message:
-    """A ClientApp mod: the handler sees plain arrays; the reply is packed if, and only if, ``msg`` was. A packed
-    message that cannot be read back is answered with an Error saying so (the server counts the node as failed for
-    that round), and its handler never runs."""
-    try:
-        packed = msg.has_content() and unpack_content(msg.content)
-    except PackedArraysError as e:
-        reason = f"{type(e).__name__}: {e}"
-        log.error("the %s message cannot be read: %s", msg.metadata.message_type, reason)
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
-    reply = call_next(msg, context)
-    if packed and reply.has_content():
-        pack_content(reply.content)
-    return reply

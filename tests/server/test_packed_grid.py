@@ -7,10 +7,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from client.client_app import packed_arrays_mod
 from server.ledger import PrivacyLedger
 from server.packed_grid import PackedArraysGrid, packs_by_default
 from server.rounds import RoundLoop
-from shared_models.packed_arrays import PACKED_KEY, PACKED_STYPE, is_packed, pack, packed_arrays_mod, unpack
+from shared_models.packed_arrays import PACKED_KEY, PACKED_STYPE, is_packed, pack, unpack
 from tests.server.scripted_grid import ScriptedGrid
 
 pytestmark = pytest.mark.usefixtures("task_identity")

@@ -3,12 +3,16 @@ ClientApp answering a packed message in kind (the real deployment is in tests/in
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from client.client_app import app
+from client.client_app import app, packed_arrays_mod
 from shared_models.models import build_model
 from shared_models.packed_arrays import (
     PACKED_KEY,
@@ -17,11 +21,11 @@ from shared_models.packed_arrays import (
     is_packed,
     pack,
     pack_content,
-    packed_arrays_mod,
     unpack,
 )
 from tests.client.heart import node_context
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("task_identity")  # messages cannot be made outside an app without it
 
 
@@ -142,3 +146,11 @@ def test_a_packed_message_cut_on_its_way_gets_an_error_reply_and_the_next_good_o
     answered = packed_arrays_mod(good, None, handler)
     assert not answered.has_error() and len(calls) == 1
     assert list(unpack(answered.content["arrays"]).keys()) == list(_mixed().keys())
+
+
+def test_shared_models_packs_flowers_records_without_importing_flower():
+    """ARCHITECTURE.md: shared_models may import torch and numpy, not flwr; it works on Flower's records by their
+    own classes."""
+    code = "import sys, shared_models.packed_arrays; print('flwr' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
