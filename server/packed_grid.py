@@ -21,8 +21,9 @@ log = logging.getLogger("fedge.server")
 
 
 def packs_by_default(grid: Grid) -> bool:
-    """Whether ``pack-arrays = "auto"`` packs on ``grid``: on a deployment (the ServerApp talks to a SuperLink), not
-    in Flower's simulation, whose messages never leave the process as objects."""
+    """Whether ``pack-arrays = true`` packs on ``grid``: on a deployment (the ServerApp talks to a SuperLink), not in
+    Flower's simulation (its ``InMemoryGrid``), whose messages never leave the process as objects. The class is
+    recognised by name: tests/server/test_packed_grid.py imports Flower's two grids by path and fails if they move."""
     return type(grid).__name__ != "InMemoryGrid"
 
 
