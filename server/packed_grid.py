@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
+from server.grid_view import GridView
 from shared_models.packed_arrays import PackedArraysError, is_packed, pack_content, unpack_content
 
 log = logging.getLogger("fedge.server")
@@ -27,11 +28,11 @@ def packs_by_default(grid: Grid) -> bool:
     return type(grid).__name__ != "InMemoryGrid"
 
 
-class PackedArraysGrid(Grid):
+class PackedArraysGrid(GridView):
     """``grid``, with the arrays of the messages pushed packed and those of the replies pulled unpacked."""
 
     def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.packed_replies = 0
         """Replies whose arrays came packed (fedge's ClientApp answers a packed message so), since the last
         :meth:`take_packed_replies`."""
@@ -40,19 +41,6 @@ class PackedArraysGrid(Grid):
         """How many replies came packed since the last call (the run record's ``packed-replies`` of a round)."""
         count, self.packed_replies = self.packed_replies, 0
         return count
-
-    def set_run(self, run_id: int) -> None:
-        self.grid.set_run(run_id)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:
-        return self.grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(_packed(messages))

@@ -36,6 +36,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.grid_view import GridView
 from server.ledger import DpRound, PrivacyLedger, parse_history
 from server.sites import site_metrics
 
@@ -215,35 +216,16 @@ def _client_history(msg: Message, record_name: str) -> list[tuple[float, float, 
     return parse_history(str(record["dp-history"])) if record is not None and "dp-history" in record else None
 
 
-class AffordableNodes(Grid):
+class AffordableNodes(GridView):
     """A view of ``grid`` whose ``get_node_ids`` leaves out ``excluded`` nodes (clients that cannot afford one more
     round), so Flower's strategy samples among the others; every other call goes to ``grid``."""
 
     def __init__(self, grid: Grid, excluded: Iterable[int]) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.excluded = frozenset(excluded)
-
-    def set_run(self, run_id: int) -> None:
-        self.grid.set_run(run_id)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:
-        return self.grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.grid.get_node_ids() if n not in self.excluded]
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 def _trained_on(msg: Message) -> str:

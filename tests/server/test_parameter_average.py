@@ -79,6 +79,7 @@ def _run(tmp_path, **settings):
         "dp": False,
         "progress": False,
         "model": "digits-cnn",
+        "pack-arrays": False,  # PlusOne is a ClientApp of its own, not fedge's: it reads plain arrays only
         **settings,
     }
     nodes = PlusOne()
