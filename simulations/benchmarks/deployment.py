@@ -344,33 +344,21 @@ def main() -> None:
                 median_of("simulation", lambda run: run["total-s"]),
             )
         )
-    rows.append(
-        Row.compare(
-            "deployment: wall seconds per round, --warm (idle poll from 0.1 s)",
-            median_of("warm", per_round("seconds")),
-            "s",
-            "Flower's 3 s idle poll",
-            median_of(flower_poll, per_round("seconds")),
+    warm_round = median_of("warm", per_round("seconds"))
+    for measure, baseline, variant in (
+        ("--warm (idle poll from 0.1 s)", "Flower's 3 s idle poll", flower_poll),
+        ("--warm (arrays packed: pack-arrays = true)", "pack-arrays = false", unpacked),
+        ("--warm", "--cold (Flower's fresh process per message)", "cold"),
+    ):
+        rows.append(
+            Row.compare(
+                f"deployment: wall seconds per round, {measure}",
+                warm_round,
+                "s",
+                baseline,
+                median_of(variant, per_round("seconds")),
+            )
         )
-    )
-    rows.append(
-        Row.compare(
-            "deployment: wall seconds per round, --warm (arrays packed: pack-arrays = true)",
-            median_of("warm", per_round("seconds")),
-            "s",
-            "pack-arrays = false",
-            median_of(unpacked, per_round("seconds")),
-        )
-    )
-    rows.append(
-        Row.compare(
-            "deployment: wall seconds per round, --warm",
-            median_of("warm", per_round("seconds")),
-            "s",
-            "--cold (Flower's fresh process per message)",
-            median_of("cold", per_round("seconds")),
-        )
-    )
     base = median["python + flwr.clientapp"]
     for label in imports:
         if label != "python + flwr.clientapp":
