@@ -229,9 +229,12 @@ def ui(
         "runs"
     ),
     fleet: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--fleet", help="A fleet database (SQLite) to show; default: the selected run's own edge/fleet.db."
+            "--fleet",
+            help="The fleet database to show: a collector's SQLite file, or the postgresql://USER@HOST/DB a group of "
+            "collectors writes (password from PGPASSWORD or ~/.pgpass; never shown). Default: the selected run's "
+            "own edge/fleet.db.",
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; other than loopback only with --token.")] = (

@@ -416,7 +416,7 @@ def fleet_status(
 
     from edge.delivery.collector import FleetCollector, open_fleet_store
     from edge.delivery.errors import DeliveryError
-    from edge.delivery.postgres_store import is_postgres_url
+    from edge.delivery.fleet_db import is_postgres_url
 
     if broker_url is None and not is_postgres_url(db) and not Path(db).exists():
         raise DeliveryError(f"{db} does not exist: run `fedge fleet collect` (or pass --broker to listen now)")

@@ -295,6 +295,14 @@ class FleetStore:
 
     # ------------------------------------------------------------------------------------------------- reading
 
+    def has_schema(self) -> bool:
+        """Whether the fleet's tables are there (a file that some other program created reads as no fleet)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('devices', 'telemetry')"
+            ).fetchone()
+        return rows[0] == 2
+
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             self._db.row_factory = sqlite3.Row
@@ -427,7 +435,8 @@ class FleetStore:
 def open_fleet_store(db: Path | str, *, read_only: bool = False) -> Any:
     """The fleet store ``db`` names: a ``postgresql://`` URL (several collectors, one database), else a SQLite
     file (:class:`FleetStore`, the default for one collector)."""
-    from edge.delivery.postgres_store import PostgresFleetStore, is_postgres_url
+    from edge.delivery.fleet_db import is_postgres_url
+    from edge.delivery.postgres_store import PostgresFleetStore
 
     if is_postgres_url(db):
         return PostgresFleetStore(str(db), read_only=read_only)
@@ -455,7 +464,7 @@ def collector_for(
 ) -> FleetCollector:
     """``fedge fleet collect``: a collector (not started) writing to the store ``db`` names; with ``group``, one
     member of that group, which needs a PostgreSQL store (every member writes the same database)."""
-    from edge.delivery.postgres_store import is_postgres_url
+    from edge.delivery.fleet_db import is_postgres_url
 
     if group:
         check_id("collector group", group)

@@ -88,7 +88,7 @@ def device_lineage_in_db(db: str, device_id: str) -> dict[str, Any]:
     """The lineage block of the model ``device_id`` runs, as the fleet database ``db`` (a SQLite file or a
     ``postgresql://`` URL) kept it from its retained state."""
     from edge.delivery.collector import open_fleet_store
-    from edge.delivery.postgres_store import is_postgres_url
+    from edge.delivery.fleet_db import is_postgres_url
 
     if not is_postgres_url(db) and not Path(db).is_file():
         raise DeliveryError(

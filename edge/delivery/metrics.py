@@ -34,6 +34,8 @@ from edge.agent.protocol import STATES
 from edge.delivery.collector import FleetStore
 from edge.delivery.errors import DeliveryError
 from edge.delivery.feedback import degraded_events
+from edge.delivery.fleet_db import is_postgres_url
+from edge.delivery.postgres_store import PostgresFleetStore
 
 PREFIX = "fedge_fleet"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -57,21 +59,31 @@ def _prometheus():
 class FleetMetrics:
     """A Prometheus collector over a fleet database.
 
-    ``store`` is a :class:`FleetStore` the caller keeps open (the collector's own), or the path of a database that
-    is opened read-only for each scrape (the dashboard; a database that does not exist yet reads as an empty
-    fleet). ``rollouts``, if given, returns the rollout reports to count by status.
+    ``store`` is a store the caller keeps open (the collector's own: a :class:`FleetStore` or a
+    :class:`~edge.delivery.postgres_store.PostgresFleetStore`), or what names a database that is opened read-only
+    for each scrape (the dashboard): the path of a SQLite file (one that does not exist yet reads as an empty
+    fleet) or a ``postgresql://`` URL (a database that no collector has written yet reads as an empty fleet; one
+    that cannot be reached is a :class:`MetricsError`). ``rollouts``, if given, returns the rollout reports to
+    count by status.
     """
 
-    def __init__(
-        self, store: FleetStore | Path | str, *, rollouts: Callable[[], list[dict[str, Any]]] | None = None
-    ) -> None:
+    def __init__(self, store: Any, *, rollouts: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         _prometheus()
         self.store = store
         self.rollouts = rollouts
 
-    def _open(self) -> tuple[FleetStore | None, bool]:
-        if isinstance(self.store, FleetStore):
+    def _open(self) -> tuple[Any, bool]:
+        if not isinstance(self.store, (str, Path)):
             return self.store, False
+        if is_postgres_url(self.store):
+            try:
+                store = PostgresFleetStore(str(self.store), read_only=True)
+            except DeliveryError as e:
+                raise MetricsError(str(e)) from e
+            if store.has_schema():
+                return store, True
+            store.close()
+            return None, False
         try:
             return FleetStore(self.store, read_only=True), True
         except (FileNotFoundError, OSError):

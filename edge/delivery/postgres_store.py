@@ -42,6 +42,7 @@ from edge.delivery.collector import (
     telemetry_row,
 )
 from edge.delivery.errors import DeliveryError
+from edge.delivery.fleet_db import redacted
 
 _log = logging.getLogger("fedge.collector")
 
@@ -128,19 +129,6 @@ def _driver():
     return psycopg
 
 
-def is_postgres_url(db: object) -> bool:
-    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password (for messages and ``path``)."""
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, rest = head.split("//", 1)
-    return f"{scheme}//{rest.split(':', 1)[0]}:***@{tail}"
-
-
 class _Batch:
     """What one batch of device messages writes, parsed before the transaction opens."""
 
@@ -211,7 +199,7 @@ class PostgresFleetStore:
         from psycopg.rows import dict_row
 
         self.url = url
-        self.path = _redacted(url)
+        self.path = redacted(url)
         self.read_only = read_only
         try:
             self._reader = psycopg.connect(
@@ -228,7 +216,7 @@ class PostgresFleetStore:
         except psycopg.Error as e:
             raise DeliveryError(
                 f"cannot open the fleet database {self.path}: {str(e).strip()}; check the URL, that PostgreSQL is "
-                "running and that the user may create tables in that database"
+                f"running and that the user may {'read' if read_only else 'create tables in'} that database"
             ) from e
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -308,6 +296,12 @@ class PostgresFleetStore:
                 cur.executemany("INSERT INTO malformed VALUES (%s, %s, %s)", batch.malformed)
 
     # ------------------------------------------------------------------------------------------------- reading
+
+    def has_schema(self) -> bool:
+        """Whether a collector has created the fleet's tables in this database yet (a read-only store creates
+        nothing: one opened before any collector started reads as no fleet)."""
+        (row,) = self._query("SELECT to_regclass('devices') IS NOT NULL AND to_regclass('telemetry') IS NOT NULL AS ok")
+        return bool(row["ok"])
 
     def _query(self, sql: str, args: tuple | list = ()) -> list[dict[str, Any]]:
         with self._read_lock:

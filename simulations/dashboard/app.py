@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from edge.delivery.fleet_db import is_postgres_url, redacted
 from simulations.dashboard.data import DashboardData, finite
 
 HERE = Path(__file__).parent
@@ -106,7 +107,7 @@ def create_app(
     page = string.Template((TEMPLATES / "index.html").read_text(encoding="utf-8"))
 
     async def index(request: Request) -> Response:
-        fleet = "the selected run's edge/fleet.db" if fleet_db is None else str(fleet_db)
+        fleet = "the selected run's edge/fleet.db" if fleet_db is None else redacted(str(fleet_db))
         body = page.safe_substitute(
             runs_dir=html.escape(str(runs_dir)),
             fleet_db=html.escape(fleet),
@@ -137,6 +138,8 @@ def create_app(
             return PlainTextResponse("no fleet database yet: run the demo, or start with --fleet DB\n", 404)
 
         def rollouts() -> list[dict[str, Any]]:
+            if is_postgres_url(db):  # the demo's rollouts.json lies beside its fleet.db; a database has none
+                return []
             try:
                 payload = json.loads((db.parent / "rollouts.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.delivery.fleet_db import fleet_db as fleet_db_name
+from edge.delivery.fleet_db import is_postgres_url, redacted
 from shared_models.errors import FedgeError
 from shared_models.run_dir import RunDir
 
@@ -119,13 +121,14 @@ def _mtime(path: Path) -> float:
 class DashboardData:
     """Readers over ``runs_dir`` and a fleet database.
 
-    ``fleet_db``: a fleet database to show whatever run is selected; without it, the selected run's own
-    ``edge/fleet.db`` (what the demo writes), else the newest run's that has one.
+    ``fleet_db``: a fleet database to show whatever run is selected (a SQLite file, or the ``postgresql://`` URL
+    of the database a group of collectors writes); without it, the selected run's own ``edge/fleet.db`` (what the
+    demo writes), else the newest run's that has one.
     """
 
     def __init__(self, runs_dir: str | Path, fleet_db: str | Path | None = None) -> None:
         self.runs_dir = Path(runs_dir)
-        self.fleet_db = None if fleet_db is None else Path(fleet_db)
+        self.fleet_db = None if fleet_db is None else fleet_db_name(fleet_db)
         self._cache = _JsonCache()
 
     # ------------------------------------------------------------------------------------------------------ runs
@@ -302,7 +305,7 @@ class DashboardData:
 
     # ----------------------------------------------------------------------------------------------------- fleet
 
-    def fleet_db_for(self, run_id: str | None, runs: list[dict[str, Any]] | None = None) -> Path | None:
+    def fleet_db_for(self, run_id: str | None, runs: list[dict[str, Any]] | None = None) -> str | Path | None:
         """The fleet database to show: ``--fleet``, else the run's own, else the newest run's that has one."""
         if self.fleet_db is not None:
             return self.fleet_db
@@ -314,10 +317,11 @@ class DashboardData:
                 return RunDir.of(self.runs_dir, summary["id"]).fleet_db
         return None
 
-    def fleet(self, db: Path | None) -> dict[str, Any]:
-        """Devices, telemetry over time, update events and message counts of the fleet database ``db``."""
+    def fleet(self, db: str | Path | None) -> dict[str, Any]:
+        """Devices, telemetry over time, update events and message counts of the fleet database ``db`` (a SQLite
+        file or a ``postgresql://`` URL, shown without its password)."""
         empty = {
-            "source": None if db is None else str(db),
+            "source": None if db is None else redacted(str(db)),
             "devices": [],
             "telemetry": [],
             "events": [],
@@ -325,15 +329,19 @@ class DashboardData:
             "sequence": {"received": 0, "lost": 0, "duplicates": 0},
             "malformed": 0,
         }
-        if db is None or not Path(db).is_file():
+        if db is None or not (is_postgres_url(db) or Path(db).is_file()):
             return empty
-        from edge.delivery.collector import FleetStore
+        from edge.delivery.collector import open_fleet_store
 
         try:
-            store = FleetStore(db, read_only=True)
+            store = open_fleet_store(db, read_only=True)
+        except FedgeError as e:  # a PostgreSQL server that is down or refuses: the message names the database
+            return {**empty, "error": str(e)}
         except (OSError, sqlite3.Error) as e:
             return {**empty, "error": f"cannot open {db}: {e}"}
         try:
+            if not store.has_schema():
+                return {**empty, "error": f"no collector has written {store.path} yet (fedge fleet collect --db)"}
             from edge.delivery.feedback import degraded_events, device_lineage
 
             devices = store.devices()
@@ -353,7 +361,7 @@ class DashboardData:
                 "malformed": len(store.malformed()),
             }
         except Exception as e:  # noqa: BLE001 - a database being created right now: show it on the next poll
-            return {**empty, "error": f"cannot read {db}: {e}"}
+            return {**empty, "error": f"cannot read {redacted(str(db))}: {e}"}
         finally:
             store.close()
 

@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from edge.delivery.errors import DeliveryError
+from edge.delivery.fleet_db import is_postgres_url
 from simulations.dashboard.data import DashboardError
 
 DEFAULT_PORT = 8765
@@ -135,6 +137,21 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_fleet_db(fleet_db: str | Path) -> None:
+    """Fail before serving when ``--fleet`` names no database: a SQLite file that does not exist, or a PostgreSQL
+    server that cannot be reached (a database no collector has written yet is shown as empty, with a note)."""
+    if not is_postgres_url(fleet_db):
+        if not Path(fleet_db).is_file():
+            raise DashboardError(f"{fleet_db} does not exist: give the fleet database a collector writes (--fleet)")
+        return
+    from edge.delivery.postgres_store import PostgresFleetStore
+
+    try:
+        PostgresFleetStore(str(fleet_db), read_only=True).close()
+    except DeliveryError as e:
+        raise DashboardError(f"{e} (--fleet)") from e
+
+
 def serve(
     runs_dir: str | Path = "runs",
     fleet_db: str | Path | None = None,
@@ -148,8 +165,8 @@ def serve(
     runs = Path(runs_dir)
     if not runs.is_dir() and fleet_db is None:
         raise DashboardError(f"{runs} is not a directory: give the runs directory with --runs (default: runs/)")
-    if fleet_db is not None and not Path(fleet_db).is_file():
-        raise DashboardError(f"{fleet_db} does not exist: give the fleet database a collector writes (--fleet)")
+    if fleet_db is not None:
+        check_fleet_db(fleet_db)
     server = DashboardServer(runs, fleet_db, host=host, port=port, token=token)
     if on_ready is not None:
         on_ready(server)

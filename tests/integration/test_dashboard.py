@@ -170,6 +170,23 @@ def _write_artifacts(run: RunDir) -> None:
 
 def _write_fleet(run: RunDir) -> None:
     store = FleetStore(run.edge / "fleet.db")
+    _record_fleet(store)
+    store.close()
+    first = RolloutReport("digits-cnn", 1, status="completed", devices=sorted(DEVICES), seconds=2.1)
+    first.applied = sorted(DEVICES)
+    second = RolloutReport("digits-cnn", 2, status="incomplete", devices=sorted(DEVICES), seconds=6.4)
+    second.canaries = ["dev-02"]
+    second.applied = ["dev-01", "dev-02", "dev-03"]
+    second.rejected = {"dev-04": "bad-signature"}
+    second.verdict = "accuracy 0.906 (previous 0.898), error rate 0.000"
+    write_json(run.edge / "rollouts.json", [first.to_dict(), second.to_dict()])
+    summary = {"model_id": "digits-cnn", "devices": DEVICES, "rollouts": [first.to_dict(), second.to_dict()]}
+    write_json(run.edge / "demo.json", summary)  # what the demo writes last
+
+
+def _record_fleet(store) -> None:
+    """What the four devices of DEVICES said (states, update events, 8 telemetry reports each), into ``store``: a
+    FleetStore or a PostgresFleetStore, as a collector writes them."""
     now = time.time()
 
     def send(topic: str, message: dict) -> None:
@@ -229,17 +246,6 @@ def _write_fleet(run: RunDir) -> None:
                     "mean_confidence": 0.9,
                 },
             )
-    store.close()
-    first = RolloutReport("digits-cnn", 1, status="completed", devices=sorted(DEVICES), seconds=2.1)
-    first.applied = sorted(DEVICES)
-    second = RolloutReport("digits-cnn", 2, status="incomplete", devices=sorted(DEVICES), seconds=6.4)
-    second.canaries = ["dev-02"]
-    second.applied = ["dev-01", "dev-02", "dev-03"]
-    second.rejected = {"dev-04": "bad-signature"}
-    second.verdict = "accuracy 0.906 (previous 0.898), error rate 0.000"
-    write_json(run.edge / "rollouts.json", [first.to_dict(), second.to_dict()])
-    summary = {"model_id": "digits-cnn", "devices": DEVICES, "rollouts": [first.to_dict(), second.to_dict()]}
-    write_json(run.edge / "demo.json", summary)  # what the demo writes last
 
 
 @pytest.fixture(scope="module")
@@ -405,6 +411,82 @@ def test_prometheus_metrics_parse_and_match_the_fleet_table(finished):
         metrics.stop()
         store.close()
     assert {s.labels["state"]: s.value for s in again["fedge_fleet_devices"].samples} == by_state
+
+
+def _scrape(url: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+
+
+def _by_version(families: dict) -> dict:
+    samples = families["fedge_fleet_devices_by_version"].samples
+    return {(s.labels["model_id"], s.labels["version"]): s.value for s in samples}
+
+
+def test_page_and_metrics_follow_a_postgres_fleet_and_never_show_its_password(page, postgres_url, tmp_path):
+    """``fedge ui --fleet postgresql://...``: the database a group of collectors writes, on a real PostgreSQL server
+    (trust authentication on loopback: the password in the URL is not needed, only never to be shown)."""
+    from edge.delivery.postgres_store import PostgresFleetStore
+
+    secret = "s3cret-pw"
+    url = postgres_url.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    assert secret in url
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    with DashboardServer(runs_dir, url, port=0, poll_ms=300) as server:
+        # no collector has created the fleet's tables yet: an empty fleet, and the page says why
+        page.goto(server.url)
+        page.locator("[data-testid=tab-fleet]").click()
+        page.locator("[data-testid=page-fleet]").wait_for(state="visible")
+        source = _wait_text(page, "#fleet-source", lambda t: "no collector has written" in t)
+        assert "postgresql://postgres:***@127.0.0.1" in source
+        assert sum(s.value for s in _scrape(server.url + "metrics")["fedge_fleet_devices"].samples) == 0
+
+        # a collector of the group writes the four devices' messages: the open page follows without a reload
+        store = PostgresFleetStore(url)
+        try:
+            _record_fleet(store)
+            expected = {d["device_id"]: d for d in store.devices()}
+            _wait_text(page, "[data-testid=fleet-count]", lambda t: t == str(len(DEVICES)))
+            for device, row in expected.items():
+                cells = page.locator(f"[data-testid=devices] tr[data-device='{device}'] td")
+                assert cells.nth(2).inner_text() == DEVICES[device]
+                assert cells.nth(4).inner_text() == str(row["version"]), device
+            assert "bad-signature" in page.locator("[data-testid=devices] tr[data-device='dev-04']").inner_text()
+            source = page.locator("#fleet-source").inner_text()
+            assert "no collector" not in source and "postgresql://postgres:***@127.0.0.1" in source
+            assert secret not in page.content()
+            with urllib.request.urlopen(server.url + "api/fleet", timeout=10) as response:
+                fleet = json.loads(response.read())
+            assert secret not in json.dumps(fleet)
+            assert fleet["sequence"] == {"received": 8 * len(DEVICES), "lost": 0, "duplicates": 0}
+            _screenshot(page, "dashboard-fleet-postgres")
+
+            # the dashboard's /metrics and the collector's own endpoint read the same database
+            assert _by_version(_scrape(server.url + "metrics")) == {("digits-cnn", "2"): 3, ("digits-cnn", "1"): 1}
+            own = MetricsServer(FleetMetrics(store), port=0)
+            try:
+                families = _scrape(own.url)
+            finally:
+                own.stop()
+            assert _by_version(families) == {("digits-cnn", "2"): 3, ("digits-cnn", "1"): 1}
+            assert families["fedge_fleet_telemetry_received"].samples[0].value == 8 * len(DEVICES)
+        finally:
+            store.close()
+        page.goto("about:blank")
+
+
+def test_a_postgres_fleet_that_cannot_be_reached_is_one_clear_error(tmp_path):
+    from simulations.dashboard.server import serve
+
+    with pytest.raises(
+        DashboardError, match=r"cannot open the fleet database postgresql://fleet:\*\*\*@127\.0\.0\.1:1/"
+    ) as e:
+        serve(tmp_path, "postgresql://fleet:hunter2@127.0.0.1:1/fleet", port=0)
+    assert "hunter2" not in str(e.value) and "--fleet" in str(e.value)
 
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from edge.agent.protocol import BrokerAddress, telemetry_topic
 from edge.delivery.collector import FleetStore, collector_for, fleet_subscriptions, open_fleet_store
 from edge.delivery.errors import DeliveryError
-from edge.delivery.postgres_store import _redacted, is_postgres_url
+from edge.delivery.fleet_db import is_postgres_url, redacted
 from simulations.benchmarks.mqtt_telemetry import telemetry_payload
 
 BROKER = BrokerAddress("127.0.0.1", 1883)
@@ -44,8 +44,12 @@ def test_sqlite_stays_the_default_for_one_collector(tmp_path):
 
 
 def test_postgres_url_is_shown_without_its_password():
-    assert _redacted("postgresql://fleet:s3cret@db.local:5432/fleet") == "postgresql://fleet:***@db.local:5432/fleet"
-    assert _redacted("postgresql://fleet@db.local/fleet") == "postgresql://fleet@db.local/fleet"
+    assert redacted("postgresql://fleet:s3cret@db.local:5432/fleet") == "postgresql://fleet:***@db.local:5432/fleet"
+    assert redacted("postgresql://fleet@db.local/fleet") == "postgresql://fleet@db.local/fleet"
+    # libpq also takes a password in the query string
+    assert redacted("postgresql://db.local/fleet?user=fleet&password=s3cret&sslmode=require") == (
+        "postgresql://db.local/fleet?user=fleet&password=***&sslmode=require"
+    )
 
 
 def test_report_counts_per_device_in_one_query(tmp_path):
