@@ -380,3 +380,43 @@ def test_a_collector_killed_mid_stream_loses_nothing_acknowledged(mosquitto, pos
                 p.wait()
         reader.close()
         devices.close()
+
+
+@needs_mosquitto
+def test_the_ingest_benchmarks_light_devices_are_mqtt_clients_the_broker_holds_to_their_acl(
+    mosquitto, postgres_server, tmp_path
+):
+    """The collectors benchmark's devices (``--sender raw``) speak MQTT themselves: each logs in as its device,
+    Mosquitto checks every publish against that device's ACL, and the two collectors of a group store every message
+    with no gap. A device that publishes on another's topic is not stored (a broker that let it through would make
+    the benchmark count messages no real device could send)."""
+    import argparse
+    import socket
+
+    from simulations.benchmarks.mqtt_telemetry import _mqtt_packet, _mqtt_string, measure_collectors
+
+    args = argparse.Namespace(devices=4, processes=2, messages=25, timeout=60.0, sender="raw")
+    result = measure_collectors("postgres", 2, args, tmp_path / "run", postgres_server)
+    assert result["sent"] == 100 and result["stored"] == 100 and result["lost"] == 0
+    assert result["cpu_seconds"]["senders"] > 0 and result["cpu_seconds"]["collectors"] > 0
+
+    # the same encoder, as dev-0 writing first on dev-1's topic, then on its own
+    collector = collector_for(mosquitto.setup.address(SERVER_USER), str(tmp_path / "acl.db"), client_id="acl")
+    try:
+        collector.start()
+        address = mosquitto.setup.address("dev-0")
+        body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big") + _mqtt_string("raw-dev-0")
+        body += _mqtt_string(address.username) + _mqtt_string(address.password)
+        with socket.create_connection((address.host, address.port), timeout=10) as sock:
+            sock.sendall(_mqtt_packet(0x10, body))
+            assert sock.recv(4)[3] == 0  # CONNACK: accepted
+            for seq, device in ((1, "dev-1"), (1, "dev-0")):
+                head = _mqtt_string(telemetry_topic(device)) + seq.to_bytes(2, "big")
+                sock.sendall(_mqtt_packet(0x32, head + telemetry_payload(device, seq)))
+            assert len(sock.recv(8)) >= 4  # a PUBACK: the broker read the packets (MQTT 3.1.1 acks a denied one too)
+            assert wait_for(lambda: collector.received >= 1, 20)
+        time.sleep(0.5)  # one connection delivers in order: the forged message would have come first
+        assert [d["device_id"] for d in collector.store.devices()] == ["dev-0"]
+        assert collector.received == 1
+    finally:
+        collector.stop()
