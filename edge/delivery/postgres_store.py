@@ -85,11 +85,13 @@ _TELEMETRY_COLUMNS = (
     "latency_ms_p95 float8, mean_confidence float8, accuracy float8, histogram text"
 )
 _TELEMETRY_TYPES = [c.split()[1] for c in _TELEMETRY_COLUMNS.split(", ")]
-# one statement per batch whatever its size: 16 arrays, unnested into rows (no per-row round trip)
+# one statement per batch whatever its size: the rows as one JSON array, which PostgreSQL unpacks (json.dumps is C;
+# psycopg's array dumper, which this replaced, spent 20-25 us of the collector's CPU per message in Python). Floats
+# go through repr and back exactly; every value was checked finite by the protocol's parser.
 _INSERT_TELEMETRY = (
-    "INSERT INTO telemetry SELECT * FROM unnest("
-    + ", ".join(f"%s::{t}[]" for t in _TELEMETRY_TYPES)
-    + ") ON CONFLICT (device_id, session, seq) DO NOTHING"
+    "INSERT INTO telemetry SELECT "
+    + ", ".join(f"(r->>{i})::{t}" for i, t in enumerate(_TELEMETRY_TYPES))
+    + " FROM jsonb_array_elements(%s::jsonb) AS r ON CONFLICT (device_id, session, seq) DO NOTHING"
 )
 _TOUCH = (
     "INSERT INTO devices (device_id, last_seen) SELECT * FROM unnest(%s::text[], %s::float8[]) "
@@ -282,7 +284,7 @@ class PostgresFleetStore:
                 cur.executemany(_LINEAGE, [batch.lineage[d][1] for d in sorted(batch.lineage)])
             if batch.telemetry:
                 rows = sorted(batch.telemetry, key=lambda r: (r[0], r[1], r[2]))
-                cur.execute(_INSERT_TELEMETRY, [list(col) for col in zip(*rows, strict=True)])
+                cur.execute(_INSERT_TELEMETRY, (json.dumps(rows),))
                 duplicates = len(rows) - cur.rowcount
                 if duplicates:
                     cur.execute(

@@ -90,6 +90,26 @@ def test_store_interface_counts_duplicates_gaps_and_malformed(store):
     assert store.event_counts() == [{"outcome": "applied", "reason": "", "n": 1}]
 
 
+def test_store_keeps_every_telemetry_value_exactly(store):
+    """What a device reported comes back bit for bit from either store: floats that have no short decimal form, the
+    largest and smallest ones, nulls and non-ASCII text (PostgreSQL's rows travel as one JSON document per batch)."""
+    awkward = [1 / 3, 0.1 + 0.2, 1e-05, 5e-324, 1.7976931348623157e308, 123456789.12345679]
+    sent = []
+    for seq, value in enumerate(awkward, start=1):
+        msg = json.loads(telemetry_payload("dev-0", seq, model_id="modèle-ü"))
+        msg.update(latency_ms_p50=value, latency_ms_p95=value * 2 if value < 1e300 else value, accuracy=None)
+        msg.update(ts=1764755123.4567891 + seq, inferences=2**62 + seq, correct=seq)
+        sent.append(msg)
+    assert store.record_many([(telemetry_topic("dev-0"), json.dumps(m).encode(), 1764755200.5 + i) for i, m in
+                              enumerate(sent)]) == ["telemetry"] * len(sent)  # fmt: skip
+    got = store.telemetry()
+    assert len(got) == len(sent)
+    for msg, row in zip(sent, got, strict=True):
+        for key in ("latency_ms_p50", "latency_ms_p95", "ts", "inferences", "correct", "model_id", "seq"):
+            assert row[key] == msg[key] and type(row[key]) is type(msg[key]), (key, row[key], msg[key])
+        assert row["accuracy"] is None and row["device_id"] == "dev-0"
+
+
 def test_postgres_keeps_the_newer_state_whichever_collector_writes_last(postgres_url):
     a, b = open_fleet_store(postgres_url), open_fleet_store(postgres_url)
     try:
