@@ -31,7 +31,7 @@ def redacted(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", url)
 
 
-def fleet_db(db: str | Path) -> str | Path:
+def as_fleet_db(db: str | Path) -> str | Path:
     """``db`` as a store takes it: a URL stays a string (a :class:`~pathlib.Path` would fold its ``//``), anything
     else is a path."""
     return db if is_postgres_url(db) else Path(db)

@@ -176,7 +176,8 @@ def raw_worker(args: argparse.Namespace) -> int:
     socks: dict[str, socket.socket] = {}
     for d in devices:
         address = BrokerAddress.parse(credentials[d])
-        body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big")  # user, password, clean session
+        # MQTT 3.1.1; user name, password, clean session; keepalive 0 (no PINGREQ to send, however long a run lasts)
+        body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + (0).to_bytes(2, "big")
         body += _mqtt_string(f"bench-{d}") + _mqtt_string(address.username or "") + _mqtt_string(address.password or "")
         sock = socket.create_connection((address.host, address.port), timeout=30)
         sock.sendall(_mqtt_packet(0x10, body))

@@ -1,10 +1,11 @@
 """What the dashboard shows, read from a runs directory and a fleet database: plain dicts, ready for JSON.
 
 No torch, no Flower: run records are read through :class:`shared_models.run_dir.RunDir` (JSON only), artifacts from
-their descriptions (``artifacts/<file>.json``), the fleet through a read-only
-:class:`~edge.delivery.collector.FleetStore` (imported when a fleet is read, so a runs-only dashboard needs no MQTT
-client). Everything is read again on each call (files the server rewrites per round are cached by modification
-time), so the page follows a run, a rollout or telemetry while they happen. Nothing here writes.
+their descriptions (``artifacts/<file>.json``), the fleet through a read-only store
+(:func:`~edge.delivery.collector.open_fleet_store`: a SQLite file, or PostgreSQL for a group of collectors; imported
+when a fleet is read, so a runs-only dashboard needs no MQTT client). Everything is read again on each call (files
+the server rewrites per round are cached by modification time), so the page follows a run, a rollout or telemetry
+while they happen. Nothing here writes.
 
 >>> import tempfile
 >>> data = DashboardData(tempfile.mkdtemp())
@@ -24,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.delivery.fleet_db import fleet_db as fleet_db_name
-from edge.delivery.fleet_db import is_postgres_url, redacted
+from edge.delivery.fleet_db import as_fleet_db, is_postgres_url, redacted
 from shared_models.errors import FedgeError
 from shared_models.run_dir import RunDir
 
@@ -128,7 +128,7 @@ class DashboardData:
 
     def __init__(self, runs_dir: str | Path, fleet_db: str | Path | None = None) -> None:
         self.runs_dir = Path(runs_dir)
-        self.fleet_db = None if fleet_db is None else fleet_db_name(fleet_db)
+        self.fleet_db = None if fleet_db is None else as_fleet_db(fleet_db)
         self._cache = _JsonCache()
 
     # ------------------------------------------------------------------------------------------------------ runs

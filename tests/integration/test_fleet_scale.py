@@ -420,23 +420,28 @@ def test_the_ingest_benchmarks_light_devices_are_mqtt_clients_the_broker_holds_t
     assert result["sent"] == 100 and result["stored"] == 100 and result["lost"] == 0
     assert result["cpu_seconds"]["senders"] > 0 and result["cpu_seconds"]["collectors"] > 0
 
-    # the same encoder, as dev-0 writing first on dev-1's topic, then on its own
+    # the same encoder, as dev-0: its own telemetry is stored; a message on dev-1's topic, between two of its own,
+    # is not
     collector = collector_for(mosquitto.setup.address(SERVER_USER), str(tmp_path / "acl.db"), client_id="acl")
     try:
         collector.start()
         address = mosquitto.setup.address("dev-0")
-        body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big") + _mqtt_string("raw-dev-0")
+        body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + (0).to_bytes(2, "big") + _mqtt_string("raw-dev-0")
         body += _mqtt_string(address.username) + _mqtt_string(address.password)
+
+        def publish(sock, device: str, seq: int) -> None:
+            head = _mqtt_string(telemetry_topic(device)) + seq.to_bytes(2, "big")
+            sock.sendall(_mqtt_packet(0x32, head + telemetry_payload(device, seq)))
+
         with socket.create_connection((address.host, address.port), timeout=10) as sock:
             sock.sendall(_mqtt_packet(0x10, body))
             assert sock.recv(4)[3] == 0  # CONNACK: accepted
-            for seq, device in ((1, "dev-1"), (1, "dev-0")):
-                head = _mqtt_string(telemetry_topic(device)) + seq.to_bytes(2, "big")
-                sock.sendall(_mqtt_packet(0x32, head + telemetry_payload(device, seq)))
-            assert len(sock.recv(8)) >= 4  # a PUBACK: the broker read the packets (MQTT 3.1.1 acks a denied one too)
-            assert wait_for(lambda: collector.received >= 1, 20)
-        time.sleep(0.5)  # one connection delivers in order: the forged message would have come first
+            # until the collector's subscription is in place (start() returns once connected), say seq 1 again
+            assert wait_for(lambda: publish(sock, "dev-0", 1) or collector.received >= 1, 20, 0.2)
+            publish(sock, "dev-1", 1)  # forged: dev-0 is not allowed to write there
+            publish(sock, "dev-0", 2)  # one connection is delivered in order: this comes after the forged one
+            assert wait_for(lambda: collector.store.sequence_report()["received"] >= 2, 20)
         assert [d["device_id"] for d in collector.store.devices()] == ["dev-0"]
-        assert collector.received == 1
+        assert collector.store.sequence_report()["received"] == 2  # seq 1 and 2 of dev-0, nothing of dev-1
     finally:
         collector.stop()
