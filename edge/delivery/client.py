@@ -18,7 +18,9 @@ MessageHandler = Callable[[str, bytes], None]
 
 
 class ServerClient:
-    """A connected paho client with a persistent session; resubscribes on every reconnection."""
+    """A connected paho client with a persistent session; resubscribes on every reconnection. :meth:`connect` returns
+    once the broker has confirmed the subscriptions (SUBACK), so a message published after it is heard: before, a
+    collector's first start (no session yet) missed what a device sent in its first milliseconds."""
 
     def __init__(
         self,
@@ -36,6 +38,8 @@ class ServerClient:
         self.subscriptions = subscriptions
         self.handler = on_message
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._subscribe_mid: int | None = None
         self._refused: str | None = None
         self.client = make_client(
             client_id,
@@ -46,7 +50,8 @@ class ServerClient:
             buffered_reads=buffered_reads,
         )
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *a: self._connected.clear()
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self._acked: set[int] = set()
@@ -56,9 +61,24 @@ class ServerClient:
         if reason_code.is_failure:
             self._refused = str(reason_code)
             return
-        for topic in self.subscriptions:
-            client.subscribe(topic, qos=QOS)
+        if self.subscriptions:  # one SUBSCRIBE for them all: one SUBACK says they are in place
+            _, self._subscribe_mid = client.subscribe([(topic, QOS) for topic in self.subscriptions])
+        else:
+            self._subscribed.set()
         self._connected.set()
+
+    def _on_disconnect(self, *args) -> None:
+        self._connected.clear()
+        self._subscribed.clear()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [t for t, rc in zip(self.subscriptions, reason_codes, strict=False) if rc.is_failure]
+        if refused:
+            self._refused = f"subscription refused: {', '.join(refused)}"
+            return
+        self._subscribed.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._acked_lock:
@@ -82,12 +102,17 @@ class ServerClient:
             ) from e
         self.client.loop_start()
         deadline = time.monotonic() + timeout
-        while not self._connected.wait(0.1):
+        while not self._subscribed.wait(0.1):  # set once connected and, with subscriptions, once they are confirmed
             if self._refused:
                 self.close()
                 raise BrokerError(f"the broker at {self.broker.url()} refused the connection: {self._refused}")
             if time.monotonic() > deadline:
                 self.close()
+                if self._connected.is_set():
+                    raise BrokerError(
+                        f"the broker at {self.broker.url()} did not confirm the subscriptions "
+                        f"({', '.join(self.subscriptions)}) within {timeout:.0f} s"
+                    )
                 raise BrokerError(
                     f"no broker answered at {self.broker.url()} within {timeout:.0f} s: start one "
                     "(`fedge broker`, or Mosquitto) or fix --broker"
