@@ -160,6 +160,18 @@ def _mqtt_packet(first_byte: int, body: bytes) -> bytes:
             return bytes([first_byte]) + bytes(encoded) + body
 
 
+def mqtt_connect(client_id: str, username: str, password: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT: user name, password, clean session, keepalive 0 (no PINGREQ to send, however long a
+    run lasts)."""
+    body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + (0).to_bytes(2, "big")
+    return _mqtt_packet(0x10, body + _mqtt_string(client_id) + _mqtt_string(username) + _mqtt_string(password))
+
+
+def mqtt_publish(topic: str, packet_id: int, payload: bytes) -> bytes:
+    """An MQTT PUBLISH at QoS 1 (not retained)."""
+    return _mqtt_packet(0x32, _mqtt_string(topic) + packet_id.to_bytes(2, "big") + payload)
+
+
 def raw_worker(args: argparse.Namespace) -> int:
     """Like :func:`worker`, with light devices: each is one TCP connection speaking MQTT 3.1.1 itself (CONNECT with
     the device's own user name and password, then every PUBLISH at QoS 1 encoded before "go" and written at once;
@@ -176,11 +188,8 @@ def raw_worker(args: argparse.Namespace) -> int:
     socks: dict[str, socket.socket] = {}
     for d in devices:
         address = BrokerAddress.parse(credentials[d])
-        # MQTT 3.1.1; user name, password, clean session; keepalive 0 (no PINGREQ to send, however long a run lasts)
-        body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + (0).to_bytes(2, "big")
-        body += _mqtt_string(f"bench-{d}") + _mqtt_string(address.username or "") + _mqtt_string(address.password or "")
         sock = socket.create_connection((address.host, address.port), timeout=30)
-        sock.sendall(_mqtt_packet(0x10, body))
+        sock.sendall(mqtt_connect(f"bench-{d}", address.username or "", address.password or ""))
         connack = b""
         while len(connack) < 4:
             chunk = sock.recv(4 - len(connack))
@@ -194,8 +203,7 @@ def raw_worker(args: argparse.Namespace) -> int:
         socks[d] = sock
     streams = {
         d: b"".join(
-            _mqtt_packet(0x32, _mqtt_string(telemetry_topic(d)) + seq.to_bytes(2, "big") + telemetry_payload(d, seq))
-            for seq in range(1, args.messages + 1)
+            mqtt_publish(telemetry_topic(d), seq, telemetry_payload(d, seq)) for seq in range(1, args.messages + 1)
         )
         for d in devices
     }

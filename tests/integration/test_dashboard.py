@@ -369,14 +369,22 @@ def test_round_count_advances_while_a_simulation_runs_without_a_reload(page, tmp
         page.goto("about:blank")  # stop its polls before the server stops: a refused poll would log an error
 
 
-def test_prometheus_metrics_parse_and_match_the_fleet_table(finished):
+def _scrape(url: str) -> dict:
     from prometheus_client.parser import text_string_to_metric_families
 
-    server, run = finished
-    with urllib.request.urlopen(server.url + "metrics", timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
-        text = response.read().decode()
-    families = {f.name: f for f in text_string_to_metric_families(text)}
+        return {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+
+
+def _by_version(families: dict) -> dict:
+    samples = families["fedge_fleet_devices_by_version"].samples
+    return {(s.labels["model_id"], s.labels["version"]): s.value for s in samples}
+
+
+def test_prometheus_metrics_parse_and_match_the_fleet_table(finished):
+    server, run = finished
+    families = _scrape(server.url + "metrics")
     store = FleetStore(run.edge / "fleet.db", read_only=True)
     devices = store.devices()
     sequence = store.sequence_report()
@@ -386,10 +394,7 @@ def test_prometheus_metrics_parse_and_match_the_fleet_table(finished):
     assert sum(by_state.values()) == len(devices) == len(DEVICES)
     for state in {d["state"] for d in devices}:
         assert by_state[state] == sum(1 for d in devices if d["state"] == state)
-    by_version = {
-        (s.labels["model_id"], s.labels["version"]): s.value for s in families["fedge_fleet_devices_by_version"].samples
-    }
-    assert by_version == {("digits-cnn", "2"): 3, ("digits-cnn", "1"): 1}
+    assert _by_version(families) == {("digits-cnn", "2"): 3, ("digits-cnn", "1"): 1}
     received = families["fedge_fleet_telemetry_received"].samples[0].value
     assert received == sequence["received"] == 8 * len(DEVICES)
     outcomes = {
@@ -405,25 +410,11 @@ def test_prometheus_metrics_parse_and_match_the_fleet_table(finished):
     store = FleetStore(run.edge / "fleet.db", read_only=True)
     metrics = MetricsServer(FleetMetrics(store), port=0)
     try:
-        with urllib.request.urlopen(metrics.url, timeout=10) as response:
-            again = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+        again = _scrape(metrics.url)
     finally:
         metrics.stop()
         store.close()
     assert {s.labels["state"]: s.value for s in again["fedge_fleet_devices"].samples} == by_state
-
-
-def _scrape(url: str) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        return {f.name: f for f in text_string_to_metric_families(response.read().decode())}
-
-
-def _by_version(families: dict) -> dict:
-    samples = families["fedge_fleet_devices_by_version"].samples
-    return {(s.labels["model_id"], s.labels["version"]): s.value for s in samples}
 
 
 def test_page_and_metrics_follow_a_postgres_fleet_and_never_show_its_password(page, postgres_url, tmp_path):

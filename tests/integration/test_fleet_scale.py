@@ -409,8 +409,8 @@ def test_a_collector_hears_a_message_sent_the_moment_its_first_start_returns(mos
     devices = Devices(mosquitto)
     missed = []
     try:
+        server = mosquitto.setup.address(SERVER_USER)
         for i in range(10):
-            server = mosquitto.setup.address(SERVER_USER)
             collector = collector_for(server, str(tmp_path / f"first-{i}.db"), client_id=f"first-start-{i}").start()
             devices.publish("dev-0", telemetry_topic("dev-0"), telemetry_payload("dev-0", i + 1))
             if not wait_for(lambda c=collector: c.received >= 1, 5):
@@ -432,7 +432,7 @@ def test_the_ingest_benchmarks_light_devices_are_mqtt_clients_the_broker_holds_t
     import argparse
     import socket
 
-    from simulations.benchmarks.mqtt_telemetry import _mqtt_packet, _mqtt_string, measure_collectors
+    from simulations.benchmarks.mqtt_telemetry import measure_collectors, mqtt_connect, mqtt_publish
 
     args = argparse.Namespace(devices=4, processes=2, messages=25, timeout=60.0, sender="raw")
     result = measure_collectors("postgres", 2, args, tmp_path / "run", postgres_server)
@@ -445,18 +445,15 @@ def test_the_ingest_benchmarks_light_devices_are_mqtt_clients_the_broker_holds_t
     try:
         collector.start()
         address = mosquitto.setup.address("dev-0")
-        body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + (0).to_bytes(2, "big") + _mqtt_string("raw-dev-0")
-        body += _mqtt_string(address.username) + _mqtt_string(address.password)
 
         def publish(sock, device: str, seq: int) -> None:
-            head = _mqtt_string(telemetry_topic(device)) + seq.to_bytes(2, "big")
-            sock.sendall(_mqtt_packet(0x32, head + telemetry_payload(device, seq)))
+            sock.sendall(mqtt_publish(telemetry_topic(device), seq, telemetry_payload(device, seq)))
 
         with socket.create_connection((address.host, address.port), timeout=10) as sock:
-            sock.sendall(_mqtt_packet(0x10, body))
+            sock.sendall(mqtt_connect("raw-dev-0", address.username, address.password))
             assert sock.recv(4)[3] == 0  # CONNACK: accepted
-            # until the collector's subscription is in place (start() returns once connected), say seq 1 again
-            assert wait_for(lambda: publish(sock, "dev-0", 1) or collector.received >= 1, 20, 0.2)
+            publish(sock, "dev-0", 1)  # start() returned once subscribed: heard at once
+            assert wait_for(lambda: collector.received >= 1, 20)
             publish(sock, "dev-1", 1)  # forged: dev-0 is not allowed to write there
             publish(sock, "dev-0", 2)  # one connection is delivered in order: this comes after the forged one
             assert wait_for(lambda: collector.store.sequence_report()["received"] >= 2, 20)
