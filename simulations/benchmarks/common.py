@@ -220,3 +220,77 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class CpuQuota:
+    """A CPU limit of ``cores`` for the processes :meth:`add` puts in it, as a container's CPU limit sets one: a
+    Linux cgroup of its own under ``root`` (cgroup v2 ``cpu.max``, or v1 ``cpu/cpu.cfs_quota_us``). Needs root, or
+    a cgroup delegated to this user. Remove it (:meth:`close`) once its processes have exited.
+
+        with CpuQuota("collector-0", 0.4) as quota:
+            quota.add(process.pid)
+    """
+
+    PERIOD_US = 100_000
+
+    def __init__(self, name: str, cores: float, root: Path = Path("/sys/fs/cgroup")) -> None:
+        if not cores > 0:
+            raise ValueError(f"a CPU limit must be more than 0 cores, not {cores}")
+        quota = max(1000, round(cores * self.PERIOD_US))
+        controllers = root / "cgroup.controllers"
+        if controllers.is_file() and "cpu" in controllers.read_text().split():  # v2
+            base, files = root, {"cpu.max": f"{quota} {self.PERIOD_US}"}
+            enabled = root / "cgroup.subtree_control"
+            if "cpu" not in enabled.read_text().split():
+                self._write(enabled, "+cpu")
+        elif (root / "cpu" / "cpu.cfs_quota_us").is_file():  # v1
+            base = root / "cpu"
+            files = {"cpu.cfs_period_us": str(self.PERIOD_US), "cpu.cfs_quota_us": str(quota)}
+        else:
+            raise RuntimeError(
+                f"no cgroup CPU controller under {root}: a CPU limit needs Linux cgroups (v2 with the cpu controller, "
+                "or v1's cpu hierarchy); run without the limit"
+            )
+        self.cores = cores
+        self.path = base / f"fedge-{name}-{os.getpid()}"
+        try:
+            self.path.mkdir()
+        except OSError as e:
+            raise RuntimeError(
+                f"cannot create the cgroup {self.path} ({e.strerror}): a CPU limit needs root, or a cgroup delegated "
+                "to this user; run without the limit"
+            ) from e
+        for file, value in files.items():
+            self._write(self.path / file, value)
+
+    @staticmethod
+    def _write(path: Path, value: str) -> None:
+        try:
+            path.write_text(value)
+        except OSError as e:
+            raise RuntimeError(
+                f"cannot write {value!r} to {path} ({e.strerror}): run as root, or without a limit"
+            ) from e
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (every thread of it) under the limit."""
+        self._write(self.path / "cgroup.procs", str(pid))
+
+    def close(self) -> None:
+        """Remove the cgroup (its processes must have exited; the kernel may take a moment to let it go)."""
+        import time
+
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+    def __enter__(self) -> CpuQuota:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
