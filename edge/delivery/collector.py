@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS telemetry (
     latency_ms_p95 REAL, mean_confidence REAL, accuracy REAL, histogram TEXT,
     PRIMARY KEY (device_id, session, seq)
 );
+-- what the dashboard and the metrics read on every poll: each device's latest report, and the fleet's latest
+-- reports. Without these both reads scan the whole table, slower with every report stored; with them a poll costs
+-- the same however much is stored, for a little more work on each insert (simulations/benchmarks/fleet_queries.py).
+CREATE INDEX IF NOT EXISTS telemetry_device_received ON telemetry (device_id, received, seq);
+CREATE INDEX IF NOT EXISTS telemetry_received ON telemetry (received, seq);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT, ts REAL, received REAL, outcome TEXT, reason TEXT,
     detail TEXT, model_id TEXT, version INTEGER, running_version INTEGER
@@ -365,12 +370,20 @@ class FleetStore:
         rows = self._query("SELECT device_id, state, runtime, model_id, version FROM devices")
         return {r["device_id"]: dict(r) for r in rows}
 
-    def events(self, device_id: str | None = None, *, since: float = 0.0) -> list[dict[str, Any]]:
-        if device_id is None:
-            rows = self._query("SELECT * FROM events WHERE received >= ? ORDER BY id", (since,))
+    def events(
+        self, device_id: str | None = None, *, since: float = 0.0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The update outcomes devices reported (of ``device_id``, or all) received at or after ``since``, oldest
+        first; with ``limit``, only the latest ``limit`` of them (what the dashboard shows, without reading all)."""
+        where, args = (
+            ("received >= ?", [since]) if device_id is None else ("device_id = ? AND received >= ?", [device_id, since])
+        )
+        if limit is None:
+            rows = self._query(f"SELECT * FROM events WHERE {where} ORDER BY id", tuple(args))
         else:
             rows = self._query(
-                "SELECT * FROM events WHERE device_id = ? AND received >= ? ORDER BY id", (device_id, since)
+                f"SELECT * FROM (SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT ?) ORDER BY id",
+                (*args, limit),
             )
         return [dict(r) for r in rows]
 

@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS telemetry (
     accuracy DOUBLE PRECISION, histogram TEXT,
     PRIMARY KEY (device_id, session, seq)
 );
+-- each device's latest report, the fleet's latest reports: as in the SQLite schema (edge/delivery/collector.py)
+CREATE INDEX IF NOT EXISTS telemetry_device_received ON telemetry (device_id, received, seq);
+CREATE INDEX IF NOT EXISTS telemetry_received ON telemetry (received, seq);
 CREATE TABLE IF NOT EXISTS events (
     id BIGSERIAL PRIMARY KEY, device_id TEXT, ts DOUBLE PRECISION, received DOUBLE PRECISION, outcome TEXT,
     reason TEXT, detail TEXT, model_id TEXT, version BIGINT, running_version BIGINT
@@ -374,11 +377,20 @@ class PostgresFleetStore:
         rows = self._query("SELECT device_id, state, runtime, model_id, version FROM devices")
         return {r["device_id"]: r for r in rows}
 
-    def events(self, device_id: str | None = None, *, since: float = 0.0) -> list[dict[str, Any]]:
-        if device_id is None:
-            return self._query("SELECT * FROM events WHERE received >= %s ORDER BY id", (since,))
+    def events(
+        self, device_id: str | None = None, *, since: float = 0.0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """As :meth:`edge.delivery.collector.FleetStore.events`."""
+        where, args = (
+            ("received >= %s", [since])
+            if device_id is None
+            else ("device_id = %s AND received >= %s", [device_id, since])
+        )
+        if limit is None:
+            return self._query(f"SELECT * FROM events WHERE {where} ORDER BY id", args)
         return self._query(
-            "SELECT * FROM events WHERE device_id = %s AND received >= %s ORDER BY id", (device_id, since)
+            f"SELECT * FROM (SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT %s) AS e ORDER BY id",
+            [*args, limit],
         )
 
     def version_stats(self, device_ids: list[str], version: int, *, since: float = 0.0) -> VersionStats:

@@ -349,7 +349,7 @@ class DashboardData:
             for d in devices:  # each device's model ε, from the signed lineage its retained state carried
                 known = lineage.get(d["device_id"]) or {}
                 d["epsilon"] = known.get("epsilon") if known.get("version") == d.get("version") else None
-            events = store.events()[-EVENT_ROWS:]
+            events = store.events(limit=EVENT_ROWS)
             return {
                 **empty,
                 "devices": devices,
