@@ -31,8 +31,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from simulations.benchmarks.common import (
     PostgresServer,
     Row,
@@ -48,19 +46,6 @@ INDEXES = {
     "telemetry_received": "telemetry (received, seq)",
 }
 BATCH = 500
-
-
-def _server_cpu() -> float:
-    """CPU seconds of every PostgreSQL server process."""
-    total = 0.0
-    for p in psutil.process_iter():
-        try:
-            if p.name() == "postgres":
-                t = p.cpu_times()
-                total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
 
 
 class Fleet:
@@ -168,7 +153,7 @@ def inserts(fleet: Fleet, devices: int, count: int, session: str) -> dict[str, f
     """CPU microseconds per message to store ``count`` real reports (a new session for the first devices)."""
     from edge.agent.protocol import telemetry_topic
     from edge.delivery.collector import open_fleet_store
-    from simulations.benchmarks.mqtt_telemetry import telemetry_payload
+    from simulations.benchmarks.mqtt_telemetry import GroupCpu, telemetry_payload
 
     names = [f"dev-{i:05d}" for i in range(min(devices, 100))]
     own_session = f'"session":"{session}"'.encode()  # a session of its own per call: every message is new
@@ -178,15 +163,18 @@ def inserts(fleet: Fleet, devices: int, count: int, session: str) -> dict[str, f
         for s in range(1, count // len(names) + 1)
         for d in names
     ]
+    server = GroupCpu({"database server": lambda q: q.name() == "postgres"})
     store = open_fleet_store(fleet.where)
     try:
-        server, own = _server_cpu(), time.process_time()
+        server.start()
+        own = time.process_time()
         for i in range(0, len(messages), BATCH):
             store.record_many(messages[i : i + BATCH])
-        server, own = _server_cpu() - server, time.process_time() - own
+        own = time.process_time() - own
+        used = server.stop()["database server"]
     finally:
         store.close()
-    return {"collector": own / len(messages) * 1e6, "database server": server / len(messages) * 1e6}
+    return {"collector": own / len(messages) * 1e6, "database server": used / len(messages) * 1e6}
 
 
 @contextlib.contextmanager
